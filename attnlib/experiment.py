@@ -1,0 +1,231 @@
+"""Method against baseline, over several seeds, with one JSON record per run.
+
+``compare(variants, profile)`` trains every :class:`Variant` with every seed of the
+profile and writes ``<results_dir>/<variant>-seed<k>-<key>.json`` (history, run card,
+test-set predictions) and the final weights beside it (``.pt``). Called again with the
+same settings it loads the records instead of training; an interrupted run resumes
+from its last epoch.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .data import ImageDataset
+from .models import build_model, count_parameters
+from .profiles import Profile, resolve_profile
+from .runinfo import environment
+from .train import Callback, History, TrainConfig, atomic_save, fit, predict, resolve_device
+
+RECORD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a comparison: a network, its parts, and changes to the recipe.
+
+    ``train`` overrides :class:`TrainConfig` fields for this variant only (for example a
+    smaller ``batch_size``); ``callbacks`` are copied fresh for every run, and their
+    ``repr`` is part of the record key, so give them a readable dataclass repr.
+    """
+
+    label: str
+    model: str = "resnet20"
+    norm: str = "bn"
+    conv: str = "conv"
+    attention: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    callbacks: tuple[Callback, ...] = ()
+
+    def build(self, data: ImageDataset, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return build_model(self.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                           norm=self.norm, conv=self.conv, attention=self.attention, **self.model_kwargs)
+
+    def spec(self) -> dict:
+        d = asdict(self)
+        d["callbacks"] = [repr(cb) for cb in self.callbacks]
+        return d
+
+
+def flops_per_image(model: nn.Module, data: ImageDataset) -> int:
+    """Forward FLOPs for one image (a multiply-add counts 2), counted in eval mode."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, data.in_channels, data.image_size, data.image_size,
+                    device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _dataset_spec(data: ImageDataset) -> dict:
+    return {"name": data.name, "train_images": len(data.train_labels),
+            "test_images": len(data.test_labels), "in_channels": data.in_channels,
+            "image_size": data.image_size, "classes": list(data.classes)}
+
+
+def run_key(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int) -> str:
+    blob = json.dumps({"format": RECORD_FORMAT, "variant": variant.spec(), "data": _dataset_spec(data),
+                       "config": asdict(config), "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *, profile: str,
+            results_dir: Path, device: torch.device, progress: bool) -> tuple[dict, bool]:
+    """Train one variant with one seed, or load its record. Returns (record, trained now)."""
+    stem = results_dir / f"{_slug(variant.label)}-seed{seed}-{run_key(variant, data, config, seed)}"
+    record_path, weights_path = stem.with_suffix(".json"), stem.with_suffix(".pt")
+    if record_path.exists() and weights_path.exists():
+        return json.loads(record_path.read_text()), False
+    model = variant.build(data, seed)
+    params, flops = count_parameters(model), flops_per_image(model, data)
+    callbacks = [copy.deepcopy(cb) for cb in variant.callbacks]
+    start = time.perf_counter()
+    history = fit(model, data, config, seed=seed, device=device, callbacks=callbacks,
+                  checkpoint=stem.with_suffix(".ckpt"), resume=True, progress=progress,
+                  desc=f"{variant.label} s{seed}")
+    wall = time.perf_counter() - start
+    predictions = predict(model, data, device=device, amp=config.amp)
+    atomic_save(model.state_dict(), weights_path)
+    record = {
+        "format": RECORD_FORMAT, "label": variant.label, "variant": variant.spec(), "seed": seed,
+        "profile": profile, "dataset": _dataset_spec(data), "config": asdict(config),
+        "history": history.to_dict(), "params": params, "flops_per_image": flops,
+        "final_test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
+        "predictions": predictions.tolist(),
+        "run_card": {**environment(device), "wall_time_s": round(wall, 1)},
+    }
+    tmp = record_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(record_path)
+    stem.with_suffix(".ckpt").unlink(missing_ok=True)
+    return record, True
+
+
+@dataclass
+class Comparison:
+    """The records of one ``compare`` call, grouped by variant label (in the given order)."""
+
+    variants: list[Variant]
+    records: list[dict]
+    data: ImageDataset
+    profile: Profile
+    results_dir: Path
+    trained_now: int = 0
+    wall_time_s: float = 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        return [v.label for v in self.variants]
+
+    def runs(self, label: str) -> list[dict]:
+        return [r for r in self.records if r["label"] == label]
+
+    def histories(self, label: str) -> list[History]:
+        return [History.from_dict(r["history"]) for r in self.runs(label)]
+
+    def model(self, label: str, seed: int | None = None) -> nn.Module:
+        """The trained network of ``label`` (first seed by default), in eval mode on the CPU."""
+        variant = next(v for v in self.variants if v.label == label)
+        record = next(r for r in self.runs(label) if seed is None or r["seed"] == seed)
+        model = variant.build(self.data, record["seed"])
+        path = next(self.results_dir.glob(f"{_slug(label)}-seed{record['seed']}-*.pt"))
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+
+    def summary(self) -> list[dict]:
+        """One row per variant: accuracy mean/std over seeds and cost, speed relative to the first."""
+        rows = []
+        for label in self.labels:
+            runs = self.runs(label)
+            final = [r["final_test_acc"] for r in runs]
+            best = [r["best_test_acc"] for r in runs]
+            rows.append({
+                "label": label, "seeds": len(runs),
+                "final_mean": statistics.fmean(final), "final_std": _std(final),
+                "best_mean": statistics.fmean(best), "best_std": _std(best),
+                "params": runs[0]["params"], "flops_per_image": runs[0]["flops_per_image"],
+                "train_images_per_s": statistics.median(_steady(r, "train_images_per_s") for r in runs),
+                "eval_images_per_s": statistics.median(_steady(r, "eval_images_per_s") for r in runs),
+            })
+        base = rows[0]
+        for row in rows:
+            row["delta_mean"] = row["final_mean"] - base["final_mean"]
+            row["speed_vs_first"] = row["train_images_per_s"] / base["train_images_per_s"]
+        return rows
+
+    def run_card(self) -> dict:
+        """What was run, where, with which code: merged over the records."""
+        cards = [r["run_card"] for r in self.records]
+        merged = {k: ", ".join(sorted({str(c[k]) for c in cards}))
+                  for k in ("device", "python", "torch", "torchvision", "attnlib", "git_commit")}
+        config = self.records[0]["config"]
+        return {
+            "dataset": self.data.describe(), "profile": self.profile.name,
+            "epochs": config["epochs"], "batch size": config["batch_size"],
+            "seeds": ", ".join(str(s) for s in self.profile.seeds),
+            "variants": ", ".join(self.labels), **merged,
+            "training wall time": f"{sum(c['wall_time_s'] for c in cards) / 60:.1f} min over "
+                                  f"{len(cards)} runs ({self.trained_now} trained now, "
+                                  f"{len(cards) - self.trained_now} loaded from {self.results_dir})",
+        }
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def _steady(record: dict, key: str) -> float:
+    """Median over epochs after the first (which pays one-off warm-up costs)."""
+    values = record["history"][key]
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, recipe: TrainConfig | None = None,
+            dataset: str | None = None, epochs: int | None = None, seeds=None, data: ImageDataset | None = None,
+            results_dir: str | Path = "results", device: str = "auto", progress: bool = True) -> Comparison:
+    """Train (or load) every variant with every seed of ``profile``.
+
+    ``recipe`` is the chapter's base :class:`TrainConfig`; the profile sets its epochs and
+    batch size unless the variant's ``train`` overrides them.
+    """
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"variant labels must be unique, got {labels}")
+    profile = resolve_profile(profile, dataset=dataset, epochs=epochs, seeds=seeds)
+    data = data if data is not None else profile.load()
+    base = (recipe or TrainConfig()).replace(epochs=profile.epochs, batch_size=profile.batch_size)
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    records, trained, start = [], 0, time.perf_counter()
+    for variant in variants:
+        config = base.replace(**variant.train)
+        for seed in profile.seeds:
+            record, fresh = run_one(variant, data, config, seed, profile=profile.name,
+                             results_dir=results_dir, device=device, progress=progress)
+            trained += fresh
+            print(f"{variant.label:>24s}  seed {seed}: final test acc {record['final_test_acc']:.4f}"
+                  f"  ({'trained in' if fresh else 'loaded, trained in'} {record['run_card']['wall_time_s']:.0f} s)")
+            records.append(record)
+    return Comparison(list(variants), records, data, profile, results_dir, trained,
+                      time.perf_counter() - start)

@@ -1,0 +1,167 @@
+"""Figures and tables every chapter shows, drawn from a :class:`~attnlib.experiment.Comparison`.
+
+Colours follow the method, not the order, so "IEBN" is the same blue in every chapter.
+Figures have a white background so they stay readable in a dark-mode page.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
+
+from .experiment import Comparison
+
+plt.rcParams.update({"figure.facecolor": "white", "savefig.facecolor": "white", "figure.dpi": 110,
+                     "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+                     "axes.spines.right": False, "legend.frameon": False})
+
+# Keyword in a variant's label -> colour (colour-blind-safe Okabe-Ito palette); checked in order.
+METHOD_COLORS = [
+    ("dynamic", "#8C564B"), ("iebn", "#0072B2"), ("mabn", "#CC79A7"), ("nam", "#D55E00"),
+    ("ba", "#009E73"), ("se", "#E69F00"), ("alexnet", "#56B4E9"), ("bn", "#555555"),
+    ("resnet", "#555555"), ("baseline", "#555555"),
+]
+FALLBACK = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+
+def color_for(label: str, index: int = 0) -> str:
+    words = label.lower().replace("-", " ").replace("+", " ").split()
+    for key, color in METHOD_COLORS:
+        if key in words:
+            return color
+    return FALLBACK[index % len(FALLBACK)]
+
+
+def _colors(labels: list[str]) -> dict[str, str]:
+    """Method colours; labels that would share one fall back to distinct palette colours."""
+    colors, used = {}, set()
+    for i, label in enumerate(labels):
+        c = color_for(label, i)
+        while c in used:
+            c = FALLBACK[i % len(FALLBACK)]
+            i += 1
+        colors[label] = c
+        used.add(c)
+    return colors
+
+
+def _band(ax, x, runs: np.ndarray, color: str, label: str | None, style: str = "-") -> None:
+    mean = runs.mean(0)
+    ax.plot(x, mean, style, color=color, label=label, lw=1.8)
+    if len(runs) > 1:
+        std = runs.std(0, ddof=1)
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+
+
+def learning_curves(cmp: Comparison, labels: list[str] | None = None, title: str | None = None):
+    """Loss and accuracy per epoch: mean over seeds, band = ±1 std; dashed = train, solid = test."""
+    labels = labels or cmp.labels
+    colors = _colors(labels)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for label in labels:
+        hs = cmp.histories(label)
+        x = np.array(hs[0].epoch)
+        for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
+            scale = 100 if key == "acc" else 1
+            _band(ax, x, scale * np.array([getattr(h, f"train_{key}") for h in hs]), colors[label], None, "--")
+            _band(ax, x, scale * np.array([getattr(h, f"test_{key}") for h in hs]), colors[label],
+                  f"{label} (n={len(hs)})")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats)", title="Loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    ax_acc.plot([], [], "k--", label="train (dashed)")
+    ax_acc.plot([], [], "k-", label="test (solid)")
+    ax_acc.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title or f"{cmp.data.name}, profile {cmp.profile.name}: mean over seeds, band = ±1 std")
+    fig.tight_layout()
+    return fig
+
+
+def prediction_grid(cmp: Comparison, labels: list[str] | None = None, n: int = 16, seed: int = 0,
+                    columns: int = 8):
+    """The same test images for every variant: true label and each variant's prediction.
+
+    Half the images are drawn at random, half among those that at least one variant gets
+    wrong (that is where the variants differ). Predictions are from each variant's first seed.
+    A red prediction is a mistake.
+    """
+    labels = labels or cmp.labels
+    preds = {lab: torch.tensor(cmp.runs(lab)[0]["predictions"]) for lab in labels}
+    truth = cmp.data.test_labels
+    g = torch.Generator().manual_seed(seed)
+    wrong = torch.stack([p != truth for p in preds.values()]).any(0).nonzero().flatten()
+    hard = wrong[torch.randperm(len(wrong), generator=g)[: n // 2]]
+    rest = torch.randperm(len(truth), generator=g)
+    rest = rest[~torch.isin(rest, hard)][: n - len(hard)]
+    picks = torch.cat([rest, hard])
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, (1.75 + 0.2 * len(labels)) * rows),
+                             gridspec_kw={"hspace": 0.3 + 0.17 * len(labels), "wspace": 0.1})
+    classes = cmp.data.classes
+    for ax, i in zip(np.ravel(axes), picks.tolist()):
+        img = cmp.data.test_images[i].permute(1, 2, 0).numpy()
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
+        ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+        ax.set_title(f"true: {classes[truth[i]]}", fontsize=7.5)
+        for k, lab in enumerate(labels):
+            p = preds[lab][i].item()
+            ax.text(0.5, -0.08 - 0.14 * k, f"{lab}: {classes[p]}", transform=ax.transAxes, ha="center",
+                    va="top", fontsize=6.5, color="#2a7d2a" if p == truth[i] else "#d62728")
+    for ax in np.ravel(axes)[len(picks):]:
+        ax.axis("off")
+    fig.suptitle(f"Test images: the first {len(rest)} at random, the last {len(hard)} among those some "
+                 "variant gets wrong (red = mistake)", fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.03 + 0.05 * len(labels))
+    return fig
+
+
+def accuracy_bars(cmp: Comparison, labels: list[str] | None = None, best: bool = False):
+    """Final-epoch test accuracy, mean with ±1 std error bars and each seed as a dot."""
+    labels = labels or cmp.labels
+    colors = _colors(labels)
+    key = "best_test_acc" if best else "final_test_acc"
+    fig, ax = plt.subplots(figsize=(1.3 + 1.1 * len(labels), 3.4))
+    for x, lab in enumerate(labels):
+        vals = 100 * np.array([r[key] for r in cmp.runs(lab)])
+        ax.bar(x, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else 0, color=colors[lab],
+               alpha=0.8, capsize=4)
+        ax.scatter(np.full(len(vals), x), vals, color="black", s=10, zorder=3)
+    allvals = 100 * np.array([r[key] for lab in labels for r in cmp.runs(lab)])
+    span = max(allvals.max() - allvals.min(), 0.5)
+    ax.set_ylim(allvals.min() - 1.5 * span, min(100, allvals.max() + 0.8 * span))
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_ylabel(f"{'best' if best else 'final'} test accuracy (%)")
+    ax.set_title("mean ± 1 std over seeds; dots are single seeds", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt_acc(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if not math.isnan(std) else f"{100 * mean:.2f}"
+
+
+def results_table(cmp: Comparison, paper: dict[str, str] | None = None) -> str:
+    """A markdown table of the summary; ``paper`` maps a label to the paper's figure (with source)."""
+    head = ["variant", "seeds", "final test acc (%)", "Δ vs first (pts)", "best epoch acc (%)", "params",
+            "MFLOPs/img", "train img/s", "speed vs first"]
+    if paper:
+        head.append("paper / post (for reference)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in cmp.summary():
+        cells = [row["label"], str(row["seeds"]), _fmt_acc(row["final_mean"], row["final_std"]),
+                 f"{100 * row['delta_mean']:+.2f}", _fmt_acc(row["best_mean"], row["best_std"]),
+                 f"{row['params'] / 1e6:.3f} M", f"{row['flops_per_image'] / 1e6:.1f}",
+                 f"{row['train_images_per_s']:.0f}", f"{row['speed_vs_first']:.2f}x"]
+        if paper:
+            cells.append(paper.get(row["label"], "–"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_card_table(cmp: Comparison) -> str:
+    card = cmp.run_card()
+    return "| run card | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in card.items())

@@ -1,0 +1,68 @@
+"""Run profiles: how much data and how many epochs a notebook spends.
+
+* ``smoke``: synthetic 16x16 images, 3 epochs, seconds; CI runs every notebook with it.
+* ``quick``: Fashion-MNIST (a fixed 12,000-image training subset, the full 10,000-image
+  test set), a few epochs: about 10-15 minutes per notebook on a 2-core CPU.
+* ``full``: CIFAR-10 at the paper-like length, for a GPU (Colab or better).
+
+A notebook may override any field (``resolve_profile("quick", epochs=10)``), and its
+run card records what was actually used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .data import ImageDataset, load_dataset
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    dataset: str
+    epochs: int
+    batch_size: int
+    seeds: tuple[int, ...]
+    train_subset: int | None = None
+    test_subset: int | None = None
+    dataset_options: dict = field(default_factory=dict)  # for the synthetic dataset
+    description: str = ""
+
+    def load(self, root=None) -> ImageDataset:
+        return load_dataset(self.dataset, root, train_subset=self.train_subset,
+                            test_subset=self.test_subset, **self.dataset_options)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", "synthetic", epochs=3, batch_size=64, seeds=(0, 1, 2),
+                     dataset_options=dict(channels=1, image_size=16, train=512, test=256),
+                     description="synthetic 16x16 images, 3 epochs: checks that the notebook runs"),
+    "quick": Profile("quick", "fashion_mnist", epochs=6, batch_size=128, seeds=(0, 1, 2),
+                     train_subset=12_000,
+                     description="Fashion-MNIST, 12k training images, 6 epochs: minutes on a CPU"),
+    "full": Profile("full", "cifar10", epochs=200, batch_size=128, seeds=(0, 1, 2),
+                    description="CIFAR-10, 200 epochs: the paper-like recipe, for a GPU"),
+}
+
+
+def resolve_profile(profile: str | Profile, *, dataset: str | None = None, epochs: int | None = None,
+                    seeds=None, batch_size: int | None = None) -> Profile:
+    """A profile by name, with the notebook's overrides applied (``None`` keeps the default).
+
+    Choosing another dataset drops the synthetic options; a real dataset keeps the subset.
+    """
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        profile = PROFILES[profile]
+    changes: dict = {}
+    if dataset is not None and dataset != profile.dataset:
+        changes.update(dataset=dataset, dataset_options={})
+    if epochs is not None:
+        changes["epochs"] = int(epochs)
+    if seeds is not None:
+        changes["seeds"] = tuple(int(s) for s in seeds)
+    if batch_size is not None:
+        changes["batch_size"] = int(batch_size)
+    if changes.get("seeds") == ():
+        raise ValueError("seeds must name at least one seed")
+    return replace(profile, **changes)

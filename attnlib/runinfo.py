@@ -1,0 +1,60 @@
+"""Facts about the machine and the code that a run card records."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    """Short commit of the book repository, with ``+changes`` when attnlib or notebooks differ
+    from it; ``unknown`` outside a git checkout (e.g. a pip install on Colab)."""
+    commit = _git("rev-parse", "--short=10", "HEAD")
+    if commit is None:
+        return "unknown"
+    dirty = _git("status", "--porcelain", "--", "attnlib", "notebooks")
+    return commit + ("+changes" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "device": device_name(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "attnlib": __version__,
+        "git_commit": git_commit(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
