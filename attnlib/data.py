@@ -229,7 +229,11 @@ def load_cifar(name: str, root: Path, *, download: bool = False, verify: bool = 
     test_x, test_y = split(spec["test"])
     if verify:
         _verify_cifar_md5(name, root)
-    classes = tuple(_unpickle(folder / spec["meta"])[spec["names_key"]])
+    meta = _unpickle(folder / spec["meta"])
+    if spec["names_key"] not in meta:
+        raise DatasetError(f"{folder / spec['meta']} has no {spec['names_key']!r}: not {name} in "
+                           "torchvision's format. Delete the folder and download again.")
+    classes = tuple(meta[spec["names_key"]])
     return ImageDataset(name, train_x, train_y, test_x, test_y, classes, *_channel_stats(train_x))
 
 

@@ -29,7 +29,7 @@ from .profiles import Profile, resolve_profile
 from .runinfo import environment
 from .train import Callback, History, TrainConfig, atomic_save, fit, predict, resolve_device
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,13 @@ def _slug(text: str) -> str:
 
 
 def _dataset_spec(data: ImageDataset) -> dict:
+    fingerprint = hashlib.sha1()
+    for t in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+        fingerprint.update(t.contiguous().numpy().tobytes())
     return {"name": data.name, "train_images": len(data.train_labels),
             "test_images": len(data.test_labels), "in_channels": data.in_channels,
-            "image_size": data.image_size, "classes": list(data.classes)}
+            "image_size": data.image_size, "classes": list(data.classes),
+            "sha1": fingerprint.hexdigest()}
 
 
 def run_key(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int) -> str:
@@ -108,17 +112,19 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     atomic_save(model.state_dict(), weights_path)
     record = {
         "format": RECORD_FORMAT, "label": variant.label, "variant": variant.spec(), "seed": seed,
+        "weights": weights_path.name,
         "profile": profile, "dataset": _dataset_spec(data), "config": asdict(config),
         "history": history.to_dict(), "params": params, "flops_per_image": flops,
         "final_test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
         "predictions": predictions.tolist(),
         "run_card": {**environment(device), "wall_time_s": round(wall, 1)},
     }
+    text = json.dumps(record)
     tmp = record_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record))
+    tmp.write_text(text)
     tmp.replace(record_path)
     stem.with_suffix(".ckpt").unlink(missing_ok=True)
-    return record, True
+    return json.loads(text), True  # exactly what a later call loads (tuples become lists)
 
 
 @dataclass
@@ -148,7 +154,7 @@ class Comparison:
         variant = next(v for v in self.variants if v.label == label)
         record = next(r for r in self.runs(label) if seed is None or r["seed"] == seed)
         model = variant.build(self.data, record["seed"])
-        path = next(self.results_dir.glob(f"{_slug(label)}-seed{record['seed']}-*.pt"))
+        path = self.results_dir / record["weights"]
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
 
@@ -229,3 +235,20 @@ def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, re
             records.append(record)
     return Comparison(list(variants), records, data, profile, results_dir, trained,
                       time.perf_counter() - start)
+
+
+def difference(cmp: Comparison, label: str, baseline: str) -> dict:
+    """Final-accuracy difference ``label - baseline`` in points, with its noise.
+
+    ``se`` is the standard error of the difference of two means (seeds are independent);
+    the difference is called *within noise* when it is smaller than two standard errors,
+    which is a rough 95 % criterion with few seeds, not a significance test.
+    """
+    a = [r["final_test_acc"] for r in cmp.runs(label)]
+    b = [r["final_test_acc"] for r in cmp.runs(baseline)]
+    delta = 100 * (statistics.fmean(a) - statistics.fmean(b))
+    se = 100 * math.sqrt(_std(a) ** 2 / len(a) + _std(b) ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
+    return {"delta": delta, "se": se, "within_noise": not abs(delta) > 2 * se,
+            "text": f"{label} vs {baseline}: {delta:+.2f} points (standard error {se:.2f}; "
+                    f"{'within' if not abs(delta) > 2 * se else 'outside'} two standard errors "
+                    f"over {len(a)} and {len(b)} seeds)"}

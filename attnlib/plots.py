@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from .data import ImageDataset, random_crop_flip
 from .experiment import Comparison
 
 plt.rcParams.update({"figure.facecolor": "white", "savefig.facecolor": "white", "figure.dpi": 110,
@@ -36,15 +37,15 @@ def color_for(label: str, index: int = 0) -> str:
 
 
 def _colors(labels: list[str]) -> dict[str, str]:
-    """Method colours; labels that would share one fall back to distinct palette colours."""
-    colors, used = {}, set()
+    """Method colours; a label whose colour is taken gets the next unused palette colour
+    (palette colours repeat only when there are more labels than colours)."""
+    colors: dict[str, str] = {}
+    spare = iter(FALLBACK * (1 + len(labels) // len(FALLBACK)))
     for i, label in enumerate(labels):
         c = color_for(label, i)
-        while c in used:
-            c = FALLBACK[i % len(FALLBACK)]
-            i += 1
+        while c in colors.values() and len(colors) < len(FALLBACK):
+            c = next(spare)
         colors[label] = c
-        used.add(c)
     return colors
 
 
@@ -165,3 +166,82 @@ def results_table(cmp: Comparison, paper: dict[str, str] | None = None) -> str:
 def run_card_table(cmp: Comparison) -> str:
     card = cmp.run_card()
     return "| run card | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in card.items())
+
+
+def confusion_matrix(cmp: Comparison, label: str):
+    """Row-normalised confusion matrix of one variant, summed over its seeds (in %)."""
+    truth = cmp.data.test_labels
+    k = cmp.data.num_classes
+    counts = torch.zeros(k, k)
+    for run in cmp.runs(label):
+        pred = torch.tensor(run["predictions"])
+        counts += torch.bincount(truth * k + pred, minlength=k * k).view(k, k).float()
+    matrix = 100 * counts / counts.sum(1, keepdim=True)
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100)
+    ax.grid(False)
+    for i in range(k):
+        for j in range(k):
+            if matrix[i, j] >= 0.5:
+                ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > 60 else "black")
+    names = cmp.data.classes
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"{label}: test predictions (% of each true class), {len(cmp.runs(label))} seeds")
+    fig.colorbar(im, ax=ax, label="% of the true class")
+    fig.tight_layout()
+    return fig
+
+
+def show_source(*objects) -> "IPython.display.Markdown":
+    """The real source of attnlib functions or classes, as a highlighted code block."""
+    import inspect
+
+    from IPython.display import Markdown
+
+    blocks = []
+    for obj in objects:
+        module = inspect.getmodule(obj).__name__
+        blocks.append(f"`{module}.{obj.__qualname__}`\n```python\n{inspect.getsource(obj).rstrip()}\n```")
+    return Markdown("\n\n".join(blocks))
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    img = image.permute(1, 2, 0).numpy()
+    ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+    ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+
+
+def dataset_examples(data: ImageDataset, per_class: int = 6):
+    """The first ``per_class`` training images of every class, one row per class."""
+    fig, axes = plt.subplots(data.num_classes, per_class, figsize=(0.9 * per_class + 1.2, 0.9 * data.num_classes))
+    for c, row in enumerate(axes):
+        idx = (data.train_labels == c).nonzero().flatten()[:per_class]
+        for ax, i in zip(row, idx.tolist()):
+            _show(ax, data.train_images[i])
+        row[0].set_ylabel(data.classes[c], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{data.name}: training images by class", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def augmentation_examples(data: ImageDataset, n: int = 8, versions: int = 4, seed: int = 0):
+    """``n`` training images (top row) and ``versions`` random crops+flips of each, as the loader makes them."""
+    images = data.train_images[:n]
+    pad = max(1, data.image_size // 8)
+    g = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(versions + 1, n, figsize=(1.1 * n, 1.1 * (versions + 1)))
+    for j in range(n):
+        _show(axes[0, j], images[j])
+    for v in range(1, versions + 1):
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
+        flips = torch.rand(n, generator=g) < 0.5
+        for j, img in enumerate(random_crop_flip(images, offsets, flips, pad)):
+            _show(axes[v, j], img)
+    axes[0, 0].set_ylabel("original", fontsize=8)
+    axes[1, 0].set_ylabel("augmented", fontsize=8)
+    fig.suptitle(f"random crop (padding {pad} px) and horizontal flip, done on the device per batch", fontsize=9)
+    fig.tight_layout()
+    return fig

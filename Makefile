@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine:
+#   make book   -> .venv, install, build the HTML book (prints where to open it)
+#   make test   -> .venv if needed, the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch build for the local virtual environment. pyproject.toml only sets lower bounds
+# (Colab keeps its own torch); override here, e.g. `make test TORCH="torch torchvision"`.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+PROFILE ?= quick
+NOTEBOOKS ?=
+
+.PHONY: book test execute check venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[book,test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+book: venv
+	$(PY) -m attnlib.book check
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
+
+test: venv
+	rm -rf build/smoke
+	$(PY) -m attnlib.book execute --profile smoke --out build/smoke
+	$(PY) -m pytest tests build/smoke --nbval-lax -p no:cacheprovider
+
+# Run the source notebooks into the executed copies under book/ (real training: minutes each).
+execute: venv
+	$(PY) -m attnlib.book execute --profile $(PROFILE) $(NOTEBOOKS)
+
+check: venv
+	$(PY) -m attnlib.book check
+
+clean:
+	rm -rf _build build

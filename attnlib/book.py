@@ -1,0 +1,123 @@
+"""Book tooling: run the source notebooks into executed copies under ``book/``.
+
+    python -m attnlib.book execute --profile quick            # every notebook
+    python -m attnlib.book execute --profile smoke --out build/smoke 00_setup_and_baseline
+    python -m attnlib.book check                               # executed copies match sources?
+    python -m attnlib.book strip                               # clear outputs of the sources
+
+Sources (``notebooks/*.ipynb``) are stored without outputs. ``execute`` runs each with
+papermill, with the working directory set to the output folder (so results land in
+``book/results/<notebook>/``), and removes papermill's per-cell metadata. The book is
+rendered from the executed copies with execution off. ``check`` fails when a copy's code
+or text no longer matches its source, i.e. the copy is stale and must be executed again.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+from .runinfo import REPO
+
+SOURCES = REPO / "notebooks"
+BOOK = REPO / "book"
+
+
+def source_notebooks(names: list[str] | None = None) -> list[Path]:
+    paths = sorted(SOURCES.glob("[0-9][0-9]_*.ipynb"))
+    if names:
+        chosen = [p for p in paths if p.stem in names or p.name in names]
+        missing = set(names) - {p.stem for p in chosen} - {p.name for p in chosen}
+        if missing:
+            raise SystemExit(f"no source notebook named {sorted(missing)}; have {[p.stem for p in paths]}")
+        return chosen
+    return paths
+
+
+def _cells(nb) -> list[tuple[str, str]]:
+    """(type, source) of every cell but papermill's injected parameters."""
+    return [(c.cell_type, c.source) for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def clean_executed(nb) -> None:
+    """Drop papermill's bookkeeping from an executed notebook."""
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    nb.metadata.pop("papermill", None)
+
+
+def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, **parameters) -> list[Path]:
+    import papermill
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src in source_notebooks(names):
+        dst = out / src.name
+        start = time.perf_counter()
+        print(f"executing {src.relative_to(REPO)} -> {dst} (profile {profile})", flush=True)
+        papermill.execute_notebook(str(src), str(dst), parameters={"profile": profile, "progress": False,
+                                                                   **parameters},
+                                   cwd=str(out), kernel_name="python3", progress_bar=False)
+        nb = nbformat.read(dst, as_version=4)
+        clean_executed(nb)
+        nbformat.write(nb, dst)
+        print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
+        written.append(dst)
+    return written
+
+
+def stale_copies(out: Path = BOOK) -> list[str]:
+    """Problems with the executed copies in ``out``: missing, or code/text differing from the source."""
+    problems = []
+    for src in source_notebooks():
+        dst = out / src.name
+        if not dst.exists():
+            problems.append(f"{dst.relative_to(REPO)} is missing: run `make execute`")
+            continue
+        if _cells(nbformat.read(src, as_version=4)) != _cells(nbformat.read(dst, as_version=4)):
+            problems.append(f"{dst.relative_to(REPO)} does not match {src.relative_to(REPO)}: "
+                            "execute it again (`make execute NOTEBOOKS=" + src.stem + "`)")
+    return problems
+
+
+def strip(paths: list[Path]) -> None:
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("execution", None)
+        nbformat.write(nb, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnlib.book", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("execute", help="run source notebooks with papermill into executed copies")
+    ex.add_argument("notebooks", nargs="*", help="names like 00_setup_and_baseline (default: all)")
+    ex.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    ex.add_argument("--out", type=Path, default=BOOK, help="folder for executed copies (default: book/)")
+    sub.add_parser("check", help="fail if an executed copy is missing or differs from its source")
+    st = sub.add_parser("strip", help="clear outputs and execution counts of source notebooks")
+    st.add_argument("notebooks", nargs="*")
+    args = parser.parse_args(argv)
+    if args.command == "execute":
+        execute(args.profile, args.notebooks or None, args.out.resolve())
+    elif args.command == "check":
+        problems = stale_copies()
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            return 1
+        print(f"{len(source_notebooks())} executed copies match their sources")
+    else:
+        strip(source_notebooks(args.notebooks or None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The book: sources stored clean, executed copies current and error-free, the HTML build warning-free."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from attnlib import book
+
+REPO = book.REPO
+SECTIONS = ["Idea", "Math", "Implementation", "Sanity checks", "Experiment", "Results", "Discussion",
+            "Exercises", "References"]
+SOURCES = book.source_notebooks()
+
+
+def test_there_are_source_notebooks():
+    assert any(p.stem == "00_setup_and_baseline" for p in SOURCES)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_source_is_stored_without_outputs(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs; run `python -m attnlib.book strip`"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_source_follows_the_chapter_skeleton(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    headings = [line[3:].strip() for c in nb.cells if c.cell_type == "markdown"
+                for line in c.source.splitlines() if line.startswith("## ")]
+    positions = [next((i for i, h in enumerate(headings) if h.startswith(s)), None) for s in SECTIONS]
+    assert None not in positions, f"{path.name} lacks sections {[s for s, p in zip(SECTIONS, positions) if p is None]}"
+    assert positions == sorted(positions), f"{path.name}: sections out of order: {headings}"
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "profile" in params[0].source and "results_dir" in params[0].source
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_colab_cell_installs_from_the_configured_repository(path: Path):
+    url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+    first_code = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert '"google.colab" in sys.modules' in first_code.source
+    assert f"git+{url}" in first_code.source, "the Colab install cell must use _config.yml's repository.url"
+
+
+def test_executed_copies_match_their_sources():
+    assert book.stale_copies() == []
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_executed_copy_is_clean_and_shows_a_run_card(path: Path):
+    nb = nbformat.read(REPO / "book" / path.name, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], "executed copy shows an error"
+    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"], \
+        "executed copy shows stderr (progress bars, warnings): execute with progress=False"
+    assert not any("papermill" in c.metadata for c in nb.cells), "papermill metadata left in cells"
+    markdown = " ".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "| run card |" in markdown and "git_commit" in markdown
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and re.search(r'profile = "(quick|full)"', injected[0].source), \
+        "the book's copies must come from a real run (quick or full profile), not smoke"
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3, "figures are missing"
+
+
+def test_book_builds_without_warnings(tmp_path: Path):
+    if shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("jupyter-book is not installed (pip install -e .[book])")
+    exe = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run([str(exe), "build", str(REPO), "--path-output", str(tmp_path), "-W", "-n",
+                             "--keep-going"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    html = tmp_path / "_build" / "html"
+    for src in SOURCES:
+        page = html / "book" / f"{src.stem}.html"
+        assert page.exists(), f"{page} was not built"
+        assert "<img" in page.read_text(), f"{page.name} has no figures"

@@ -1,0 +1,402 @@
+"""attnlib.train: the training loop learns, is deterministic, resumes exactly and fails loudly."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import history_values
+
+from attnlib import NonFiniteLossError, TrainConfig, build_model, fit, load_dataset
+from attnlib.data import DeviceLoader
+from attnlib.train import Callback, autocast_dtype, lr_factor, make_optimizer
+
+# A short recipe for 256 16x16 training images: 8 steps of 32 per epoch.
+TINY = TrainConfig(epochs=3, batch_size=32, lr=0.05, eval_batch_size=128)
+
+
+def _model(name="resnet20", seed=0, data=None, **kw):
+    torch.manual_seed(seed)
+    in_channels = data.in_channels if data is not None else 1
+    return build_model(name, in_channels=in_channels, **kw)
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_params(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ----------------------------------------------------------------------------- it learns
+
+@pytest.fixture(scope="module")
+def learnable():
+    return load_dataset("synthetic", channels=1, image_size=16, train=1024, test=256)
+
+
+ACC_THRESHOLD = 0.6  # chance is 0.1; 5 epochs reach ~0.98; a model that does not learn stays at ~0.1
+
+
+def test_fit_beats_chance_clearly(learnable):
+    config = TrainConfig(epochs=5, batch_size=64, lr=0.1)
+    history = fit(_model(data=learnable), learnable, config, seed=0, device="cpu", progress=False)
+    assert history.epoch == [1, 2, 3, 4, 5]
+    assert history.test_acc[-1] > ACC_THRESHOLD
+    assert history.train_loss[-1] < 0.5 * history.train_loss[0]
+    assert all(0 <= a <= 1 for a in history.train_acc + history.test_acc)
+    # the recorded lr is config.lr times the schedule at the first step of each epoch
+    steps = 1024 // 64
+    for epoch, lr in enumerate(history.lr):
+        assert lr == pytest.approx(0.1 * lr_factor(epoch * steps, 5 * steps, config, steps))
+    assert all(t > 0 for t in history.epoch_time + history.train_images_per_s + history.eval_images_per_s)
+
+
+def test_fit_that_cannot_learn_fails_the_threshold(learnable):
+    """Negative control for the threshold above: lr so small that nothing is learnt."""
+    config = TrainConfig(epochs=5, batch_size=64, lr=1e-6)
+    history = fit(_model(data=learnable), learnable, config, seed=0, device="cpu", progress=False)
+    assert history.test_acc[-1] < ACC_THRESHOLD
+
+
+def test_loss_goes_down_on_a_fixed_batch(synthetic):
+    model = _model(data=synthetic).train()
+    loader = DeviceLoader(synthetic.train_images, synthetic.train_labels, batch_size=32,
+                          mean=synthetic.mean, std=synthetic.std)
+    x, y = next(iter(loader))
+    optimizer = make_optimizer(model, TrainConfig(lr=0.05, weight_decay=0.0))
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_batch_larger_than_training_set_is_rejected(synthetic):
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(_model(), synthetic, TINY.replace(batch_size=512), device="cpu", progress=False)
+
+
+# ----------------------------------------------------------------------------- determinism
+
+def test_same_seed_same_history_and_weights(synthetic):
+    config = TINY.replace(epochs=2)
+    runs = []
+    for _ in range(2):
+        model = _model(data=synthetic)
+        history = fit(model, synthetic, config, seed=1, device="cpu", progress=False)
+        runs.append((history_values(history), _params(model)))
+    assert runs[0][0] == runs[1][0]
+    _assert_same_params(runs[0][1], runs[1][1])
+    # another seed (same initialisation): another batch order and augmentation
+    other = fit(_model(data=synthetic), synthetic, config, seed=2, device="cpu", progress=False)
+    assert history_values(other) != runs[0][0]
+    assert history_values(other)["train_loss"] != runs[0][0]["train_loss"]
+
+
+def test_fit_seeds_dropout_itself(synthetic):
+    """The global RNG state left by the caller must not matter: fit seeds dropout from ``seed``."""
+    config = TINY.replace(epochs=1, lr=0.02)
+    runs = []
+    for noise in (0, 1):
+        model = _model("alexnet", data=synthetic, width_mult=0.5)
+        torch.manual_seed(1000 + noise)  # the caller's RNG, different each time
+        history = fit(model, synthetic, config, seed=1, device="cpu", progress=False)
+        runs.append((history_values(history), _params(model)))
+    assert runs[0][0] == runs[1][0]
+    _assert_same_params(runs[0][1], runs[1][1])
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+
+class StopAt(Callback):
+    """Interrupts training when epoch index ``epoch`` (0-based) starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, state):
+        if state.epoch == self.epoch:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+class StepCounter(Callback):
+    """A callback with state, which a resumed run must get back from the checkpoint."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, state):
+        self.steps += 1
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "alexnet"])  # alexnet: dropout needs the RNG state back
+def test_resume_gives_the_uninterrupted_run(synthetic, tmp_path, name):
+    config = TINY.replace(lr=0.02) if name == "alexnet" else TINY
+    kw = {"width_mult": 0.5} if name == "alexnet" else {}
+    counter = StepCounter()
+    full_model = _model(name, data=synthetic, **kw)
+    full = fit(full_model, synthetic, config, seed=3, device="cpu", progress=False,
+               checkpoint=tmp_path / "full.ckpt", callbacks=[counter])
+    assert counter.steps == 3 * 8
+
+    ckpt = tmp_path / "interrupted.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(name, data=synthetic, **kw), synthetic, config, seed=3, device="cpu", progress=False,
+            checkpoint=ckpt, callbacks=[StepCounter(), StopAt(2)])
+    interrupted = torch.load(ckpt, weights_only=False)
+    assert interrupted["epoch"] == 2 and interrupted["callbacks"] == [{"steps": 16}, {}]
+
+    # a differently initialised model: everything must come from the checkpoint
+    resumed_model = _model(name, seed=99, data=synthetic, **kw)
+    resumed_counter = StepCounter()
+    resumed = fit(resumed_model, synthetic, config, seed=3, device="cpu", progress=False,
+                  checkpoint=ckpt, resume=True, callbacks=[resumed_counter])
+    assert history_values(resumed) == history_values(full)
+    assert resumed.epoch_time[:2] == interrupted["history"]["epoch_time"]  # epochs 1-2 were not re-run
+    assert resumed_counter.steps == counter.steps
+    _assert_same_params(_params(resumed_model), _params(full_model))
+
+
+def test_resume_of_a_finished_run_trains_nothing(synthetic, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    config = TINY.replace(epochs=1)
+    first = fit(_model(data=synthetic), synthetic, config, device="cpu", progress=False, checkpoint=ckpt)
+    counter = StepCounter()
+    again = fit(_model(seed=5, data=synthetic), synthetic, config, device="cpu", progress=False,
+                checkpoint=ckpt, resume=True, callbacks=[counter])
+    assert again.to_dict() == first.to_dict() and counter.steps == 0
+    # resume=False ignores (and overwrites) the checkpoint
+    fresh = fit(_model(seed=5, data=synthetic), synthetic, config, device="cpu", progress=False,
+                checkpoint=ckpt, resume=False)
+    assert history_values(fresh) != history_values(first)
+    assert torch.load(ckpt, weights_only=False)["history"] == fresh.to_dict()
+
+
+def test_checkpoint_is_complete_and_written_atomically(synthetic, tmp_path):
+    folder = tmp_path / "not" / "yet" / "there"
+    ckpt = folder / "run.ckpt"
+    model = _model(data=synthetic)
+    config = TINY.replace(epochs=2)
+    history = fit(model, synthetic, config, device="cpu", progress=False, checkpoint=ckpt)
+    assert [p.name for p in folder.iterdir()] == ["run.ckpt"]  # no temporary file left behind
+    assert not list(tmp_path.rglob("*.tmp"))
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 2 and state["step"] == 2 * 8
+    assert state["config"] == asdict(config)
+    _assert_same_params(state["model"], _params(model))
+    assert {"state", "param_groups"} <= state["optimizer"].keys() and state["optimizer"]["state"]
+    assert state["history"] == history.to_dict()
+    assert isinstance(state["rng"], torch.Tensor)
+
+
+def test_resume_with_another_config_is_refused(synthetic, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    fit(_model(data=synthetic), synthetic, TINY.replace(epochs=1), device="cpu", progress=False,
+        checkpoint=ckpt)
+    with pytest.raises(ValueError, match="different TrainConfig"):
+        fit(_model(data=synthetic), synthetic, TINY.replace(epochs=1, lr=0.1), device="cpu",
+            progress=False, checkpoint=ckpt, resume=True)
+
+
+# ----------------------------------------------------------------------------- non-finite loss
+
+class NanFrom(Callback):
+    """Adds a NaN term (that also poisons every gradient) from epoch index ``epoch`` on."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.current = epoch, 0
+
+    def on_epoch_start(self, state):
+        self.current = state.epoch
+
+    def loss_term(self, model):
+        if self.current < self.epoch:
+            return None
+        return float("nan") * sum(p.sum() for p in model.parameters())
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    model = _model(data=synthetic)
+    with pytest.raises(NonFiniteLossError) as err:
+        fit(model, synthetic, TINY, device="cpu", progress=False, checkpoint=ckpt, callbacks=[NanFrom(1)])
+    message = str(err.value)
+    assert "epoch 2" in message and str(ckpt) in message and "after epoch 1" in message
+    assert not all(torch.isfinite(p).all() for p in model.parameters())  # the premise: weights went NaN
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 1 and len(state["history"]["epoch"]) == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert math.isfinite(state["history"]["train_loss"][0])
+
+
+def test_nan_loss_in_the_first_epoch_without_checkpoint(synthetic):
+    with pytest.raises(NonFiniteLossError, match="epoch 1") as err:
+        fit(_model(data=synthetic), synthetic, TINY.replace(check_every=1), device="cpu", progress=False,
+            callbacks=[NanFrom(0)])
+    assert "by step 1" in str(err.value) and "No checkpoint" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- config and schedule
+
+@pytest.mark.parametrize("changes", [
+    dict(optimizer="rmsprop"), dict(schedule="step"), dict(amp="fp8"), dict(epochs=0), dict(epochs=-1),
+    dict(batch_size=0), dict(eval_batch_size=0), dict(check_every=0), dict(lr=0.0),
+])
+def test_config_validation(changes):
+    with pytest.raises(ValueError):
+        TrainConfig(**changes)
+    with pytest.raises(ValueError):
+        TrainConfig().replace(**changes)
+
+
+def test_config_replace():
+    base = TrainConfig()
+    changed = base.replace(epochs=3, lr=0.5)
+    assert (changed.epochs, changed.lr, base.epochs, base.lr) == (3, 0.5, 10, 0.1)
+    assert changed.replace() == changed
+    with pytest.raises(ValueError, match="learning_rate"):
+        base.replace(learning_rate=0.1)
+    assert TrainConfig(milestones=[0.3]).milestones == (0.3,)
+
+
+def test_cosine_schedule():
+    config = TrainConfig(schedule="cosine")
+    total = 100
+    factors = [lr_factor(s, total, config, 10) for s in range(total)]
+    assert factors[0] == 1.0
+    assert factors[-1] < 0.01
+    assert factors[50] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+def test_warmup_is_linear_then_the_schedule():
+    config = TrainConfig(schedule="cosine", warmup_epochs=2)
+    spe, total = 10, 100
+    ramp = [lr_factor(s, total, config, spe) for s in range(20)]
+    assert ramp[0] == pytest.approx(0.01)
+    assert ramp[10] == pytest.approx(0.01 + 0.99 * 0.5)
+    steps = [b - a for a, b in zip(ramp, ramp[1:])]
+    assert all(d == pytest.approx(0.99 / 20) for d in steps)
+    assert lr_factor(20, total, config, spe) == 1.0  # the cosine starts after the warm-up
+    assert lr_factor(total - 1, total, config, spe) < 0.01
+    constant = TrainConfig(schedule="constant", warmup_epochs=1)
+    assert lr_factor(5, total, constant, spe) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(10, total, constant, spe) == 1.0 == lr_factor(99, total, constant, spe)
+
+
+def test_multistep_schedule():
+    config = TrainConfig(schedule="multistep", milestones=(0.5, 0.75), gamma=0.1)
+    f = [lr_factor(s, 100, config, 10) for s in range(100)]
+    assert f[0] == f[49] == 1.0
+    assert f[50] == pytest.approx(0.1) and f[74] == pytest.approx(0.1)
+    assert f[75] == pytest.approx(0.01) and f[99] == pytest.approx(0.01)
+
+
+def test_optimizers():
+    model = _model()
+    sgd = make_optimizer(model, TrainConfig(lr=0.3, momentum=0.8, weight_decay=1e-3))
+    assert isinstance(sgd, torch.optim.SGD)
+    group = sgd.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.3, 0.8, True, 1e-3)
+    assert make_optimizer(model, TrainConfig(momentum=0.0)).param_groups[0]["nesterov"] is False
+    assert type(make_optimizer(model, TrainConfig(optimizer="adam"))) is torch.optim.Adam
+    assert type(make_optimizer(model, TrainConfig(optimizer="adamw"))) is torch.optim.AdamW
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+class L2(Callback):
+    def __init__(self, coefficient: float) -> None:
+        self.coefficient = coefficient
+
+    def loss_term(self, model):
+        return self.coefficient * sum((p ** 2).sum() for p in model.parameters())
+
+
+def test_callback_loss_term_is_added(synthetic):
+    config = TINY.replace(epochs=1, weight_decay=0.0)
+    base = _model(data=synthetic)
+    plain, penalised = copy.deepcopy(base), copy.deepcopy(base)
+    h0 = fit(plain, synthetic, config, device="cpu", progress=False)
+    h1 = fit(penalised, synthetic, config, device="cpu", progress=False, callbacks=[L2(0.05)])
+    norm0 = sum((p ** 2).sum() for p in plain.parameters())
+    norm1 = sum((p ** 2).sum() for p in penalised.parameters())
+    assert norm1 < 0.9 * norm0
+    # the reported loss is the cross-entropy alone, without the extra term
+    assert h1.train_loss[0] < 10 and h0.train_loss[0] < 10
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_fit_start(self, state):
+        self.events.append(("fit", state.epoch, state.step, state.total_steps))
+
+    def on_epoch_start(self, state):
+        self.events.append(("start", state.epoch, state.step))
+
+    def on_step_end(self, state):
+        self.events.append(("step", state.epoch, state.step))
+
+    def on_epoch_end(self, state):
+        self.events.append(("end", state.epoch, state.step, len(state.history)))
+
+
+def test_callback_hooks_order(synthetic):
+    rec = Recorder()
+    fit(_model(data=synthetic), synthetic, TINY.replace(epochs=2), device="cpu", progress=False, callbacks=[rec])
+    expected = [("fit", 0, 0, 16)]
+    for epoch in range(2):
+        expected.append(("start", epoch, 8 * epoch))
+        expected += [("step", epoch, 8 * epoch + i) for i in range(1, 9)]
+        expected.append(("end", epoch, 8 * (epoch + 1), epoch + 1))
+    assert rec.events == expected
+
+
+# ----------------------------------------------------------------------------- mixed precision
+
+def _fc_dtypes(model):
+    seen = []
+    model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    return seen
+
+
+def test_autocast_dtype_choices():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("off", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("fp16", cpu) is torch.float16
+
+
+def test_bf16_on_cpu_trains_under_autocast(synthetic):
+    model = _model(data=synthetic)
+    seen = _fc_dtypes(model)
+    history = fit(model, synthetic, TINY.replace(epochs=1, amp="bf16"), device="cpu", progress=False)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert math.isfinite(history.train_loss[0]) and math.isfinite(history.test_loss[0])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a cast of the model
+
+
+def test_auto_amp_on_cpu_is_fp32(synthetic):
+    model = _model(data=synthetic)
+    seen = _fc_dtypes(model)
+    fit(model, synthetic, TINY.replace(epochs=1, amp="auto"), device="cpu", progress=False)
+    assert seen and set(seen) == {torch.float32}
