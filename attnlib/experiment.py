@@ -101,7 +101,8 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     if record_path.exists() and weights_path.exists():
         return json.loads(record_path.read_text()), False
     model = variant.build(data, seed)
-    params, flops = count_parameters(model), flops_per_image(model, data)
+    flops = flops_per_image(model, data)  # the first forward: sizes lazily built layers
+    params = count_parameters(model)
     callbacks = [copy.deepcopy(cb) for cb in variant.callbacks]
     start = time.perf_counter()
     history = fit(model, data, config, seed=seed, device=device, callbacks=callbacks,

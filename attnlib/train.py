@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .callbacks import Callback
 from .data import DeviceLoader, ImageDataset
 
 
@@ -120,24 +121,6 @@ class TrainState:
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.config.epochs
-
-
-class Callback:
-    """Hooks into :func:`fit`. Override what you need; keep state in ``state_dict``."""
-
-    def on_fit_start(self, state: TrainState) -> None: ...
-    def on_epoch_start(self, state: TrainState) -> None: ...
-    def on_step_end(self, state: TrainState) -> None: ...
-    def on_epoch_end(self, state: TrainState) -> None: ...
-
-    def loss_term(self, model: nn.Module) -> torch.Tensor | None:
-        """An extra term added to the loss of every step (e.g. a sparsity penalty)."""
-        return None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 class NonFiniteLossError(RuntimeError):
