@@ -1,0 +1,336 @@
+"""Dynamic convolution: attention over K convolution kernels.
+
+Chen, Dai, Liu, Chen, Yuan and Liu, "Dynamic Convolution: Attention over Convolution
+Kernels", CVPR 2020 (arXiv 1912.03458).
+
+A dynamic layer keeps K expert kernels ``W_k`` (and biases ``b_k``) and mixes them per
+sample with attention weights computed from the sample itself::
+
+    pi(x)   = softmax(MLP(GAP(x)) / T)              # (K,), pi_k >= 0, sum_k pi_k = 1
+    W~(x)   = sum_k pi_k(x) W_k,   b~(x) = sum_k pi_k(x) b_k
+    y       = W~(x)^T x + b~(x)                     # one convolution with the mixed kernel
+
+MLP is a squeeze-and-excitation style bottleneck: 1x1 conv to
+``max(4, int(reduction * in_channels))`` hidden units, ReLU, 1x1 conv to K logits. There
+is no BatchNorm in the attention branch (the paper's text has none): a BN there would make
+each sample's attention depend on the rest of its batch in training, and the attention is
+meant to be a function of the sample alone. The softmax temperature ``T`` starts high
+(30: near-uniform attention, so every expert is trained early) and is annealed linearly
+to 1 over the first 10 epochs (:class:`TemperatureAnnealing`).
+
+Two forward paths, equal because convolution is linear in its kernel
+(``conv(x, sum_k pi_k W_k) = sum_k pi_k conv(x, W_k)``):
+
+* ``"grouped"``: aggregate the kernels per sample and run ONE grouped convolution over the
+  whole batch, the batch folded into the groups (input ``(1, B*Cin, H, W)``, kernel
+  ``(B*Cout, Cin/g, kh, kw)``, ``groups = B*g``). Conv FLOPs as a static layer, plus the
+  small ``(B, K) @ (K, Cout*Cin/g*kh*kw)`` aggregation.
+* ``"branches"``: one dense convolution with all K experts stacked as output channels,
+  then the per-sample weighted sum over K. K times the conv FLOPs, but a plain dense conv.
+* ``"auto"`` (default): ``"branches"`` on the CPU for batches of 32 or more on maps of at
+  most 64 pixels (8x8), ``"grouped"`` otherwise, and always on GPUs (not measured here).
+
+  Measured on the book's 2-core Xeon (oneDNN, fp32, channels_last, K=4; one thread, CPU
+  time of the thread, best of interleaved rounds, another training job running), one
+  DynamicConv2d(64, 64, 3, padding=1), time of grouped / time of branches:
+
+  ==========  =======  ================
+  batch       forward  forward+backward
+  ==========  =======  ================
+  32, 7x7     1.13     1.07
+  32, 14x14   0.42     0.48
+  256, 7x7    1.99     1.64
+  256, 14x14  0.71     0.70
+  ==========  =======  ================
+
+  Folding the batch into the groups costs 2-3.5x a plain conv's forward+backward on 14x14
+  maps and 5-8x on 7x7 maps, where the K-branch form (about 4.8x) wins; at batch 8 on 7x7 the grouped form
+  was still ahead (0.84), and 192 channels on 8x8 at batch 128 gave 1.40 for branches.
+  A ResNet-20 train step (batch 128, 28x28, channels_last) took 2.2x the static network's
+  with ``"auto"`` and 2.0-2.25x with ``"grouped"`` everywhere (within the noise), 3.5x with
+  ``"branches"`` everywhere. At batch 1 the grouped form is a plain conv with the mixed
+  kernel, so ``FlopCounterMode`` counts the paper's FLOPs there.
+
+What differs from the popular unofficial code (kaijieshi7/Dynamic-convolution-Pytorch,
+``dynamic_conv.py``) and from timm's ``CondConv2d``:
+
+* Experts are one 4-D parameter ``(K*Cout, Cin/g, kh, kw)``, not a 5-D one, so
+  ``model.to(memory_format=torch.channels_last)`` works; activations are reshaped, never
+  ``view``-ed, so channels_last inputs work too. (timm stores a 2-D ``(K, n)`` parameter.)
+* The temperature is a registered buffer: saved and restored with the weights (and a
+  tensor input, not a constant, to ``torch.compile``). In the unofficial code and in the
+  post this chapter started from it is a plain attribute, so a reloaded model runs at the
+  constructor's value (34 there, 30 in the post) whatever it was trained at.
+* ``reset_parameters`` runs, from the constructor: each expert is He-initialised (normal,
+  fan-in of one expert), the expert biases start at zero. A model-wide init loop over
+  ``nn.Conv2d`` (the unofficial DY-ResNet's, and :func:`attnlib.models.parts.init_weights`)
+  never reaches the experts; the post's init function builds an initializer and never
+  applies it; the unofficial code (in the version read) allocates its bias experts with
+  ``torch.Tensor`` and never fills them. At T=30 the attention is near-uniform, so the
+  mixed kernel starts with about 1/sqrt(K) of an expert's standard deviation; the norm
+  after each conv absorbs that.
+* ``groups > 1`` works (the unofficial code reshapes the mixed kernel with ``in_planes``
+  instead of ``in_planes // groups``).
+* timm's ``CondConv2d`` (CondConv, Yang et al. 2019) takes its routing weights from the
+  caller, computed with a sigmoid (independent per expert, no sum-to-one constraint and no
+  temperature); here the softmax attention over the experts is part of the layer.
+
+Where the layer goes (:func:`register_conv` names ``"dynamic"``, K=4, and ``"dynamic_k2"``,
+K=2, both at T=30): every conv of a block and the 1x1 projection shortcuts, but not the
+stem. The paper uses dynamic convolution "in all convolutional layers except the first",
+and a 1x1 projection is a conv layer like the others (the unofficial DY-ResNet makes it
+dynamic too); it is two small layers in ResNet-20. The stem stays static, as in the paper.
+
+:func:`expert_attention` returns the attention of every dynamic layer for a batch of
+images, for looking inside a trained network.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from ..callbacks import Callback
+from .registry import register_conv
+
+if TYPE_CHECKING:
+    from ..train import TrainState
+
+Mode = Literal["auto", "grouped", "branches"]
+_MODES = get_args(Mode)
+
+
+class DynamicConv2d(nn.Module):
+    """A drop-in ``nn.Conv2d`` whose kernel is a per-sample softmax mixture of K experts.
+
+    ``forward(x)`` returns ``conv(x_b, sum_k pi_k(x_b) W_k) + sum_k pi_k(x_b) b_k`` for every
+    sample ``b``; :meth:`attention_weights` gives ``pi(x)``. ``mode`` picks the computation
+    (see the module docstring); every mode gives the same result.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
+                 num_experts: int = 4, temperature: float = 30.0, reduction: float = 0.25,
+                 mode: Mode = "auto") -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must both "
+                             f"be divisible by groups={groups}")
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be at least 1, got {num_experts}")
+        if mode not in _MODES:
+            raise ValueError(f"mode={mode!r}; choose one of {_MODES}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.groups, self.num_experts, self.mode = groups, num_experts, mode
+        self.weight = nn.Parameter(torch.empty(num_experts * out_channels, in_channels // groups,
+                                               *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_channels)) if bias else None
+        hidden = max(4, int(reduction * in_channels))
+        self.attention = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_experts, 1), nn.Flatten())
+        self.register_buffer("_temperature", torch.tensor(1.0))
+        self.temperature = temperature
+        self.reset_parameters()
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature T, kept in a buffer (saved in ``state_dict``). Reading it copies
+        the value to the host; setting it does not."""
+        return float(self._temperature)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"temperature must be positive, got {value}")
+        self._temperature.fill_(value)
+
+    def reset_parameters(self) -> None:
+        """He-normal init of every expert (fan-in of one expert), zero expert biases, and the
+        attention MLP as :func:`attnlib.models.parts.init_weights` sets 1x1 convs."""
+        with torch.no_grad():
+            for expert in self.weight.chunk(self.num_experts):
+                nn.init.kaiming_normal_(expert, mode="fan_in", nonlinearity="relu")
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+            for layer in self.attention:
+                if isinstance(layer, nn.Conv2d):
+                    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(layer.bias)
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """pi(x), shape (B, K): a softmax over the experts for each sample (at least fp32)."""
+        logits = self.attention(x)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return torch.softmax(logits / self._temperature, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pi = self.attention_weights(x)
+        if self._uses_branches(x):
+            return self._forward_branches(x, pi)
+        return self._forward_grouped(x, pi)
+
+    def _uses_branches(self, x: torch.Tensor) -> bool:
+        """``mode="auto"``: the K-branch form on the CPU for batches of 32 or more on maps of
+        at most 64 pixels (8x8), where it measured faster; the grouped form otherwise."""
+        if self.mode == "auto":
+            return x.device.type == "cpu" and x.shape[0] >= 32 and x.shape[-2] * x.shape[-1] <= 64
+        return self.mode == "branches"
+
+    def _forward_grouped(self, x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        """One grouped conv: sample b's mixed kernel is group block b.
+
+        The result is contiguous (NCHW) whatever the input's layout: the folded input is a
+        copy anyway, and converting the output back to channels_last cost more downstream
+        than it saved (ResNet-20 train step, measured)."""
+        b = x.shape[0]
+        weight = pi.to(self.weight.dtype) @ self.weight.reshape(self.num_experts, -1)
+        weight = weight.reshape(b * self.out_channels, *self.weight.shape[1:])
+        bias = None if self.bias is None else (pi.to(self.bias.dtype) @ self.bias).reshape(-1)
+        y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, bias, self.stride, self.padding,
+                     self.dilation, self.groups * b)
+        return y.reshape(b, self.out_channels, *y.shape[2:])
+
+    def _forward_branches(self, x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        """One dense conv with the K experts as extra output channels, then sum_k pi_k y_k."""
+        k, g = self.num_experts, self.groups
+        # expert-major (K, g, Cout/g) -> (g, Cout/g, K): a grouped conv needs group-major
+        # output channels, and the mixing below wants each channel's K outputs adjacent
+        weight = self.weight.unflatten(0, (k, g, -1)).permute(1, 2, 0, 3, 4, 5).flatten(0, 2)
+        weight = weight.contiguous(memory_format=_memory_format(self.weight))
+        y = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, g)
+        out = _mix_experts(y, pi.to(y.dtype))
+        if self.bias is not None:
+            out = out + (pi.to(self.bias.dtype) @ self.bias).to(out.dtype)[:, :, None, None]
+        return out
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + f", num_experts={self.num_experts}, temperature={self.temperature:g}, mode={self.mode}"
+
+
+def _mix_experts(y: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+    """sum_k pi[b, k] y[b, c*K + k] for y (B, Cout*K, H, W), pi (B, K): (B, Cout, H, W).
+
+    channels_last: the K values of a pixel and channel are adjacent in memory, so the mix
+    is one batched matrix-vector product; the result is channels_last too.
+    """
+    b, k, (h, w) = y.shape[0], pi.shape[1], y.shape[2:]
+    if _memory_format(y) == torch.channels_last:
+        mixed = torch.bmm(y.permute(0, 2, 3, 1).reshape(b, -1, k), pi.unsqueeze(2))
+        return mixed.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+    return (y.unflatten(1, (-1, k)) * pi[:, None, :, None, None]).sum(2)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def dynamic_layers(model: nn.Module) -> dict[str, DynamicConv2d]:
+    """Every DynamicConv2d inside ``model`` by qualified name, whatever wraps it."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, DynamicConv2d)}
+
+
+@dataclass
+class TemperatureAnnealing(Callback):
+    """Anneal every DynamicConv2d's temperature linearly from ``start`` to ``end`` over the
+    first ``epochs`` epochs, then hold ``end`` (the paper: 30 -> 1 in 10 epochs).
+
+    ``per_step=True`` changes T after every optimiser step; ``False`` once per epoch. The
+    value is a function of the global step alone, and T is a buffer in the model's
+    state_dict, so a resumed run continues with the uninterrupted run's temperatures.
+    """
+
+    start: float = 30.0
+    end: float = 1.0
+    epochs: int = 10
+    per_step: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.start > 0 and self.end > 0 and self.epochs > 0):
+            raise ValueError(f"start, end and epochs must be positive: {self!r}")
+
+    def temperature_at(self, step: int, steps_per_epoch: int) -> float:
+        """T for the optimiser step ``step`` (0-based, global)."""
+        done = step if self.per_step else step // steps_per_epoch * steps_per_epoch
+        progress = min(1.0, done / (self.epochs * steps_per_epoch))
+        return self.start + (self.end - self.start) * progress
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if not dynamic_layers(state.model):
+            raise ValueError("TemperatureAnnealing: the model has no DynamicConv2d layer")
+        self._apply(state)
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self._apply(state)
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self.per_step:
+            self._apply(state)
+
+    def _apply(self, state: TrainState) -> None:
+        value = self.temperature_at(state.step, state.steps_per_epoch)
+        for layer in dynamic_layers(state.model).values():
+            layer.temperature = value
+
+
+@torch.no_grad()
+def expert_attention(model: nn.Module, images: torch.Tensor, batch_size: int = 256
+                     ) -> dict[str, torch.Tensor]:
+    """pi, shape (N, K), of every DynamicConv2d in ``model`` for ``images`` (N, C, H, W).
+
+    Runs the model in eval mode without gradients, ``batch_size`` images at a time, with a
+    forward hook on each dynamic layer; the hooks are removed and the model's train/eval
+    mode restored afterwards. Returns CPU float tensors keyed by module name.
+    """
+    layers = dynamic_layers(model)
+    found: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(module: DynamicConv2d, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            found[name].append(module.attention_weights(args[0]).float().cpu())
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers.items()]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        for batch in images.split(batch_size):
+            model(batch.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {name: torch.cat(parts) for name, parts in found.items()}
+
+
+@register_conv("dynamic", stem=False, shortcut=True)
+def dynamic_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = False) -> nn.Module:
+    """DynamicConv2d with K=4 experts at T=30 (anneal it with TemperatureAnnealing)."""
+    return DynamicConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, num_experts=4)
+
+
+@register_conv("dynamic_k2", stem=False, shortcut=True)
+def dynamic_conv_k2(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                    padding: int = 0, bias: bool = False) -> nn.Module:
+    """DynamicConv2d with K=2 experts (the post's AlexNet-DY) at T=30."""
+    return DynamicConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, num_experts=2)
