@@ -1,0 +1,302 @@
+"""attnlib.layers.se and attnlib.layers.bridge_attention: SE and BA-Net channel gates."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attnlib.layers import ATTENTIONS
+from attnlib.layers.bridge_attention import BridgeAttention, DiscardedBridgeAttention, attention_gates
+from attnlib.layers.se import SqueezeExcitation, hidden_channels
+from attnlib.models import build_model, count_parameters
+
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Seed torch's RNG for each test and restore it afterwards."""
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    yield
+    torch.set_rng_state(state)
+
+
+# ----------------------------------------------------------------------------- references
+
+def reference_norm(z: torch.Tensor, bn: nn.BatchNorm1d, training: bool) -> torch.Tensor:
+    if training:
+        mean, var = z.mean(0), z.var(0, unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    return (z - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+
+
+def reference_ba_gate(m: BridgeAttention, x: torch.Tensor, bridges: list[torch.Tensor],
+                      training: bool) -> torch.Tensor:
+    """S_i = BN_i(W_i GAP(F_i)); gate = sigmoid(W_g relu(sum_i S_i)), from the parameters."""
+    features = [*bridges, x]
+    assert len(features) == len(m.squeeze_weights)
+    fused = torch.zeros(x.shape[0], m.hidden)
+    for f, w, bn in zip(features, m.squeeze_weights, m.squeeze_norms):
+        pooled = f.sum((2, 3)) / (f.shape[2] * f.shape[3])
+        fused = fused + reference_norm(pooled @ w.T, bn, training)
+    return torch.sigmoid(fused.clamp(min=0) @ m.excite_weight.T)
+
+
+def reference_se_gate(m: SqueezeExcitation, x: torch.Tensor) -> torch.Tensor:
+    pooled = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+    hidden = (pooled @ m.squeeze_weight.T + m.squeeze_bias).clamp(min=0)
+    return torch.sigmoid(hidden @ m.excite_weight.T + m.excite_bias)
+
+
+def randomize_norms(m: nn.Module) -> None:
+    """Non-trivial BN1d affine parameters and running statistics."""
+    with torch.no_grad():
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm1d):
+                bn.weight.uniform_(0.5, 1.5), bn.bias.normal_(0, 0.3)
+                bn.running_mean.normal_(0, 0.2), bn.running_var.uniform_(0.5, 2.0)
+
+
+def ba_inputs(n: int = 6, c: int = 32, prev: tuple[int, ...] = (16, 24), size: int = 5):
+    x = torch.randn(n, c, size, size)
+    bridges = [torch.randn(n, p, size + 2, size + 2).relu() for p in prev]
+    return x, bridges
+
+
+# ----------------------------------------------------------------------------- the gates
+
+def test_registered_names():
+    assert {"se", "ba", "ba_last_only", "ba_discarded"} <= set(ATTENTIONS)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_ba_gate_matches_direct_computation(training):
+    m = BridgeAttention(32, [16, 24])
+    randomize_norms(m)
+    m.train(training)
+    x, bridges = ba_inputs()
+    expected = reference_ba_gate(m, x, bridges, training)
+    gate = m.gate(x, bridges)
+    torch.testing.assert_close(gate, expected, rtol=1e-5, atol=1e-6)
+    assert gate.shape == (6, 32)
+    out = m(x, bridges)  # forward rescales x by exactly that gate
+    torch.testing.assert_close(out, x * expected[:, :, None, None], rtol=1e-5, atol=1e-6)
+
+
+def test_ba_train_mode_updates_running_stats_eval_mode_does_not():
+    m = BridgeAttention(32, [16, 24])
+    x, bridges = ba_inputs()
+    before = m.squeeze_norms[0].running_mean.clone()
+    m.eval()(x, bridges)
+    assert torch.equal(m.squeeze_norms[0].running_mean, before)
+    m.train()(x, bridges)
+    assert not torch.equal(m.squeeze_norms[0].running_mean, before)
+
+
+def test_ba_needs_more_than_one_sample_in_training():
+    m = BridgeAttention(32, [16, 24])
+    x, bridges = ba_inputs(n=1)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        m.train()(x, bridges)
+    assert m.eval()(x, bridges).shape == x.shape
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_se_gate_matches_direct_computation(training):
+    m = SqueezeExcitation(32).train(training)
+    x = torch.randn(4, 32, 6, 6)
+    expected = reference_se_gate(m, x)
+    torch.testing.assert_close(m.gate(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m(x, [torch.randn(4, 8, 6, 6)]), x * expected[:, :, None, None],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_width_is_floored():
+    assert hidden_channels(16, 16) == 8 and hidden_channels(256, 16) == 16
+    assert SqueezeExcitation(16).hidden == BridgeAttention(16, [16]).hidden == 8
+    assert BridgeAttention(2048, [512, 512]).hidden == 128
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_ba_gate_depends_on_every_bridge(which):
+    m = BridgeAttention(32, [16, 24]).eval()
+    randomize_norms(m)
+    x, bridges = ba_inputs()
+    perturbed = list(bridges)
+    perturbed[which] = bridges[which] + torch.rand_like(bridges[which])
+    assert not torch.allclose(m.gate(x, bridges), m.gate(x, perturbed))
+
+
+def test_last_only_gate_ignores_bridges_but_not_x():
+    m = ATTENTIONS["ba_last_only"](32, [16, 24]).eval()
+    randomize_norms(m)
+    assert len(m.squeeze_weights) == 1
+    x, bridges = ba_inputs()
+    others = [b + torch.rand_like(b) for b in bridges]
+    assert torch.equal(m.gate(x, bridges), m.gate(x, others))
+    assert torch.equal(m.gate(x, bridges), m.gate(x, []))
+    assert not torch.allclose(m.gate(x, bridges), m.gate(x + torch.rand_like(x), bridges))
+
+
+def test_too_few_bridges_is_an_error():
+    x, bridges = ba_inputs()
+    with pytest.raises(ValueError, match="bridges 2 features, got 1"):
+        BridgeAttention(32, [16, 24])(x, bridges[1:])
+
+
+def test_discarded_returns_x_and_costs_the_same_parameters():
+    ba, discarded = ATTENTIONS["ba"](32, [16, 24]), ATTENTIONS["ba_discarded"](32, [16, 24])
+    assert isinstance(discarded, DiscardedBridgeAttention)
+    assert count_parameters(ba) == count_parameters(discarded)
+    x, bridges = ba_inputs()
+    x.requires_grad_(True)
+    out = discarded.train()(x, bridges)
+    assert torch.equal(out, x)
+    out.sum().backward()  # the gate is dead: no gradient reaches it
+    assert all(p.grad is None for p in discarded.parameters())
+    models = [build_model("resnet20", attention=a, in_channels=1) for a in ("ba", "ba_discarded")]
+    assert count_parameters(models[0]) == count_parameters(models[1])
+
+
+# ----------------------------------------------------------------------------- inside the models
+
+def attention_shapes(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """The model's output and, per attention module, (x shape, bridge shapes, output shape)."""
+    seen = []
+
+    def hook(module, args, output):
+        seen.append((tuple(args[0].shape), [tuple(b.shape) for b in args[1]], tuple(output.shape)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BridgeAttention)]
+    with torch.no_grad():
+        out = model(x)
+    for h in handles:
+        h.remove()
+    return out, seen
+
+
+def test_basic_block_shapes_resnet20():
+    model = build_model("resnet20", attention="ba", in_channels=1)
+    out, seen = attention_shapes(model, torch.randn(3, 1, 16, 16))
+    assert out.shape == (3, 10)
+    expected = [((3, c, s, s), [(3, c, s, s)], (3, c, s, s)) for c, s in ((16, 16), (32, 8), (64, 4))
+                for _ in range(3)]
+    assert seen == expected
+
+
+def test_bottleneck_shapes_resnet50():
+    model = build_model("resnet50", attention="ba", in_channels=3)
+    out, seen = attention_shapes(model, torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    assert len(seen) == 3 + 4 + 6 + 3
+    # the first block of a downsampling stage: b1 before the stride, b2 and x after it
+    assert seen[3] == ((2, 512, 16, 16), [(2, 128, 32, 32), (2, 128, 16, 16)], (2, 512, 16, 16))
+    assert seen[-1] == ((2, 2048, 4, 4), [(2, 512, 4, 4), (2, 512, 4, 4)], (2, 2048, 4, 4))
+
+
+def test_alexnet_shapes():
+    model = build_model("alexnet", attention="ba", in_channels=3)
+    out, seen = attention_shapes(model, torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    assert seen == [((2, 192, 8, 8), [(2, 128, 8, 8)], (2, 192, 8, 8)),
+                    ((2, 192, 8, 8), [(2, 192, 8, 8)], (2, 192, 8, 8)),
+                    ((2, 128, 8, 8), [(2, 192, 8, 8)], (2, 128, 8, 8))]
+
+
+def ba_block_parameters(channels: int, bridge_channels: list[int], floor: int = 8) -> int:
+    """sum_i C_i * h (squeeze FCs) + 2h per BN1d + h * C (generation FC, no bias)."""
+    h = max(floor, channels // 16)
+    features = [*bridge_channels, channels]
+    return sum(c * h for c in features) + 2 * h * len(features) + h * channels
+
+
+def se_block_parameters(channels: int, floor: int = 8) -> int:
+    """C * h + h (squeeze FC and bias) + h * C + C (excitation FC and bias)."""
+    h = max(floor, channels // 16)
+    return 2 * channels * h + h + channels
+
+
+RESNET20_BLOCKS = [(w, [w]) for w in (16, 32, 64) for _ in range(3)]
+RESNET50_BLOCKS = [(4 * w, [w, w]) for w, d in zip((64, 128, 256, 512), (3, 4, 6, 3)) for _ in range(d)]
+
+
+@pytest.mark.parametrize("name,blocks", [("resnet20", RESNET20_BLOCKS), ("resnet50", RESNET50_BLOCKS)])
+def test_parameter_counts_match_formula(name, blocks):
+    base = count_parameters(build_model(name, attention="none", in_channels=1))
+    extra = {a: count_parameters(build_model(name, attention=a, in_channels=1)) - base
+             for a in ("ba", "se", "ba_last_only")}
+    assert extra["ba"] == sum(ba_block_parameters(c, bridges) for c, bridges in blocks)
+    assert extra["se"] == sum(se_block_parameters(c) for c, _ in blocks)
+    assert extra["ba_last_only"] == sum(ba_block_parameters(c, []) for c, _ in blocks)
+    if name == "resnet20":  # by hand: h = 8 everywhere, per block 2C*8 + 2*2*8 + 8C = 24C + 32
+        assert extra["ba"] == 3 * (16 * 8 * 3 + 32) + 3 * (32 * 8 * 3 + 32) + 3 * (64 * 8 * 3 + 32)
+
+
+def test_model_init_keeps_gate_init():
+    """init_weights re-initialises nn.Linear to std 0.01; the gates keep their own init."""
+    model = build_model("resnet20", attention="ba", in_channels=1)
+    w = model.stages[0][0].attention.excite_weight
+    assert w.std() > 0.1  # kaiming-uniform over 8 inputs, std about 0.2
+
+
+# ----------------------------------------------------------------------------- formats, precision, gradients
+
+@pytest.mark.parametrize("attention", ["se", "ba", "ba_last_only"])
+def test_channels_last_bf16_autocast_and_gradients(attention):
+    model = build_model("resnet20", attention=attention, in_channels=1)
+    model = model.to(memory_format=torch.channels_last).train()
+    x = torch.randn(4, 1, 16, 16).to(memory_format=torch.channels_last)
+    gated = []
+    hooks = [m.register_forward_hook(lambda m, a, out: gated.append((a[0], out)))
+             for m in model.modules() if isinstance(m, (SqueezeExcitation, BridgeAttention))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().logsumexp(1).mean()
+    for h in hooks:
+        h.remove()
+    assert len(gated) == 9
+    for inp, out in gated:  # the gated map stays bf16 and channels_last
+        assert inp.dtype == out.dtype == torch.bfloat16
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_channels_last_fp32_matches_contiguous():
+    model = build_model("resnet20", attention="ba", in_channels=1).eval()
+    randomize_norms(model)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+        got = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- attention_gates
+
+def test_attention_gates_collects_every_gate_and_cleans_up():
+    model = build_model("resnet20", attention="ba", in_channels=1).train()
+    model.stages[2].eval()  # a mixed train/eval model comes back as it was
+    randomize_norms(model)
+    x = torch.randn(5, 1, 16, 16)
+    modes = [m.training for m in model.modules()]
+    gates = attention_gates(model, x)
+    assert [m.training for m in model.modules()] == modes
+    assert list(gates) == [f"stages.{s}.{b}.attention" for s in range(3) for b in range(3)]
+    assert [g.shape for g in gates.values()] == [(5, c) for c in (16, 32, 64) for _ in range(3)]
+    assert all(not g.requires_grad and ((g > 0) & (g < 1)).all() for g in gates.values())
+    assert not any(m._forward_hooks for m in model.modules())
+    # the first block's gate, recomputed from its input and bridge
+    block = model.stages[0][0].eval()
+    with torch.no_grad():
+        stem = model.stem.eval()(x)
+        b1 = block.relu(block.bn1(block.conv1(stem)))
+        expected = reference_ba_gate(block.attention, block.bn2(block.conv2(b1)), [b1], training=False)
+    torch.testing.assert_close(gates["stages.0.0.attention"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_gates_for_se_and_none():
+    x = torch.randn(2, 1, 16, 16)
+    assert len(attention_gates(build_model("resnet20", attention="se", in_channels=1), x)) == 9
+    assert attention_gates(build_model("resnet20", in_channels=1), x) == {}
