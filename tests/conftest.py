@@ -23,6 +23,15 @@ from attnlib.data import ImageDataset, load_dataset  # noqa: E402
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
+@pytest.fixture(autouse=True)
+def seeded_rng():
+    """Every test starts from torch seed 0 and leaves the global RNG as it found it."""
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    yield
+    torch.set_rng_state(state)
+
+
 # Fields of History that measure time, not behaviour: excluded from determinism checks.
 TIMING_FIELDS = ("epoch_time", "train_images_per_s", "eval_images_per_s")
 

@@ -12,15 +12,6 @@ from attnlib.models import build_model, count_parameters
 
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    """Seed torch's RNG for each test and restore it afterwards."""
-    state = torch.get_rng_state()
-    torch.manual_seed(0)
-    yield
-    torch.set_rng_state(state)
-
-
 # ----------------------------------------------------------------------------- references
 
 def reference_norm(z: torch.Tensor, bn: nn.BatchNorm1d, training: bool) -> torch.Tensor:

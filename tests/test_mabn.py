@@ -16,15 +16,6 @@ EPS = 1e-5
 DIMS = (0, 2, 3)
 
 
-@pytest.fixture(autouse=True)
-def fixed_seed():
-    """Seed torch's global RNG for each test and restore it afterwards."""
-    state = torch.get_rng_state()
-    torch.manual_seed(0)
-    yield
-    torch.set_rng_state(state)
-
-
 def channel(v: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, 1, 1)
 

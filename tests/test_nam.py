@@ -18,15 +18,6 @@ EPS = 1e-5
 NAM_NAMES = ("nam", "nam_spatial", "nam_both")
 
 
-@pytest.fixture(autouse=True)
-def _seed():
-    """Every test starts from seed 0 and leaves torch's global RNG as it found it."""
-    state = torch.get_rng_state()
-    torch.manual_seed(0)
-    yield
-    torch.set_rng_state(state)
-
-
 # ----------------------------------------------------------------------------- the formulas, written out
 
 def c(t: torch.Tensor) -> torch.Tensor:
