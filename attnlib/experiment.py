@@ -159,6 +159,14 @@ class Comparison:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
 
+    def confusion(self, label: str) -> torch.Tensor:
+        """Counts ``[true class, predicted class]`` of ``label``'s test predictions, summed over seeds."""
+        truth, k = self.data.test_labels, self.data.num_classes
+        counts = torch.zeros(k * k, dtype=torch.long)
+        for run in self.runs(label):
+            counts += torch.bincount(truth * k + torch.tensor(run["predictions"]), minlength=k * k)
+        return counts.view(k, k)
+
     def summary(self) -> list[dict]:
         """One row per variant: accuracy mean/std over seeds and cost, speed relative to the first."""
         rows = []

@@ -170,12 +170,8 @@ def run_card_table(cmp: Comparison) -> str:
 
 def confusion_matrix(cmp: Comparison, label: str):
     """Row-normalised confusion matrix of one variant, summed over its seeds (in %)."""
-    truth = cmp.data.test_labels
     k = cmp.data.num_classes
-    counts = torch.zeros(k, k)
-    for run in cmp.runs(label):
-        pred = torch.tensor(run["predictions"])
-        counts += torch.bincount(truth * k + pred, minlength=k * k).view(k, k).float()
+    counts = cmp.confusion(label).float()
     matrix = 100 * counts / counts.sum(1, keepdim=True)
     fig, ax = plt.subplots(figsize=(6.2, 5.2))
     im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100)

@@ -248,3 +248,15 @@ def test_colors_for_many_variants_terminates():
         signal.signal(signal.SIGALRM, old)
     assert len(colors) == 9
     assert len(set(list(colors.values())[:8])) == 8, "the first 8 labels get distinct colours"
+
+
+def test_confusion_counts_every_prediction_once(comparison):
+    for label in comparison.labels:
+        counts = comparison.confusion(label)
+        runs = comparison.runs(label)
+        assert counts.sum() == len(runs) * len(comparison.data.test_labels)
+        correct = sum(sum(p == t for p, t in zip(r["predictions"], comparison.data.test_labels.tolist()))
+                      for r in runs)
+        assert counts.diagonal().sum() == correct
+        truth_counts = torch.bincount(comparison.data.test_labels, minlength=comparison.data.num_classes)
+        assert torch.equal(counts.sum(1), len(runs) * truth_counts)
