@@ -251,13 +251,16 @@ def difference(cmp: Comparison, label: str, baseline: str) -> dict:
 
     ``se`` is the standard error of the difference of two means (seeds are independent);
     the difference is called *within noise* when it is smaller than two standard errors,
-    which is a rough 95 % criterion with few seeds, not a significance test.
+    which is a rough 95 % criterion with few seeds, not a significance test. ``verdict`` says
+    it in words for a sentence "label is <verdict> baseline".
     """
     a = [r["final_test_acc"] for r in cmp.runs(label)]
     b = [r["final_test_acc"] for r in cmp.runs(baseline)]
     delta = 100 * (statistics.fmean(a) - statistics.fmean(b))
     se = 100 * math.sqrt(_std(a) ** 2 / len(a) + _std(b) ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
-    return {"delta": delta, "se": se, "within_noise": not abs(delta) > 2 * se,
+    within = not abs(delta) > 2 * se  # also True when se is nan (one seed): no claim either way
+    verdict = "indistinguishable from" if within else ("better than" if delta > 0 else "worse than")
+    return {"delta": delta, "se": se, "within_noise": within, "verdict": verdict,
             "text": f"{label} vs {baseline}: {delta:+.2f} points (standard error {se:.2f}; "
-                    f"{'within' if not abs(delta) > 2 * se else 'outside'} two standard errors "
+                    f"{'within' if within else 'outside'} two standard errors "
                     f"over {len(a)} and {len(b)} seeds)"}

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from attnlib import load_dataset, plots
-from attnlib.experiment import Variant, compare, flops_per_image, run_key
+from attnlib.experiment import Variant, compare, difference, flops_per_image, run_key
 from attnlib.profiles import PROFILES, resolve_profile
 from attnlib.train import TrainConfig, predict
 
@@ -260,3 +260,16 @@ def test_confusion_counts_every_prediction_once(comparison):
         assert counts.diagonal().sum() == correct
         truth_counts = torch.bincount(comparison.data.test_labels, minlength=comparison.data.num_classes)
         assert torch.equal(counts.sum(1), len(runs) * truth_counts)
+
+
+def test_difference_states_its_verdict(comparison):
+    d = difference(comparison, "AlexNet", "BN baseline")
+    expected_delta = 100 * (statistics.fmean(r["final_test_acc"] for r in comparison.runs("AlexNet"))
+                            - statistics.fmean(r["final_test_acc"] for r in comparison.runs("BN baseline")))
+    assert d["delta"] == pytest.approx(expected_delta)
+    assert d["within_noise"] == (abs(d["delta"]) <= 2 * d["se"])
+    if d["within_noise"]:
+        assert d["verdict"] == "indistinguishable from"
+    else:
+        assert d["verdict"] == ("better than" if d["delta"] > 0 else "worse than")
+    assert difference(comparison, "AlexNet", "AlexNet")["verdict"] == "indistinguishable from"
