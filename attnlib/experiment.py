@@ -4,7 +4,8 @@
 profile and writes ``<results_dir>/<variant>-seed<k>-<key>.json`` (history, run card,
 test-set predictions) and the final weights beside it (``.pt``). Called again with the
 same settings it loads the records instead of training; an interrupted run resumes
-from its last epoch.
+from its last epoch. The key hashes what decides the run (network, recipe, data, seed)
+but not the label, so chapters sharing one results folder share their baselines.
 """
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ from .runinfo import environment
 from .train import Callback, History, TrainConfig, atomic_save, fit, predict, resolve_device
 
 RECORD_FORMAT = 2
+
+BOOK_RECIPE = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                          schedule="cosine", warmup_epochs=0.5)
+"""The recipe every chapter trains with (the profile sets epochs and batch size): SGD with
+Nesterov momentum, half an epoch of warm-up, then a cosine schedule. One recipe for the
+whole book, so that chapters share their baselines (see :func:`run_key`)."""
 
 
 @dataclass(frozen=True)
@@ -88,18 +95,31 @@ def _dataset_spec(data: ImageDataset) -> dict:
 
 
 def run_key(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int) -> str:
-    blob = json.dumps({"format": RECORD_FORMAT, "variant": variant.spec(), "data": _dataset_spec(data),
+    """A hash of everything that decides the training run. The label is left out: it only
+    names the run, so two chapters that train the same network share its record."""
+    spec = {k: v for k, v in variant.spec().items() if k != "label"}
+    blob = json.dumps({"format": RECORD_FORMAT, "variant": spec, "data": _dataset_spec(data),
                        "config": asdict(config), "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def _find_record(results_dir: Path, stem: Path, seed: int, key: str) -> Path | None:
+    """This run's record, saved under this label or any other (weights present too)."""
+    candidates = [stem.with_suffix(".json"), *sorted(results_dir.glob(f"*-seed{seed}-{key}.json"))]
+    return next((p for p in candidates if p.exists() and p.with_suffix(".pt").exists()), None)
 
 
 def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *, profile: str,
             results_dir: Path, device: torch.device, progress: bool) -> tuple[dict, bool]:
     """Train one variant with one seed, or load its record. Returns (record, trained now)."""
-    stem = results_dir / f"{_slug(variant.label)}-seed{seed}-{run_key(variant, data, config, seed)}"
+    key = run_key(variant, data, config, seed)
+    stem = results_dir / f"{_slug(variant.label)}-seed{seed}-{key}"
     record_path, weights_path = stem.with_suffix(".json"), stem.with_suffix(".pt")
-    if record_path.exists() and weights_path.exists():
-        return json.loads(record_path.read_text()), False
+    found = _find_record(results_dir, stem, seed, key)
+    if found is not None:
+        record = json.loads(found.read_text())
+        record["label"] = record["variant"]["label"] = variant.label
+        return record, False
     model = variant.build(data, seed)
     flops = flops_per_image(model, data)  # the first forward: sizes lazily built layers
     params = count_parameters(model)

@@ -123,6 +123,22 @@ def test_summary(comparison):
     assert "4 runs (4 trained now, 0 loaded" in card["training wall time"]
 
 
+def test_same_run_under_another_label_is_shared(comparison):
+    renamed = Variant("ResNet-20 (BN)")  # trains exactly what "BN baseline" trained
+    again = compare([renamed], "smoke", epochs=2, seeds=SEEDS, results_dir=comparison.results_dir,
+                    device="cpu", progress=False)
+    assert again.trained_now == 0
+    assert again.labels == ["ResNet-20 (BN)"] and len(again.runs("ResNet-20 (BN)")) == len(SEEDS)
+    original = comparison.runs("BN baseline")
+    assert [r["history"] for r in again.runs("ResNet-20 (BN)")] == [r["history"] for r in original]
+    assert comparison.runs("BN baseline")[0]["label"] == "BN baseline"  # the first comparison is untouched
+    model = again.model("ResNet-20 (BN)", SEEDS[0])
+    assert isinstance(model, torch.nn.Module)
+    # anything that changes the run is not shared
+    assert run_key(renamed, again.data, TrainConfig(), 0) == run_key(VARIANTS[0], again.data, TrainConfig(), 0)
+    assert run_key(Variant("x", norm="iebn"), again.data, TrainConfig(), 0) != run_key(renamed, again.data, TrainConfig(), 0)
+
+
 def test_duplicate_labels_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         compare([Variant("a"), Variant("a", model="alexnet")], "smoke", results_dir=tmp_path, progress=False)
