@@ -95,9 +95,11 @@ def _dataset_spec(data: ImageDataset) -> dict:
 
 
 def run_key(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int) -> str:
-    """A hash of everything that decides the training run. The label is left out: it only
-    names the run, so two chapters that train the same network share its record."""
-    spec = {k: v for k, v in variant.spec().items() if k != "label"}
+    """A hash of everything that decides the training run: the network, the effective
+    recipe, the data and the seed. The label only names the run and ``train`` is already
+    folded into ``config``, so both are left out: chapters that train the same network the
+    same way share one record."""
+    spec = {k: v for k, v in variant.spec().items() if k not in ("label", "train")}
     blob = json.dumps({"format": RECORD_FORMAT, "variant": spec, "data": _dataset_spec(data),
                        "config": asdict(config), "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -118,7 +120,7 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     found = _find_record(results_dir, stem, seed, key)
     if found is not None:
         record = json.loads(found.read_text())
-        record["label"] = record["variant"]["label"] = variant.label
+        record["label"], record["variant"] = variant.label, variant.spec()  # this chapter's name for it
         return record, False
     model = variant.build(data, seed)
     flops = flops_per_image(model, data)  # the first forward: sizes lazily built layers

@@ -163,6 +163,22 @@ def results_table(cmp: Comparison, paper: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def cost_table(cmp: Comparison) -> str:
+    """A markdown table of what each variant costs: parameters, FLOPs, measured train and
+    eval images per second, and each of those relative to the first variant."""
+    rows = cmp.summary()
+    base = rows[0]
+    lines = [f"| variant | params | MFLOPs/img | train img/s | eval img/s | params vs first | "
+             f"train speed vs first | eval speed vs first |", "|" + "---|" * 8]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['params']:,d} | {r['flops_per_image'] / 1e6:.2f} "
+                     f"| {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} "
+                     f"| {r['params'] / base['params']:.2f}x "
+                     f"| {r['train_images_per_s'] / base['train_images_per_s']:.3f}x "
+                     f"| {r['eval_images_per_s'] / base['eval_images_per_s']:.3f}x |")
+    return "\n".join(lines)
+
+
 def run_card_table(cmp: Comparison) -> str:
     card = cmp.run_card()
     return "| run card | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in card.items())

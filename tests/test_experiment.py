@@ -137,6 +137,9 @@ def test_same_run_under_another_label_is_shared(comparison):
     # anything that changes the run is not shared
     assert run_key(renamed, again.data, TrainConfig(), 0) == run_key(VARIANTS[0], again.data, TrainConfig(), 0)
     assert run_key(Variant("x", norm="iebn"), again.data, TrainConfig(), 0) != run_key(renamed, again.data, TrainConfig(), 0)
+    # an override equal to the recipe's value is the same run
+    same = Variant("y", train={"lr": TrainConfig().lr})
+    assert run_key(same, again.data, TrainConfig().replace(**same.train), 0) == run_key(renamed, again.data, TrainConfig(), 0)
 
 
 def test_duplicate_labels_are_refused(tmp_path):
@@ -223,6 +226,18 @@ def test_accuracy_bars(comparison):
     expected = [100 * statistics.fmean(r["final_test_acc"] for r in comparison.runs(lab)) for lab in comparison.labels]
     assert heights == pytest.approx(expected)
     assert [t.get_text() for t in ax.get_xticklabels()] == comparison.labels
+
+
+def test_cost_table(comparison):
+    lines = plots.cost_table(comparison).splitlines()
+    assert len(lines) == 2 + len(comparison.labels)
+    rows = comparison.summary()
+    for line, row in zip(lines[2:], rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == row["label"] and cells[1] == f"{row['params']:,d}"
+        expected = row["train_images_per_s"] / rows[0]["train_images_per_s"]
+        assert cells[6] == f"{expected:.3f}x"
+    assert lines[2].endswith("| 1.00x | 1.000x | 1.000x |")
 
 
 def test_results_table(comparison):

@@ -1,0 +1,56 @@
+"""attnlib.benchmark: throughput and activation-memory measurements behave as documented."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from attnlib.benchmark import saved_activation_bytes, throughput
+from attnlib.models import build_model
+
+SHAPE = (1, 16, 16)
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnet20", in_channels=1, num_classes=10, width_mult=0.5)
+
+
+def test_throughput_is_positive_and_training_changes_the_weights():
+    net = small_net()
+    before = copy.deepcopy(net.state_dict())
+    rate = throughput(net, 8, SHAPE, steps=2, warmup=1, repeats=1, device="cpu")
+    assert rate > 0
+    assert not torch.equal(before["fc.weight"], net.state_dict()["fc.weight"])
+
+
+def test_inference_throughput_leaves_the_weights_and_is_faster_than_training():
+    net = small_net()
+    before = copy.deepcopy(net.state_dict())
+    infer = throughput(net, 16, SHAPE, train=False, steps=3, warmup=1, repeats=2, device="cpu")
+    for key, value in net.state_dict().items():
+        assert torch.equal(before[key], value), key  # no step, no BN statistics update
+    train = throughput(small_net(), 16, SHAPE, steps=3, warmup=1, repeats=2, device="cpu")
+    assert infer > train
+
+
+def test_throughput_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="positive"):
+        throughput(small_net(), 0, SHAPE)
+
+
+def test_saved_activation_bytes_of_a_known_network():
+    # conv (saves its input) -> ReLU (saves its output) -> flatten -> linear (saves its input)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    got = saved_activation_bytes(net, 2, (1, 8, 8), channels_last=False)
+    image, relu_out = 2 * 1 * 8 * 8 * 4, 2 * 4 * 8 * 8 * 4
+    assert got >= image + relu_out  # at least the input and the ReLU output (the linear's input is a view of it)
+    assert got < 2 * (image + relu_out) + 1024
+
+
+def test_saved_activation_bytes_grow_with_the_batch():
+    small = saved_activation_bytes(small_net(), 4, SHAPE)
+    large = saved_activation_bytes(small_net(), 16, SHAPE)
+    assert 3.5 * small < large < 4.5 * small
