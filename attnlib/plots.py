@@ -179,6 +179,18 @@ def cost_table(cmp: Comparison) -> str:
     return "\n".join(lines)
 
 
+def benchmark_table(rows: list[dict]) -> str:
+    """A markdown table of :func:`attnlib.benchmark.measure`'s rows, ratios against the first."""
+    lines = ["| network | batch | params | train img/s | eval img/s | activation memory (MB) | train vs first "
+             "| eval vs first | memory vs first |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['batch_size']} | {r['params']:,d} | {r['train_images_per_s']:,.0f} "
+                     f"| {r['eval_images_per_s']:,.0f} | {r['activation_mb']:.1f} "
+                     f"| {r['train_images_per_s_vs_first']:.2f}x | {r['eval_images_per_s_vs_first']:.2f}x "
+                     f"| {r['activation_mb_vs_first']:.2f}x |")
+    return "\n".join(lines)
+
+
 def run_card_table(cmp: Comparison) -> str:
     card = cmp.run_card()
     return "| run card | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in card.items())

@@ -54,3 +54,18 @@ def test_saved_activation_bytes_grow_with_the_batch():
     small = saved_activation_bytes(small_net(), 4, SHAPE)
     large = saved_activation_bytes(small_net(), 16, SHAPE)
     assert 3.5 * small < large < 4.5 * small
+
+
+def test_measure_rows_and_ratios():
+    from attnlib import plots
+    from attnlib.benchmark import measure
+
+    rows = measure({"half": small_net, "quarter": lambda: build_model("resnet20", in_channels=1, num_classes=10,
+                                                                      width_mult=0.25)},
+                   8, SHAPE, steps=2, warmup=1, repeats=1, device="cpu")
+    assert [r["label"] for r in rows] == ["half", "quarter"]
+    assert rows[0]["train_images_per_s_vs_first"] == 1.0
+    assert rows[1]["params"] < rows[0]["params"] and rows[1]["activation_mb"] < rows[0]["activation_mb"]
+    assert rows[1]["activation_mb_vs_first"] == rows[1]["activation_mb"] / rows[0]["activation_mb"]
+    table = plots.benchmark_table(rows).splitlines()
+    assert len(table) == 4 and table[2].startswith("| half | 8 |") and table[2].endswith("| 1.00x | 1.00x | 1.00x |")
