@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -268,13 +269,34 @@ def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, re
                       time.perf_counter() - start)
 
 
+def permutation_p_value(a: Sequence[float], b: Sequence[float]) -> float:
+    """Exact two-sided permutation test of ``mean(a) - mean(b)``: the share of all ways to
+    split the pooled values into groups of ``len(a)`` and ``len(b)`` whose difference of
+    means is at least as large in magnitude as the observed one.
+
+    It assumes nothing about the spread, which three seeds cannot estimate well; the
+    price is that few seeds cannot reach small values (3 against 3: at least 0.1).
+    """
+    pooled, k = [*a, *b], len(a)
+    observed = abs(statistics.fmean(a) - statistics.fmean(b))
+    total = sum(pooled)
+    splits = list(itertools.combinations(range(len(pooled)), k))
+    extreme = 0
+    for chosen in splits:
+        first = sum(pooled[i] for i in chosen)
+        diff = abs(first / k - (total - first) / (len(pooled) - k))
+        extreme += diff >= observed - 1e-12
+    return extreme / len(splits)
+
+
 def difference(cmp: Comparison, label: str, baseline: str) -> dict:
     """Final-accuracy difference ``label - baseline`` in points, with its noise.
 
     ``se`` is the standard error of the difference of two means (seeds are independent);
     the difference is called *within noise* when it is smaller than two standard errors,
-    which is a rough 95 % criterion with few seeds, not a significance test. ``verdict`` says
-    it in words for a sentence "label is <verdict> baseline".
+    which is a rough 95 % criterion with few seeds, not a significance test. ``p_value`` is
+    the exact permutation test (:func:`permutation_p_value`), which does not trust the
+    seeds' spread. ``verdict`` says it in words for a sentence "label is <verdict> baseline".
     """
     a = [r["final_test_acc"] for r in cmp.runs(label)]
     b = [r["final_test_acc"] for r in cmp.runs(baseline)]
@@ -282,7 +304,8 @@ def difference(cmp: Comparison, label: str, baseline: str) -> dict:
     se = 100 * math.sqrt(_std(a) ** 2 / len(a) + _std(b) ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
     within = not abs(delta) > 2 * se  # also True when se is nan (one seed): no claim either way
     verdict = "indistinguishable from" if within else ("better than" if delta > 0 else "worse than")
-    return {"delta": delta, "se": se, "within_noise": within, "verdict": verdict,
+    p = permutation_p_value(a, b)
+    return {"delta": delta, "se": se, "within_noise": within, "verdict": verdict, "p_value": p,
             "text": f"{label} vs {baseline}: {delta:+.2f} points (standard error {se:.2f}; "
                     f"{'within' if within else 'outside'} two standard errors "
-                    f"over {len(a)} and {len(b)} seeds)"}
+                    f"over {len(a)} and {len(b)} seeds; permutation p = {p:.2f})"}

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from attnlib import load_dataset, plots
-from attnlib.experiment import Variant, compare, difference, flops_per_image, run_key
+from attnlib.experiment import Variant, compare, difference, flops_per_image, permutation_p_value, run_key
 from attnlib.profiles import PROFILES, resolve_profile
 from attnlib.train import TrainConfig, predict
 
@@ -304,3 +304,14 @@ def test_difference_states_its_verdict(comparison):
     else:
         assert d["verdict"] == ("better than" if d["delta"] > 0 else "worse than")
     assert difference(comparison, "AlexNet", "AlexNet")["verdict"] == "indistinguishable from"
+
+
+def test_permutation_p_value_against_enumeration():
+    # 3 vs 3, completely separated: only the observed split and its mirror are as extreme
+    assert permutation_p_value([0.74, 0.741, 0.742], [0.735, 0.736, 0.7365]) == pytest.approx(2 / 20)
+    # identical groups: every split is at least as extreme as a zero difference
+    assert permutation_p_value([0.5, 0.6], [0.6, 0.5]) == 1.0
+    # a direct count for a small unbalanced case: 1 vs 2 values, 3 splits
+    a, b = [3.0], [1.0, 2.0]
+    diffs = [abs(x - (6.0 - x) / 2) for x in (3.0, 1.0, 2.0)]
+    assert permutation_p_value(a, b) == sum(d >= diffs[0] for d in diffs) / 3
