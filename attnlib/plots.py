@@ -6,6 +6,7 @@ Figures have a white background so they stay readable in a dark-mode page.
 from __future__ import annotations
 
 import math
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,7 +22,7 @@ plt.rcParams.update({"figure.facecolor": "white", "savefig.facecolor": "white", 
 
 # Keyword in a variant's label -> colour (colour-blind-safe Okabe-Ito palette); checked in order.
 METHOD_COLORS = [
-    ("dynamic", "#8C564B"), ("iebn", "#0072B2"), ("mabn", "#CC79A7"), ("nam", "#D55E00"),
+    ("dynamic", "#8C564B"), ("dy", "#8C564B"), ("iebn", "#0072B2"), ("mabn", "#CC79A7"), ("nam", "#D55E00"),
     ("ba", "#009E73"), ("se", "#E69F00"), ("alexnet", "#56B4E9"), ("bn", "#555555"),
     ("resnet", "#555555"), ("baseline", "#555555"),
 ]
@@ -29,7 +30,7 @@ FALLBACK = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#
 
 
 def color_for(label: str, index: int = 0) -> str:
-    words = label.lower().replace("-", " ").replace("+", " ").split()
+    words = re.sub(r"[^a-z0-9]+", " ", label.lower()).split()
     for key, color in METHOD_COLORS:
         if key in words:
             return color
@@ -267,5 +268,25 @@ def augmentation_examples(data: ImageDataset, n: int = 8, versions: int = 4, see
     axes[0, 0].set_ylabel("original", fontsize=8)
     axes[1, 0].set_ylabel("augmented", fontsize=8)
     fig.suptitle(f"random crop (padding {pad} px) and horizontal flip, done on the device per batch", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def gain_vs_speed(rows: list[dict]):
+    """Accuracy difference to the baseline (± one standard error) against the training speed
+    relative to the baseline, one point per row of :func:`attnlib.overview.method_rows`."""
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    colors = _colors([r["method"] for r in rows])
+    for r in rows:
+        marker = "o" if r["dataset"].endswith("(12,000 train)") else "s"
+        ax.errorbar(r["speed_ratio"], r["delta"], yerr=0 if math.isnan(r["se"]) else r["se"], marker=marker,
+                    color=colors[r["method"]], capsize=3, ms=6, ls="none")
+        ax.annotate(r["method"], (r["speed_ratio"], r["delta"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.axhline(0, color="grey", lw=1)
+    ax.axvline(1, color="grey", lw=1, ls=":")
+    ax.set(xlabel="training speed relative to the baseline (images/s ratio)",
+           ylabel="final test accuracy − baseline (points, ± 1 SE)",
+           title="what each method buys and costs (circles: main runs; squares: smaller experiments)")
     fig.tight_layout()
     return fig

@@ -82,3 +82,9 @@ def test_book_builds_without_warnings(tmp_path: Path):
         page = html / "book" / f"{src.stem}.html"
         assert page.exists(), f"{page} was not built"
         assert "<img" in page.read_text(), f"{page.name} has no figures"
+
+
+def test_results_overview_is_current():
+    assert book.OVERVIEW.read_text() == book.overview_page(), \
+        "book/results.md is stale: run `python -m attnlib.book overview`"
+    assert book.OVERVIEW_FIGURE.exists()

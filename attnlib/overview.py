@@ -1,0 +1,109 @@
+"""The book's results overview: every method against its baseline, read from the records.
+
+A record's *setting* is its data (the dataset fingerprint) and its effective recipe; its
+*network* is the variant spec without the label. Within a setting, every network that is
+not a plain one (BN, plain convs, no attention, no callbacks) is compared with the plain
+network of the same architecture and width, when one was trained in that setting. So the
+table grows by itself as chapters add records, and nothing in it is typed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from .experiment import permutation_p_value
+
+PLAIN = {"norm": "bn", "conv": "conv", "attention": None, "callbacks": []}
+
+#: The paper's own figure for a method, by the part that defines it: quoted, with source.
+PAPER_FIGURES = {
+    ("norm", "iebn"): "CIFAR-100 ResNet-164: 74.29 → 77.09 (official README)",
+    ("attention", "se"): "ImageNet ResNet-50: 75.20 → 76.71 (Hu et al. 2018, Table 2)",
+    ("attention", "ba"): "ImageNet BA-ResNet-50: 78.85 (official logs)",
+    ("attention", "ba_discarded"): "the post's CIFAR-10 AlexNet: 78.48 → 78.96 (one run, best epoch)",
+    ("norm", "mabn"): "ImageNet ResNet-50, batch 2: BN 64.78 → MABN 76.33 (official README)",
+    ("conv", "dynamic"): "ImageNet ResNet-18: 70.4 → 72.7 (Chen et al. 2020)",
+    ("conv", "dynamic_k2"): "the post's CIFAR-10 AlexNet-DY: 78.72 → 82.09 (one run, best epoch)",
+}
+
+
+def load_records(results_dir: str | Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))]
+
+
+def _network(record: dict) -> dict:
+    return {k: v for k, v in record["variant"].items() if k not in ("label", "train")}
+
+
+def _is_plain(network: dict) -> bool:
+    return all(network.get(k) == v for k, v in PLAIN.items())
+
+
+def _steady_speed(record: dict) -> float:
+    values = record["history"]["train_images_per_s"]
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def _paper(network: dict) -> str:
+    for part in ("norm", "attention", "conv"):
+        name = network.get(part)
+        if name and (part, name) in PAPER_FIGURES:
+            return PAPER_FIGURES[part, name]
+        if name and name.startswith("mabn"):
+            return PAPER_FIGURES["norm", "mabn"]
+    return "–"
+
+
+def method_rows(records: list[dict]) -> list[dict]:
+    """One row per (setting, method network) that has a plain baseline in its setting."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        setting = json.dumps([r["dataset"]["sha1"], r["config"]], sort_keys=True)
+        groups[setting, json.dumps(_network(r), sort_keys=True)].append(r)
+    rows = []
+    for (setting, net_key), runs in groups.items():
+        network = json.loads(net_key)
+        if _is_plain(network):
+            continue
+        plain = {**network, **PLAIN}
+        base = groups.get((setting, json.dumps(plain, sort_keys=True)))
+        if not base:
+            continue
+        acc = [100 * r["final_test_acc"] for r in runs]
+        ref = [100 * r["final_test_acc"] for r in base]
+        se = math.sqrt(statistics.variance(acc) / len(acc) + statistics.variance(ref) / len(ref)) \
+            if min(len(acc), len(ref)) > 1 else math.nan
+        delta = statistics.fmean(acc) - statistics.fmean(ref)
+        first, data, config = runs[0], runs[0]["dataset"], runs[0]["config"]
+        rows.append({
+            "method": first["label"], "baseline": base[0]["label"], "model": network["model"],
+            "dataset": f"{data['name']} ({data['train_images']:,} train)", "profile": first["profile"],
+            "batch_size": config["batch_size"], "epochs": config["epochs"], "seeds": len(runs),
+            "acc_mean": statistics.fmean(acc), "acc_std": statistics.stdev(acc) if len(acc) > 1 else math.nan,
+            "base_mean": statistics.fmean(ref), "base_std": statistics.stdev(ref) if len(ref) > 1 else math.nan,
+            "delta": delta, "se": se, "within_noise": not abs(delta) > 2 * se,
+            "p_value": permutation_p_value(acc, ref),
+            "params_ratio": first["params"] / base[0]["params"],
+            "flops_ratio": first["flops_per_image"] / base[0]["flops_per_image"],
+            "speed_ratio": statistics.median(map(_steady_speed, runs)) / statistics.median(map(_steady_speed, base)),
+            "paper": _paper(network),
+        })
+    return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["batch_size"], r["method"]))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ["method", "baseline", "model", "data", "profile, batch, epochs", "seeds", "method acc (%)",
+            "baseline acc (%)", "Δ (pts) ± SE", "noise", "params", "FLOPs", "train speed", "paper's figure"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        noise = "within" if r["within_noise"] else "outside"
+        lines.append(
+            f"| {r['method']} | {r['baseline']} | {r['model']} | {r['dataset']} "
+            f"| {r['profile']}, {r['batch_size']}, {r['epochs']} | {r['seeds']} "
+            f"| {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['base_mean']:.2f} ± {r['base_std']:.2f} "
+            f"| {r['delta']:+.2f} ± {r['se']:.2f} | {noise} 2 SE, p = {r['p_value']:.2f} "
+            f"| {r['params_ratio']:.2f}x | {r['flops_ratio']:.2f}x | {r['speed_ratio']:.2f}x | {r['paper']} |")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""attnlib.overview: methods paired with their plain baseline from the records alone."""
+from __future__ import annotations
+
+import pytest
+
+from attnlib import plots
+from attnlib.experiment import Variant, compare, difference
+from attnlib.overview import load_records, markdown_table, method_rows
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    variants = [Variant("plain", model_kwargs={"width_mult": 0.5}),
+                Variant("SE", attention="se", model_kwargs={"width_mult": 0.5}),
+                Variant("wide plain", model_kwargs={"width_mult": 1.0})]  # no plain network of its width
+    cmp = compare(variants, "smoke", epochs=1, seeds=(0, 1), results_dir=results, device="cpu", progress=False)
+    return cmp, load_records(results)
+
+
+def test_each_method_is_paired_with_the_plain_network_of_its_setting(records):
+    cmp, recs = records
+    rows = method_rows(recs)
+    assert [(r["method"], r["baseline"]) for r in rows] == [("SE", "plain")]
+    row, d = rows[0], difference(cmp, "SE", "plain")
+    assert row["delta"] == pytest.approx(d["delta"]) and row["se"] == pytest.approx(d["se"])
+    assert row["p_value"] == pytest.approx(d["p_value"]) and row["within_noise"] == d["within_noise"]
+    assert row["seeds"] == 2 and row["params_ratio"] > 1 and "Hu et al." in row["paper"]
+
+
+def test_table_and_chart(records):
+    _, recs = records
+    rows = method_rows(recs)
+    table = markdown_table(rows).splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| SE | plain | resnet20 |")
+    fig = plots.gain_vs_speed(rows)
+    assert fig.axes[0].get_xlabel().startswith("training speed")
