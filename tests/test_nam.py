@@ -366,3 +366,12 @@ def test_resnet50_bottleneck_with_every_nam():
         assert len(modules) == 16 * (2 if name == "nam_both" else 1)
         assert all(m.scale.grad is not None for m in modules)
         assert NAMSparsityPenalty().loss_term(model).item() > 0
+
+
+def test_all_zero_scales_give_a_half_gate_not_nan():
+    layer = NAMChannelAttention(4)
+    with torch.no_grad():
+        layer.bn.weight.zero_()
+    x = torch.randn(3, 4, 5, 5)
+    assert torch.equal(layer.weights(), torch.zeros(4))
+    assert torch.allclose(layer(x), 0.5 * x)

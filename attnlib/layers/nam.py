@@ -82,7 +82,8 @@ from .registry import register_attention
 def _normalised_abs(scale: torch.Tensor, detach: bool) -> torch.Tensor:
     """``|scale| / sum |scale|``, optionally cut from the autograd graph."""
     magnitude = scale.detach().abs() if detach else scale.abs()
-    return magnitude / magnitude.sum()
+    # all-zero scales (an L1 penalty can drive them there) give zero weights, not 0/0 = NaN
+    return magnitude / magnitude.sum().clamp_min(torch.finfo(magnitude.dtype).tiny)
 
 
 class NAMChannelAttention(nn.Module):
