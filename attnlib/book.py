@@ -7,8 +7,8 @@
     python -m attnlib.book overview                            # results page from the records
 
 Sources (``notebooks/*.ipynb``) are stored without outputs. ``execute`` runs each with
-papermill, with the working directory set to the output folder (so results land in
-``book/results/<notebook>/``), and removes papermill's per-cell metadata. The book is
+papermill, with the working directory set to the output folder (so records land in
+``book/results/``, shared by the chapters), and removes papermill's per-cell metadata. The book is
 rendered from the executed copies with execution off. ``check`` fails when a copy's code
 or text no longer matches its source, i.e. the copy is stale and must be executed again.
 """
