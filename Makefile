@@ -10,12 +10,12 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= quick
 NOTEBOOKS ?=
 
-.PHONY: book test execute check venv clean
+.PHONY: book test execute check labs venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[book,test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[book,test,labs]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -36,6 +36,10 @@ execute: venv
 
 check: venv
 	$(PY) -m attnlib.book check
+
+# Course labs from the chapters: student notebooks -> book/labs/ (commit them), autograders -> build/labs/.
+labs: venv
+	$(PY) -m attnlib.labs build
 
 clean:
 	rm -rf _build build

@@ -1,0 +1,261 @@
+"""Course labs generated from the chapter notebooks with otter-grader.
+
+    python -m attnlib.labs build [chapters]      # student notebooks -> book/labs/, autograders -> build/labs/
+    python -m attnlib.labs grade NOTEBOOK --lab 01_iebn   # score one submission (otter run, no Docker)
+    python -m attnlib.labs time [chapters]       # time the solution notebooks, write book/labs/timings.json
+
+The chapter notebook is the single source. Its lab cells carry a ``lab`` entry in their
+metadata, invisible on the book page:
+
+* ``{"question": "q1_iebn", "points": 4}`` on the markdown cell that opens an exercise
+  (``"manual": true`` for a question graded by hand);
+* ``{"role": "solution"}``: the answer (code: function bodies and top-level statements are
+  replaced by ``...`` in the student notebook, signatures and docstrings stay; markdown:
+  removed, otter leaves an answer cell);
+* ``{"role": "check"}``: a self-check the student runs (kept);
+* ``{"role": "test"}``: a hidden test of the autograder (removed from the student notebook).
+
+``build`` turns these into otter's own notebook format (raw ``# BEGIN QUESTION`` ... cells),
+runs ``otter assign``, and keeps the sections a lab needs: everything before
+"## Implementation" (setup, idea, maths) and from "## Exercises" on. The sections between
+show the library's implementation and the equation written out (the sanity checks), i.e.
+the answer to the first exercise; they stay on the book page.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from ..book import source_notebooks
+from ..runinfo import REPO
+
+STUDENT_DIR = REPO / "book" / "labs"
+BUILD_DIR = REPO / "build" / "labs"
+TIMINGS = STUDENT_DIR / "timings.json"
+LAB_SECTIONS_END, LAB_SECTIONS_RESUME = "## Implementation", "## Exercises"
+ASSIGNMENT_CONFIG = {
+    "init_cell": False, "check_all_cell": False, "export_cell": False, "run_tests": False,
+    "generate": True, "tests": {"ok_format": False, "files": False},
+}
+
+
+def colab_url(notebook: Path) -> str:
+    """The Colab address of a committed notebook, from _config.yml's repository."""
+    repo = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]
+    slug = repo["url"].removeprefix("https://github.com/").rstrip("/")
+    return f"https://colab.research.google.com/github/{slug}/blob/{repo.get('branch', 'main')}/" \
+           f"{notebook.relative_to(REPO).as_posix()}"
+
+
+def _lab(cell) -> dict:
+    return cell.metadata.get("lab", {})
+
+
+def _heading(cell) -> str:
+    return cell.source.lstrip().split("\n", 1)[0] if cell.cell_type == "markdown" else ""
+
+
+def lab_cells(nb) -> list:
+    """The cells a lab keeps: before "## Implementation", and from "## Exercises" on."""
+    kept, skipping = [], False
+    for cell in nb.cells:
+        heading = _heading(cell)
+        if heading.startswith(LAB_SECTIONS_END):
+            skipping = True
+        elif heading.startswith(LAB_SECTIONS_RESUME):
+            skipping = False
+        if not skipping:
+            kept.append(cell)
+    if not any(_lab(c).get("question") for c in kept):
+        raise ValueError("the chapter has no lab questions: mark its exercises (see attnlib/labs/build.py)")
+    return kept
+
+
+def _statement_lines(source: str) -> list[tuple[ast.stmt, int, int]]:
+    """(node, first line, last line), 0-based, of every top-level statement."""
+    return [(node, node.lineno - 1, node.end_lineno - 1) for node in ast.parse(source).body]
+
+
+def _kept_header(node: ast.stmt) -> int:
+    """Last line (0-based) of a function's signature and docstring, the part a stub keeps."""
+    first = node.body[0]
+    is_docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+        and isinstance(first.value.value, str)
+    return first.end_lineno - 1 if is_docstring else first.lineno - 2
+
+
+def mark_solution(source: str) -> str:
+    """Otter's solution markers around everything a student writes.
+
+    A top-level function keeps its signature and docstring, and its body becomes ``...``;
+    a top-level assignment ``name = value`` becomes ``name = ...``; anything else is removed.
+    """
+    lines = source.splitlines()
+    out: list[str] = []
+    for node, start, end in _statement_lines(source):
+        if isinstance(node, ast.FunctionDef):
+            header_end = _kept_header(node)
+            indent = " " * node.body[0].col_offset
+            out += lines[start:header_end + 1] + [f"{indent}# BEGIN SOLUTION"] + lines[header_end + 1:end + 1] \
+                + [f"{indent}# END SOLUTION", ""]
+        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            names = " = ".join(t.id for t in node.targets)
+            out += ['""" # BEGIN PROMPT', f"{names} = ...", '""" # END PROMPT', "# BEGIN SOLUTION NO PROMPT",
+                    *lines[start:end + 1], "# END SOLUTION"]
+        else:
+            out += ["# BEGIN SOLUTION NO PROMPT", *lines[start:end + 1], "# END SOLUTION"]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _raw(text: str):
+    return nbformat.v4.new_raw_cell(text)
+
+
+def otter_master(nb, name: str):
+    """The chapter's lab cells in otter-assign's format (raw BEGIN/END cells, test configs)."""
+    config = yaml.safe_dump({"name": name, **ASSIGNMENT_CONFIG}, sort_keys=False)
+    cells, open_question = [_raw("# ASSIGNMENT CONFIG\n" + config)], False
+    for cell in lab_cells(nb):
+        cell = nbformat.from_dict(json.loads(json.dumps(cell)))
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        lab = cell.metadata.pop("lab", {})
+        role = lab.get("role")
+        if open_question and (lab.get("question") or not lab):
+            cells.append(_raw("# END QUESTION"))
+            open_question = False
+        if lab.get("question"):
+            question = {"name": lab["question"], "points": lab["points"], **({"manual": True} if lab.get("manual") else {})}
+            cells.append(_raw("# BEGIN QUESTION\n" + yaml.safe_dump(question, sort_keys=False)))
+            open_question = True
+            cells.append(cell)
+        elif role == "solution":
+            if cell.cell_type == "code":
+                cell.source = mark_solution(cell.source)
+            cells += [_raw("# BEGIN SOLUTION"), cell, _raw("# END SOLUTION")]
+        elif role == "test":
+            cell.source = '""" # BEGIN TEST CONFIG\nhidden: true\n""" # END TEST CONFIG\n' + cell.source
+            cells += [_raw("# BEGIN TESTS"), cell, _raw("# END TESTS")]
+        else:
+            cells.append(cell)
+    if open_question:
+        cells.append(_raw("# END QUESTION"))
+    title = next(i for i, c in enumerate(cells) if c.cell_type == "markdown")
+    cells.insert(title + 1, nbformat.v4.new_markdown_cell(_lab_note(name)))
+    return nbformat.v4.new_notebook(cells=cells, metadata=nb.metadata)
+
+
+def _lab_note(name: str) -> str:
+    return (f"**Lab.** This notebook is the lab version of the chapter `{name}`: its setup, idea and "
+            "maths, then the exercises. The implementation, sanity checks, experiments and results are "
+            "on the chapter's page in the book. Run the cells in order; each exercise has a self-check "
+            "cell that says what is wrong. Change `profile` in the parameters cell to `smoke` for a "
+            "fast run on synthetic images.")
+
+
+def _otter(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "otter"
+    if not exe.exists():
+        raise SystemExit("otter-grader is not installed: pip install -e '.[labs]'")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, check=False)
+
+
+def build_lab(source: Path, student_dir: Path = STUDENT_DIR, build_dir: Path = BUILD_DIR) -> dict[str, Path]:
+    """Student notebook, solution notebook and autograder zip of one chapter."""
+    name = source.stem
+    work = build_dir / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    master = work / f"{name}-master.ipynb"
+    nbformat.write(otter_master(nbformat.read(source, as_version=4), name), master)
+    result = _otter("assign", "--no-pdfs", str(master), str(work / "dist"))
+    if result.returncode != 0:
+        raise RuntimeError(f"otter assign failed for {name}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    paths = {"student": student_dir / f"{name}.ipynb", "solution": work / "solution.ipynb",
+             "autograder": work / "autograder.zip"}
+    student_dir.mkdir(parents=True, exist_ok=True)
+    student = nbformat.read(work / "dist" / "student" / master.name, as_version=4)
+    for i, cell in enumerate(student.cells):  # otter's added cells get random ids: keep the file stable
+        cell["id"] = f"lab-{i}"
+    nbformat.write(student, paths["student"])
+    shutil.copy(work / "dist" / "autograder" / master.name, paths["solution"])
+    shutil.copy(next((work / "dist" / "autograder").glob("*.zip")), paths["autograder"])
+    return paths
+
+
+def set_parameter(notebook: Path, out: Path, **values) -> Path:
+    """A copy of ``notebook`` with assignments in its ``parameters`` cell replaced (e.g. profile)."""
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    lines = cell.source.splitlines()
+    for key, value in values.items():
+        lines = [f"{key} = {value!r}" if line.split("=")[0].strip() == key else line for line in lines]
+    cell.source = "\n".join(lines)
+    nbformat.write(nb, out)
+    return out
+
+
+def grade(notebook: Path, autograder: Path) -> dict:
+    """Run the autograder on one notebook (``otter run``, no Docker); otter's results.json as a dict."""
+    with tempfile.TemporaryDirectory() as out:
+        result = _otter("run", "--no-logo", "-a", str(autograder), "-o", out, str(notebook))
+        report = Path(out) / "results.json"
+        if not report.exists():
+            raise RuntimeError(f"otter run failed on {notebook}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        return json.loads(report.read_text())
+
+
+def score(results: dict) -> tuple[float, float]:
+    """(score, maximum) over the auto-graded questions of an otter results dict."""
+    graded = [t for t in results["tests"] if "max_score" in t]
+    return sum(t["score"] for t in graded), sum(t["max_score"] for t in graded)
+
+
+def time_solution(name: str, profile: str) -> dict:
+    """Run and grade the solution notebook of one lab; its wall time and score."""
+    solution = BUILD_DIR / name / "solution.ipynb"
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = set_parameter(solution, Path(tmp) / solution.name, profile=profile)
+        start = time.perf_counter()
+        got, total = score(grade(copy, BUILD_DIR / name / "autograder.zip"))
+    return {"profile": profile, "seconds": round(time.perf_counter() - start), "score": got, "max_score": total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnlib.labs", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="student notebooks (book/labs/) and autograders (build/labs/)")
+    b.add_argument("chapters", nargs="*")
+    g = sub.add_parser("grade", help="score a submission with a lab's autograder")
+    g.add_argument("notebook", type=Path)
+    g.add_argument("--lab", required=True, help="chapter name, e.g. 01_iebn")
+    t = sub.add_parser("time", help="run the solution notebooks and record their time and score")
+    t.add_argument("chapters", nargs="*")
+    t.add_argument("--profile", default="quick")
+    args = parser.parse_args(argv)
+    if args.command == "grade":
+        got, total = score(grade(args.notebook, BUILD_DIR / args.lab / "autograder.zip"))
+        print(f"{args.notebook}: {got:g} / {total:g} auto-graded points")
+        return 0
+    chapters = source_notebooks(args.chapters or None)
+    if args.command == "build":
+        for source in chapters:
+            paths = build_lab(source)
+            print(f"{source.stem}: {paths['student'].relative_to(REPO)}, {paths['autograder'].relative_to(REPO)}")
+        return 0
+    timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    for source in chapters:
+        timings[source.stem] = time_solution(source.stem, args.profile)
+        print(source.stem, timings[source.stem], flush=True)
+    TIMINGS.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
+    return 0

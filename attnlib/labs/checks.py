@@ -1,0 +1,387 @@
+"""Self-checks for the course labs: a student's function against attnlib's layer.
+
+Each ``check_*`` calls the student's function on random inputs of several shapes and on
+edge cases (one image, one channel, all zeros), compares the result with the library's
+layer, and raises :class:`LabCheckError` with a message meant for the student: which
+shape is wrong, the largest difference and where, and which term of the chapter's
+equation to look at (when the wrong output matches a known mistake, it names it).
+The chapters' lab cells call them in one line: ``checks.check_iebn(iebn)``. The hidden
+tests of the autograder call the same functions with another ``seed``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..layers.bridge_attention import BridgeAttention
+from ..layers.dynamic_conv import DynamicConv2d
+from ..layers.iebn import IEBN2d
+from ..layers.mabn import MABN2d
+from ..layers.nam import NAMChannelAttention
+
+
+class LabCheckError(AssertionError):
+    """A self-check failed; the message says what to fix."""
+
+
+@dataclass
+class Case:
+    """One call of the student's function and what attnlib answers to it."""
+
+    name: str
+    args: dict
+    expected: torch.Tensor
+    mistakes: dict[str, torch.Tensor] = field(default_factory=dict)  # description -> wrong output
+
+
+def _channel(t: torch.Tensor) -> torch.Tensor:
+    return t.view(1, -1, 1, 1)
+
+
+def _describe(args: Mapping) -> str:
+    parts = [f"{k} {tuple(v.shape)}" if isinstance(v, torch.Tensor) else f"{k}={v!r}"
+             for k, v in args.items() if not isinstance(v, list)]
+    return ", ".join(parts)
+
+
+def compare(fn_name: str, got, case: Case, reference: str, hint: str, atol: float = 1e-5) -> None:
+    """Raise LabCheckError unless ``got`` equals ``case.expected`` within ``atol`` (relative too)."""
+    where = f"{case.name} ({_describe(case.args)})"
+    if got is None or got is Ellipsis:
+        raise LabCheckError(f"{fn_name} returned {got!r} for {where}: write its body and return a "
+                            "tensor (the stub `...` returns None).")
+    if not isinstance(got, torch.Tensor):
+        raise LabCheckError(f"{fn_name} returned a {type(got).__name__} for {where}; return a torch.Tensor.")
+    expected = case.expected
+    if got.shape != expected.shape:
+        raise LabCheckError(f"{fn_name} returned shape {tuple(got.shape)} for {where}, but {reference} gives "
+                            f"{tuple(expected.shape)}. Check which dimensions you reduce over and keepdim.")
+    got = got.detach().to(expected.dtype)
+    if not torch.isfinite(got).all():
+        index = tuple(torch.nonzero(~torch.isfinite(got))[0].tolist())
+        raise LabCheckError(f"{fn_name} returned {got[index].item()} at index {index} for {where}; "
+                            f"{reference} gives {expected[index].item():.4g}. A division by zero? {hint}")
+    difference = (got - expected).abs()
+    tolerance = atol + 1e-4 * expected.abs()
+    if (difference <= tolerance).all():
+        return
+    index = tuple(int(i) for i in torch.unravel_index(torch.argmax(difference - tolerance), got.shape))
+    known = [name for name, wrong in case.mistakes.items()
+             if wrong.shape == got.shape and torch.allclose(got, wrong.to(got.dtype), atol=atol, rtol=1e-4)]
+    advice = f"Your output matches {known[0]}." if known else hint
+    raise LabCheckError(f"{fn_name} differs from {reference} for {where}: largest difference "
+                        f"{difference[index].item():.3g} at index {index} (yours {got[index].item():.6g}, "
+                        f"{reference} {expected[index].item():.6g}). {advice}")
+
+
+def run_cases(fn: Callable, fn_name: str, cases: list[Case], reference: str, hint: str,
+              atol: float = 1e-5) -> None:
+    """Call ``fn(**case.args)`` for every case, compare, and print a one-line summary."""
+    if not callable(fn):
+        raise LabCheckError(f"{fn_name} is {fn!r}, not a function: define it with `def {fn_name}(...)`.")
+    for case in cases:
+        try:
+            got = fn(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in case.args.items()})
+        except LabCheckError:
+            raise
+        except Exception as err:  # the student's code failed: say on which input
+            raise LabCheckError(f"{fn_name} raised {type(err).__name__}: {err} for {case.name} "
+                                f"({_describe(case.args)}).") from err
+        compare(fn_name, got, case, reference, hint, atol)
+    print(f"✓ {fn_name} matches {reference} on {len(cases)} cases: {', '.join(c.name for c in cases)}")
+
+
+def _own_rng(check: Callable) -> Callable:
+    """Run a check without touching the caller's torch random state."""
+    @functools.wraps(check)
+    def wrapped(*args, **kwargs):
+        with torch.random.fork_rng():
+            return check(*args, **kwargs)
+    return wrapped
+
+
+def _shapes(seed: int) -> list[tuple[str, tuple[int, int, int, int]]]:
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = (int(v) for v in torch.randint(2, 7, (4,), generator=g))
+    return [("random input", (n, c, h, w)), ("one image", (1, c, h + 1, w + 1)),
+            ("one channel", (n, 1, h, w)), ("all zeros", (n, c, h, w))]
+
+
+def _inputs(seed: int) -> list[tuple[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    return [(name, torch.zeros(shape, dtype=torch.float64) if name == "all zeros"
+             else torch.randn(shape, dtype=torch.float64) * 2 + 0.5) for name, shape in _shapes(seed)]
+
+
+def _batch_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float, unbiased: bool = False,
+                dims: tuple[int, ...] = (0, 2, 3)) -> torch.Tensor:
+    mean = x.mean(dims, keepdim=True)
+    var = x.var(dims, unbiased=unbiased, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * _channel(gamma) + _channel(beta)
+
+
+# --- 00: batch normalisation ----------------------------------------------------------------
+
+@_own_rng
+def check_batch_norm(batch_norm: Callable, seed: int = 0) -> None:
+    """``batch_norm(x, gamma, beta, eps)``: BN in training mode, against ``nn.BatchNorm2d``."""
+    cases = []
+    for name, x in _inputs(seed):
+        c = x.shape[1]
+        bn = torch.nn.BatchNorm2d(c, eps=1e-5).double().train()
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2)
+            bn.bias.normal_()
+        gamma, beta = bn.weight.detach().clone(), bn.bias.detach().clone()
+        with torch.no_grad():
+            expected = bn(x)
+        mistakes = {"the unbiased variance (divide by M, not M - 1: use unbiased=False)":
+                    _batch_norm(x, gamma, beta, bn.eps, unbiased=True),
+                    "statistics per image (reduce over the batch too: dims (0, 2, 3))":
+                    _batch_norm(x, gamma, beta, bn.eps, dims=(2, 3)),
+                    "the normalised x̂ without γ and β": _batch_norm(x, torch.ones_like(gamma),
+                                                                     torch.zeros_like(beta), bn.eps)}
+        if name != "all zeros":
+            mistakes["no ε under the square root"] = _batch_norm(x, gamma, beta, 0.0)
+        cases.append(Case(name, {"x": x, "gamma": gamma, "beta": beta, "eps": bn.eps}, expected, mistakes))
+    run_cases(batch_norm, "batch_norm", cases, "nn.BatchNorm2d (train mode)",
+              "Look at the Math section: μ_c and σ²_c are over the batch and space of channel c, then γ_c x̂ + β_c.")
+
+
+# --- 01: IEBN --------------------------------------------------------------------------------
+
+def _iebn_formula(x, gamma, beta, w, b, eps, gate_input=None, sigmoid=True, unbiased=False):
+    pooled = (x if gate_input is None else gate_input).mean((2, 3), keepdim=True)
+    logits = _channel(w) * pooled + _channel(b)
+    gate = torch.sigmoid(logits) if sigmoid else logits
+    return _batch_norm(x, torch.ones_like(gamma), torch.zeros_like(beta), eps, unbiased) * _channel(gamma) * gate \
+        + _channel(beta)
+
+
+@_own_rng
+def check_iebn(iebn: Callable, seed: int = 0) -> None:
+    """``iebn(x, gamma, beta, w, b, eps)``: IEBN in training mode, against ``IEBN2d``."""
+    cases = []
+    for name, x in _inputs(seed):
+        layer = IEBN2d(x.shape[1]).double().train()
+        with torch.no_grad():
+            for p in (layer.weight_readjust, layer.bias_readjust, layer.weight, layer.bias):
+                p.normal_()
+        args = {"x": x, "gamma": layer.weight.detach().clone(), "beta": layer.bias.detach().clone(),
+                "w": layer.weight_readjust.detach().flatten().clone(),
+                "b": layer.bias_readjust.detach().flatten().clone(), "eps": layer.eps}
+        with torch.no_grad():
+            expected = layer(x)
+        x_hat = _batch_norm(x, torch.ones_like(args["gamma"]), torch.zeros_like(args["beta"]), layer.eps)
+        plain = {k: v for k, v in args.items() if k != "x"}
+        mistakes = {"a gate pooled from the normalised x̂ instead of the layer's input x":
+                    _iebn_formula(x, **plain, gate_input=x_hat),
+                    "a gate without the sigmoid": _iebn_formula(x, **plain, sigmoid=False),
+                    "BN without the gate (δ = 1)": _batch_norm(x, args["gamma"], args["beta"], layer.eps),
+                    "the unbiased variance (use unbiased=False)": _iebn_formula(x, **plain, unbiased=True)}
+        cases.append(Case(name, args, expected, mistakes))
+    run_cases(iebn, "iebn", cases, "IEBN2d (train mode)",
+              "Look at the three equations of the Math section: x̂ with batch statistics, the gate δ_nc "
+              "from the per-image spatial mean of x, then x̂ γ_c δ_nc + β_c.")
+
+
+# --- 02: BA-Net ------------------------------------------------------------------------------
+
+def _ba_formula(features, weights, gammas, betas, excite, eps, bridges=True, norm=True):
+    used = range(len(features)) if bridges else [len(features) - 1]
+    fused = 0
+    for i in used:
+        z = features[i].mean((2, 3)) @ weights[i].T
+        if norm:
+            z = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps) * gammas[i] + betas[i]
+        fused = fused + z
+    return torch.sigmoid(torch.relu(fused) @ excite.T)
+
+
+@_own_rng
+def check_ba_gate(ba_gate: Callable, seed: int = 0) -> None:
+    """``ba_gate(features, weights, gammas, betas, excite, eps)``: the BA gate, against ``BridgeAttention.gate``."""
+    cases = []
+    for name, x in _inputs(seed):
+        if x.shape[0] == 1:  # BN over a batch of one image is undefined (zero variance)
+            x = torch.cat([x, -x])
+            name = "two images, one the negative of the other"
+        n, c = x.shape[:2]
+        bridge_channels = [max(1, c // 2), c + 1]
+        ba = BridgeAttention(c, bridge_channels).double().train()
+        with torch.no_grad():
+            for norm in ba.squeeze_norms:
+                norm.weight.uniform_(0.5, 2)
+                norm.bias.normal_()
+        features = [torch.randn(n, k, *x.shape[2:], dtype=torch.float64) * float(x.abs().sum() > 0)
+                    for k in bridge_channels] + [x]
+        with torch.no_grad():
+            expected = ba.gate(x, features[:-1])
+        args = {"features": features, "weights": [w.detach().clone() for w in ba.squeeze_weights],
+                "gammas": [m.weight.detach().clone() for m in ba.squeeze_norms],
+                "betas": [m.bias.detach().clone() for m in ba.squeeze_norms],
+                "excite": ba.excite_weight.detach().clone(), "eps": ba.squeeze_norms[0].eps}
+        plain = {k: v for k, v in args.items()}
+        mistakes = {"SE's gate: only the last feature map is squeezed (add the bridges S_1 ... S_{n-1})":
+                    _ba_formula(**plain, bridges=False),
+                    "no batch norm on the squeezed vectors (S_i = BN_i(W_i z_i))": _ba_formula(**plain, norm=False)}
+        label = f"{name}, bridges of {bridge_channels} channels"
+        cases.append(Case(label, {**args, "features": features}, expected, mistakes))
+    run_cases(ba_gate, "ba_gate", cases, "BridgeAttention.gate (train mode)",
+              "Look at the BA equations: S_i = BN_i(W_i GAP(F_i)) with batch statistics over the images, "
+              "summed over i, then sigmoid(W_g ReLU(sum)).")
+
+
+# --- 03: MABN ----------------------------------------------------------------------------------
+
+@_own_rng
+def check_mabn_forward(mabn_forward: Callable, seed: int = 0) -> None:
+    """``mabn_forward(x, past_chi, gamma, beta, eps)``: MABN's training forward after the warm-up.
+
+    ``past_chi`` holds the second moments of the previous S - 1 steps, (S - 1, C); the
+    reference is ``MABN2d`` run for S steps (r is 1 during its first 1000 steps).
+    """
+    cases = []
+    for name, x in _inputs(seed):
+        c = x.shape[1]
+        layer = MABN2d(c, B=2, real_B=8, warmup_iters=0).double().train()  # window S = 4
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 2)
+            layer.bias.normal_()
+        past = []
+        with torch.no_grad():
+            for _ in range(layer.window):  # fill the window, so the next step averages S moments
+                xb = torch.randn(x.shape, dtype=torch.float64) * 1.5
+                past.append(xb.pow(2).mean((0, 2, 3)))
+                layer(xb)
+            expected = layer(x)
+        past_chi = torch.stack(past[1:])
+        gamma, beta = layer.weight.detach().clone(), layer.bias.detach().clone()
+        chi_now = x.pow(2).mean((0, 2, 3))
+        averaged = torch.cat([past_chi, chi_now[None]]).mean(0)
+
+        def scaled(chi, centred=False):
+            xc = x - x.mean((0, 2, 3), keepdim=True) if centred else x
+            return xc / torch.sqrt(_channel(chi) + layer.eps) * _channel(gamma) + _channel(beta)
+
+        mistakes = {"this step's second moment only (average it with past_chi: S values)": scaled(chi_now),
+                    "the past moments without this step's χ_t": scaled(past_chi.mean(0)),
+                    "a centred x (MABN divides x itself: the mean is dropped, CenConv centres the weights)":
+                    scaled(averaged, centred=True)}
+        cases.append(Case(name, {"x": x, "past_chi": past_chi, "gamma": gamma, "beta": beta, "eps": layer.eps},
+                          expected, mistakes))
+    run_cases(mabn_forward, "mabn_forward", cases, "MABN2d (train mode, after the warm-up)",
+              "Look at the Math section: χ_t = mean of x² over (N, H, W), χ̄ = mean of the last S values "
+              "(this step's included), y = γ x / sqrt(χ̄ + ε) + β with r = 1.")
+
+
+# --- 04: NAM -----------------------------------------------------------------------------------
+
+@_own_rng
+def check_nam_channel(nam_channel: Callable, seed: int = 0) -> None:
+    """``nam_channel(x, gamma, beta, eps)``: NAM's channel module in training mode."""
+    cases = []
+    for name, x in _inputs(seed):
+        c = x.shape[1]
+        nam = NAMChannelAttention(c).double().train()
+        with torch.no_grad():
+            nam.bn.weight.uniform_(-2, 2)
+            nam.bn.bias.normal_()
+        cases_here = [(name, nam.bn.weight.detach().clone())]
+        if name == "random input":
+            cases_here.append(("all γ zero (a pruned block)", torch.zeros(c, dtype=torch.float64)))
+        for label, gamma in cases_here:
+            with torch.no_grad():
+                nam.bn.weight.copy_(gamma)
+                expected = nam(x)
+            beta = nam.bn.bias.detach().clone()
+            w = gamma.abs() / gamma.abs().sum().clamp_min(1e-300)
+            bn = _batch_norm(x, gamma, beta, nam.bn.eps)
+            mistakes = {"signed weights γ / Σγ (use |γ_c| / Σ_j |γ_j|)":
+                        torch.sigmoid(_channel(gamma / gamma.sum()) * bn) * x,
+                        "the gate alone, not multiplied by x": torch.sigmoid(_channel(w) * bn),
+                        "the gate without the weights w_c": torch.sigmoid(bn) * x}
+            cases.append(Case(label, {"x": x, "gamma": gamma, "beta": beta, "eps": nam.bn.eps}, expected, mistakes))
+    run_cases(nam_channel, "nam_channel", cases, "NAMChannelAttention (train mode)",
+              "Look at the Math section: w_c = |γ_c| / Σ_j |γ_j| (zero weights when every γ is zero), "
+              "then sigmoid(w_c (γ_c x̂ + β_c)) times x.")
+
+
+# --- 05: Dynamic convolution -----------------------------------------------------------------
+
+@_own_rng
+def check_dynamic_conv(dynamic_conv: Callable, seed: int = 0) -> None:
+    """``dynamic_conv(x, pi, experts, biases, padding)``: per-image kernel aggregation, then the conv."""
+    cases = []
+    for name, x in _inputs(seed):
+        torch.manual_seed(seed + x.shape[0])
+        c_in = x.shape[1]
+        for k in ((4, 1) if name == "random input" else (3,)):
+            layer = DynamicConv2d(c_in, 5, 3, padding=1, num_experts=k, temperature=1.0, mode="grouped").double()
+            with torch.no_grad():
+                layer.bias.normal_()
+                pi = layer.attention_weights(x)
+                expected = layer(x)
+            experts = layer.weight.detach().view(k, 5, c_in, 3, 3).clone()
+            biases = layer.bias.detach().clone()
+            mean_kernel = torch.einsum("k,koihw->oihw", pi.mean(0), experts)
+            mistakes = {"one kernel for the whole batch (π averaged over images: each image needs its own)":
+                        F.conv2d(x, mean_kernel, pi.mean(0) @ biases, padding=1),
+                        "the experts summed without their weights π_k":
+                        F.conv2d(x, experts.sum(0), biases.sum(0), padding=1),
+                        "no bias (add b̃ = Σ_k π_k b_k)": torch.cat([F.conv2d(
+                            x[i:i + 1], torch.einsum("k,koihw->oihw", pi[i], experts), padding=1)
+                            for i in range(len(x))])}
+            label = f"{name}, K={k}"
+            cases.append(Case(label, {"x": x, "pi": pi, "experts": experts, "biases": biases, "padding": 1},
+                              expected, mistakes))
+    run_cases(dynamic_conv, "dynamic_conv", cases, "DynamicConv2d",
+              "Look at the Math section: W̃(x) = Σ_k π_k(x) W_k and b̃(x) = Σ_k π_k(x) b_k per image, "
+              "then y = W̃(x) * x + b̃(x).")
+
+
+# --- the small experiments -------------------------------------------------------------------
+
+def check_runs(results, labels: list[str], num_classes: int, answer=None) -> None:
+    """Plausibility of a small experiment: ``results[label]`` is a History dict of each run.
+
+    Every run's training loss must be finite and fall, its test accuracies lie in [0, 1],
+    the best final accuracy be above chance, and ``answer`` (if given) name the label with
+    the highest final test accuracy in *these* results.
+    """
+    if results is None or results is Ellipsis or not isinstance(results, Mapping):
+        raise LabCheckError(f"results is {results!r}: run your experiment and store a dict "
+                            f"{{label: history dict}} with the labels {labels}.")
+    missing = [label for label in labels if label not in results]
+    if missing:
+        raise LabCheckError(f"results has no run for {missing}; it has {list(results)}.")
+    for label in labels:
+        run = results[label]
+        for key in ("train_loss", "test_acc"):
+            if key not in run or len(run[key]) == 0:
+                raise LabCheckError(f"results[{label!r}] has no {key!r} list: store `history.to_dict()` of fit().")
+        loss, acc = [float(v) for v in run["train_loss"]], [float(v) for v in run["test_acc"]]
+        if not all(math.isfinite(v) for v in loss):
+            raise LabCheckError(f"{label}: the training loss is not finite ({loss}); lower the learning rate.")
+        if len(loss) > 1 and loss[-1] >= loss[0]:
+            raise LabCheckError(f"{label}: the training loss did not fall ({loss[0]:.3f} -> {loss[-1]:.3f}); "
+                                "train for more steps or check the learning rate.")
+        if not all(0.0 <= v <= 1.0 for v in acc):
+            raise LabCheckError(f"{label}: test accuracies {acc} are not fractions in [0, 1].")
+    finals = {label: float(results[label]["test_acc"][-1]) for label in labels}
+    chance = 1.0 / num_classes
+    if max(finals.values()) <= 1.2 * chance:
+        raise LabCheckError(f"no run is above chance ({chance:.2f}): final test accuracies {finals}; "
+                            "train longer or check the data and labels.")
+    if answer is not None:
+        best = max(finals, key=finals.get)
+        if answer != best:
+            raise LabCheckError(f"answer is {answer!r}, but in your results the highest final test accuracy is "
+                                f"{best!r} ({finals}). Answer from your own numbers.")
+    print(f"✓ plausible: {', '.join(f'{k} {100 * v:.1f}%' for k, v in finals.items())} final test accuracy"
+          + (f"; answer {answer!r} agrees with them" if answer is not None else ""))
