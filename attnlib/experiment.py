@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from .benchmark import count_flops
+from . import distributed
 from .data import ImageDataset
 from .models import build_model, count_parameters
 from .profiles import Profile, resolve_profile
@@ -32,6 +33,11 @@ from .runinfo import environment
 from .train import Callback, History, TrainConfig, atomic_save, fit, predict, resolve_device
 
 RECORD_FORMAT = 2
+
+SYNC_BN = "syncbn"
+"""The ``norm`` of a :class:`Variant` that is the plain-BN network with every BatchNorm
+converted by ``nn.SyncBatchNorm.convert_sync_batchnorm``: under DistributedDataParallel on
+GPUs its batch statistics are those of the global batch; in one process it is plain BN."""
 
 BOOK_RECIPE = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
                           schedule="cosine", warmup_epochs=0.5)
@@ -60,8 +66,10 @@ class Variant:
 
     def build(self, data: ImageDataset, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return build_model(self.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                           norm=self.norm, conv=self.conv, attention=self.attention, **self.model_kwargs)
+        norm = "bn" if self.norm == SYNC_BN else self.norm
+        model = build_model(self.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                            norm=norm, conv=self.conv, attention=self.attention, **self.model_kwargs)
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.norm == SYNC_BN else model
 
     def spec(self) -> dict:
         d = asdict(self)
@@ -70,15 +78,8 @@ class Variant:
 
 
 def flops_per_image(model: nn.Module, data: ImageDataset) -> int:
-    """Forward FLOPs for one image (a multiply-add counts 2), counted in eval mode."""
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, data.in_channels, data.image_size, data.image_size,
-                    device=next(model.parameters()).device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    model.train(was_training)
-    return int(counter.get_total_flops())
+    """Forward FLOPs for one image of ``data`` (a multiply-add counts 2), counted in eval mode."""
+    return count_flops(model, (data.in_channels, data.image_size, data.image_size))
 
 
 def _slug(text: str) -> str:
@@ -114,15 +115,27 @@ def _find_record(results_dir: Path, stem: Path, seed: int, key: str) -> Path | N
 
 def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *, profile: str,
             results_dir: Path, device: torch.device, progress: bool) -> tuple[dict, bool]:
-    """Train one variant with one seed, or load its record. Returns (record, trained now)."""
+    """Train one variant with one seed, or load its record. Returns (record, trained now).
+
+    In a process group every rank calls it: rank 0 looks for the record and writes it, all
+    ranks train together and return rank 0's record.
+    """
     key = run_key(variant, data, config, seed)
     stem = results_dir / f"{_slug(variant.label)}-seed{seed}-{key}"
-    record_path, weights_path = stem.with_suffix(".json"), stem.with_suffix(".pt")
-    found = _find_record(results_dir, stem, seed, key)
-    if found is not None:
-        record = json.loads(found.read_text())
+    found = _find_record(results_dir, stem, seed, key) if distributed.is_main() else None
+    record = distributed.from_main(json.loads(found.read_text()) if found is not None else None)
+    if record is not None:
         record["label"], record["variant"] = variant.label, variant.spec()  # this chapter's name for it
         return record, False
+    text = _train_and_record(variant, data, config, seed, profile=profile, stem=stem, device=device,
+                             progress=progress)
+    return json.loads(distributed.from_main(text)), True  # exactly what a later call loads
+
+
+def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *,
+                      profile: str, stem: Path, device: torch.device, progress: bool) -> str | None:
+    """Train; rank 0 writes the weights and the record and returns the record's JSON text."""
+    record_path, weights_path = stem.with_suffix(".json"), stem.with_suffix(".pt")
     model = variant.build(data, seed)
     flops = flops_per_image(model, data)  # the first forward: sizes lazily built layers
     params = count_parameters(model)
@@ -132,6 +145,8 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
                   checkpoint=stem.with_suffix(".ckpt"), resume=True, progress=progress,
                   desc=f"{variant.label} s{seed}")
     wall = time.perf_counter() - start
+    if not distributed.is_main():
+        return None
     predictions = predict(model, data, device=device, amp=config.amp)
     atomic_save(model.state_dict(), weights_path)
     record = {
@@ -141,14 +156,15 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
         "history": history.to_dict(), "params": params, "flops_per_image": flops,
         "final_test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
         "predictions": predictions.tolist(),
-        "run_card": {**environment(device), "wall_time_s": round(wall, 1)},
+        "run_card": {**environment(device), "wall_time_s": round(wall, 1),
+                     "processes": distributed.world_size()},
     }
     text = json.dumps(record)
     tmp = record_path.with_suffix(".json.tmp")
     tmp.write_text(text)
     tmp.replace(record_path)
     stem.with_suffix(".ckpt").unlink(missing_ok=True)
-    return json.loads(text), True  # exactly what a later call loads (tuples become lists)
+    return text
 
 
 @dataclass
@@ -262,8 +278,10 @@ def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, re
             record, fresh = run_one(variant, data, config, seed, profile=profile.name,
                              results_dir=results_dir, device=device, progress=progress)
             trained += fresh
-            print(f"{variant.label:>24s}  seed {seed}: final test acc {record['final_test_acc']:.4f}"
-                  f"  ({'trained in' if fresh else 'loaded, trained in'} {record['run_card']['wall_time_s']:.0f} s)")
+            if distributed.is_main():
+                print(f"{variant.label:>24s}  seed {seed}: final test acc {record['final_test_acc']:.4f}"
+                      f"  ({'trained in' if fresh else 'loaded, trained in'} "
+                      f"{record['run_card']['wall_time_s']:.0f} s)")
             records.append(record)
     return Comparison(list(variants), records, data, profile, results_dir, trained,
                       time.perf_counter() - start)

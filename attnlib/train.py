@@ -13,10 +13,17 @@ What it does, in order of a reader's questions:
   stops training with :class:`NonFiniteLossError`, keeping the last good checkpoint.
 * **Extensible.** :class:`Callback` hooks see every step and epoch and may add a loss
   term (NAM's sparsity penalty) or change the model (DynamicConv's temperature).
+* **Several processes.** Under ``torchrun`` (see :mod:`attnlib.distributed`) the model is
+  wrapped in ``DistributedDataParallel``; ``config.batch_size`` stays the *global* batch,
+  each of the N processes trains on ``batch_size / N`` of it (disjoint slices of the same
+  seeded permutation, so all processes together see exactly the samples of a
+  single-process run), the learning rate is the recipe's, unchanged. Evaluation is
+  sharded and summed over processes; rank 0 alone writes checkpoints and the progress bar.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -30,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .callbacks import Callback
 from .data import DeviceLoader, ImageDataset
 
@@ -210,7 +218,11 @@ def atomic_save(obj: object, path: str | Path) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None = None
              ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode)."""
+    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode).
+
+    In a process group each rank passes its shard of the split; sums and counts are added
+    over the ranks, so every rank returns the same numbers.
+    """
     model.eval()
     device = loader.device
     loss_sum = torch.zeros((), device=device)
@@ -220,8 +232,9 @@ def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | No
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    n = len(loader.labels)
-    return loss_sum.item() / n, correct.item() / n
+    count = torch.tensor(len(loader.labels), device=device)
+    loss_total, correct_total, n = distributed.sum_over_ranks([loss_sum, correct, count])
+    return loss_total / n, correct_total / n
 
 
 @torch.no_grad()
@@ -252,6 +265,48 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+def per_rank_batch_size(global_batch: int, processes: int) -> int:
+    """The batch each of ``processes`` trains on per step: the global batch split evenly."""
+    if global_batch % processes:
+        raise ValueError(f"batch_size={global_batch} (the global batch) cannot be split evenly over "
+                         f"{processes} processes; choose a multiple of {processes}")
+    return global_batch // processes
+
+
+def _has_unused_parameters(model: nn.Module, sample: torch.Tensor) -> bool:
+    """Whether a training step of ``model`` leaves some parameter without a gradient (BA-Net's
+    discarded-gate variant computes a gate it never uses). Tried on a copy: ``model`` and its
+    buffers are untouched."""
+    trial = copy.deepcopy(model).train()
+    trial(sample).float().sum().backward()
+    return any(p.grad is None for p in trial.parameters() if p.requires_grad)
+
+
+def data_parallel(model: nn.Module, device: torch.device, sample: torch.Tensor) -> nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` in a process group of several ranks,
+    else ``model`` itself. ``sample``: a training batch, for :func:`_has_unused_parameters`
+    (DDP must be told when a parameter gets no gradient).
+
+    Buffers are broadcast from rank 0 before every forward (DDP's default: plain BN then
+    normalises with batch statistics of its own rank but keeps rank 0's running statistics),
+    except in a model with a layer whose class sets ``rank_local_buffers = True`` (MABN,
+    whose moving averages are each rank's own): then ``broadcast_buffers=False``.
+    """
+    if distributed.world_size() == 1:
+        return model
+    if device.type != "cuda" and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+        raise ValueError("norm='syncbn' needs CUDA GPUs: torch's SyncBatchNorm synchronises only GPU "
+                         "tensors. On the CPU train with norm='bn' (per-process statistics).")
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        raise ValueError("the model has lazily sized layers that have not run yet; call it once on a "
+                         "batch (e.g. attnlib.experiment.flops_per_image) before fit, so every "
+                         "process holds the same parameters")
+    rank_local = any(getattr(m, "rank_local_buffers", False) for m in model.modules())
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=not rank_local,
+        find_unused_parameters=_has_unused_parameters(model, sample))
+
+
 def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int = 0,
         device: str | torch.device = "auto", callbacks: Sequence[Callback] = (),
         checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
@@ -260,6 +315,10 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
 
     ``checkpoint``: a file written atomically after every epoch. With ``resume=True``
     and an existing file, training continues after its last epoch.
+
+    In a process group (``torchrun``) every rank calls ``fit`` with the same arguments;
+    ``config.batch_size`` is the global batch (module docstring). Rank 0 writes the
+    checkpoint, with every rank's buffers; all ranks resume from it.
     """
     device = resolve_device(device)
     amp_dtype = autocast_dtype(config.amp, device)
@@ -270,16 +329,20 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 
-    train_loader = DeviceLoader(data.train_images, data.train_labels, batch_size=config.batch_size,
+    processes = distributed.world_size()
+    train_loader = DeviceLoader(data.train_images, data.train_labels,
+                                batch_size=per_rank_batch_size(config.batch_size, processes),
                                 mean=data.mean, std=data.std, device=device, shuffle=True,
                                 augment=config.augment, drop_last=True, seed=seed,
-                                channels_last=channels_last)
-    test_loader = DeviceLoader(data.test_images, data.test_labels, batch_size=config.eval_batch_size,
-                               mean=data.mean, std=data.std, device=device, channels_last=channels_last)
+                                channels_last=channels_last, rank=distributed.rank(), world_size=processes)
+    test_loader = DeviceLoader(distributed.shard(data.test_images), distributed.shard(data.test_labels),
+                               batch_size=config.eval_batch_size, mean=data.mean, std=data.std,
+                               device=device, channels_last=channels_last)
     if len(train_loader) == 0:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train_labels)} "
                          "training images: no full batch to train on")
 
+    trained = data_parallel(model, device, next(iter(train_loader))[0]) if processes > 1 else model
     optimizer = make_optimizer(model, config)
     state = TrainState(model, optimizer, config, len(train_loader), History())
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -288,8 +351,10 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
     torch.manual_seed(seed)  # dropout and any other sampling inside the model
 
     start_epoch = 0
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        start_epoch = _load_checkpoint(checkpoint, state, scheduler, scaler, callbacks, config)
+    if resume and checkpoint is not None:
+        ckpt = distributed.from_main(_read_checkpoint(checkpoint) if distributed.is_main() else None)
+        if ckpt is not None:
+            start_epoch = _load_checkpoint(ckpt, checkpoint, state, scheduler, scaler, callbacks, config)
     for cb in callbacks:
         cb.on_fit_start(state)
 
@@ -300,10 +365,12 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
             cb.on_epoch_start(state)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        train_loss, train_acc = _train_epoch(state, train_loader, scheduler, scaler, amp_dtype, callbacks,
-                                             checkpoint, progress, f"{desc} {epoch + 1}/{config.epochs}")
+        train_loss, train_acc = _train_epoch(state, trained, train_loader, scheduler, scaler, amp_dtype,
+                                             callbacks, checkpoint, progress and distributed.is_main(),
+                                             f"{desc} {epoch + 1}/{config.epochs}")
         t1 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, test_loader, amp_dtype)
+        with distributed.main_buffers(model):
+            test_loss, test_acc = evaluate(model, test_loader, amp_dtype)
         t2 = time.perf_counter()
         state.history.append(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
                              test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_time=t2 - t0,
@@ -316,8 +383,9 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
     return state.history
 
 
-def _train_epoch(state: TrainState, loader: DeviceLoader, scheduler, scaler, amp_dtype,
+def _train_epoch(state: TrainState, trained: nn.Module, loader: DeviceLoader, scheduler, scaler, amp_dtype,
                  callbacks: Iterable[Callback], checkpoint, progress: bool, desc: str) -> tuple[float, float]:
+    """One epoch. ``trained`` is ``state.model`` or its DistributedDataParallel wrapper."""
     model, optimizer, config = state.model, state.optimizer, state.config
     device = loader.device
     model.train()
@@ -327,7 +395,7 @@ def _train_epoch(state: TrainState, loader: DeviceLoader, scheduler, scaler, amp
     bar = _progress(len(loader), desc, progress)
     for i, (x, y) in enumerate(loader, 1):
         with autocast(device, amp_dtype):
-            logits = model(x)
+            logits = trained(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             total = loss
             for cb in callbacks:
@@ -346,15 +414,16 @@ def _train_epoch(state: TrainState, loader: DeviceLoader, scheduler, scaler, amp
         for cb in callbacks:
             cb.on_step_end(state)
         if i % config.check_every == 0 or i == len(loader):
-            if not finite.item():
+            if not distributed.all_ranks_true(finite):
                 _raise_non_finite(state, checkpoint)
             if bar is not None:
                 bar.update(i - bar.n)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     if bar is not None:
         bar.close()
-    n = len(loader) * config.batch_size
-    return loss_sum.item() / n, correct.item() / n
+    n = len(loader) * config.batch_size  # global: the samples of all ranks
+    loss_total, correct_total = distributed.sum_over_ranks([loss_sum, correct])
+    return loss_total / n, correct_total / n
 
 
 def _raise_non_finite(state: TrainState, checkpoint) -> None:
@@ -368,7 +437,15 @@ def _raise_non_finite(state: TrainState, checkpoint) -> None:
         "replace every BN and conv as the chapter does, and keep the warm-up).")
 
 
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.detach().cpu().clone() for name, b in model.named_buffers()}
+
+
 def _save_checkpoint(path, state: TrainState, scheduler, scaler, callbacks) -> None:
+    """Rank 0 writes; in a process group it also stores every rank's buffers (``rank_buffers``)."""
+    rank_buffers = distributed.from_every_rank(_buffers(state.model)) if distributed.is_active() else None
+    if not distributed.is_main():
+        return
     atomic_save({
         "epoch": state.epoch + 1,
         "step": state.step,
@@ -381,15 +458,27 @@ def _save_checkpoint(path, state: TrainState, scheduler, scaler, callbacks) -> N
         "history": state.history.to_dict(),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        **({"rank_buffers": rank_buffers} if rank_buffers is not None else {}),
     }, path)
 
 
-def _load_checkpoint(path, state: TrainState, scheduler, scaler, callbacks, config: TrainConfig) -> int:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+def _read_checkpoint(path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=False) if Path(path).exists() else None
+
+
+def _load_checkpoint(ckpt: dict, path, state: TrainState, scheduler, scaler, callbacks,
+                     config: TrainConfig) -> int:
+    """Restore everything from ``ckpt`` (read from ``path``). Each rank takes back its own
+    buffers when the checkpoint holds one set per rank of a group of this size, else rank 0's."""
     if ckpt["config"] != asdict(config):
         raise ValueError(f"checkpoint {path} was written with a different TrainConfig; "
                          "delete it or resume with the same settings")
     state.model.load_state_dict(ckpt["model"])
+    rank_buffers = ckpt.get("rank_buffers")
+    if rank_buffers is not None and len(rank_buffers) == distributed.world_size():
+        with torch.no_grad():
+            for name, value in rank_buffers[distributed.rank()].items():
+                state.model.get_buffer(name).copy_(value)
     state.optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])

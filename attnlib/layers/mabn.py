@@ -90,10 +90,18 @@ What differs from the official code (the maths above is the same):
   and the counter is a 0-d tensor; checkpoints of the official code do not load as-is.
 
 Distributed training: ``iters``, the ring buffers and ``running_var`` change inside forward
-and backward, and each rank must keep its own (its own ``B`` samples per step). Wrap the
-model with ``DistributedDataParallel(..., broadcast_buffers=False)``: the default broadcast
-overwrites every rank's buffers with rank 0's at each forward (the official code has the
-same requirement).
+and backward, and each rank must keep its own. Wrap the model with
+``DistributedDataParallel(..., broadcast_buffers=False)``: the default broadcast overwrites
+every rank's buffers with rank 0's at each forward (the official code has the same
+requirement). :func:`attnlib.train.fit` does so by itself for any model with a layer whose
+class sets ``rank_local_buffers = True``, as this one does. Under N processes each rank's
+moving averages therefore hold that rank's own statistics: ``buffer_x2`` the last ``S``
+values of ``mean(x^2)`` over its own ``B`` samples per step, ``buffer_gz`` the same for
+``Psi``, ``running_var`` the average of its own ``var_t``, and ``iters`` counts the optimiser
+steps (equal on all ranks). Nothing is averaged across ranks: ``B`` is the per-process
+batch (``batch_size / N``), and the gradients of ``weight`` and ``bias``, like all others, are
+averaged by DDP. Evaluation and the saved weights use rank 0's ``running_var``; checkpoints
+keep every rank's buffers, so a resumed run continues each rank's own averages.
 
 :class:`CenConv2d` (weight centralisation): each output filter minus its mean over
 (in, kh, kw), recomputed in every forward, so the weight actually used has zero mean per
@@ -205,6 +213,8 @@ class MABN2d(nn.Module):
         real_B: the batch size to emulate; must be a multiple of ``B``. ``S = real_B // B``.
         warmup_iters: steps with batch statistics before the moving averages take over.
     """
+
+    rank_local_buffers = True  # DDP must not broadcast them (module docstring, distributed training)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.98, B: int = 2,
                  real_B: int = 32, warmup_iters: int = 100) -> None:

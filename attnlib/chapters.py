@@ -1,0 +1,145 @@
+"""What each chapter trains: its comparisons, built from the notebook's parameters.
+
+``python -m attnlib.run --chapter 04_nam`` trains these, and a notebook pointed at the same
+results folder finds the records and trains nothing. The notebooks spell their variant lists
+out in their own cells, for the reader; ``tests/test_distributed.py`` runs those cells with
+``compare`` replaced by a recorder and checks that they produce exactly the variants (labels
+and specs, hence run keys) and data subsets listed here. A changed notebook without a
+matching change here fails that test.
+
+Each chapter function takes the profile (``setup`` in the notebooks) and the notebook's own
+parameters, with the notebook's defaults, and returns its comparisons in notebook order.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .data import ImageDataset
+from .experiment import BOOK_RECIPE, Variant
+from .layers.dynamic_conv import TemperatureAnnealing
+from .layers.nam import NAMSparsityPenalty
+from .profiles import Profile
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One ``compare`` call of a chapter: its variants and the data subset it trains on."""
+
+    name: str
+    variants: tuple[Variant, ...]
+    train_subset: int | None = None   # None: the profile's training images
+    test_subset: int | None = None    # None: the profile's test images
+
+    def data(self, data: ImageDataset) -> ImageDataset:
+        """The chapter's data for this comparison, cut from the profile's as the notebook does."""
+        if self.train_subset is None and self.test_subset is None:
+            return data
+        return data.subset(train=self.train_subset, test=self.test_subset)
+
+
+def _linear_lr(batch: int, setup: Profile) -> dict:
+    """Batch size ``batch`` with the learning rate scaled linearly from the profile's batch."""
+    return {"batch_size": batch, "lr": BOOK_RECIPE.lr * batch / setup.batch_size}
+
+
+def setup_and_baseline(setup: Profile) -> list[Experiment]:
+    return [Experiment("main", (Variant("ResNet-20", model="resnet20"), Variant("AlexNet", model="alexnet")))]
+
+
+def iebn(setup: Profile, small_batch: int = 16, small_batch_subset: int | None = 3000,
+         small_batch_test: int | None = 5000) -> list[Experiment]:
+    batch = tuple(Variant(f"{name} b{b}", model="resnet20", norm=norm, train=_linear_lr(b, setup))
+                  for b in (small_batch, setup.batch_size) for name, norm in (("BN", "bn"), ("IEBN", "iebn")))
+    return [Experiment("main", (Variant("BN", model="resnet20"), Variant("IEBN", model="resnet20", norm="iebn"))),
+            Experiment("batch", batch, small_batch_subset, small_batch_test)]
+
+
+def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | None = 5000) -> list[Experiment]:
+    main = (Variant("ResNet-20", model="resnet20"), Variant("SE", model="resnet20", attention="se"),
+            Variant("BA", model="resnet20", attention="ba"))
+    alex = (Variant("AlexNet", model="alexnet"), Variant("BA-AlexNet", model="alexnet", attention="ba"),
+            Variant("BA-AlexNet, gate discarded", model="alexnet", attention="ba_discarded"))
+    ablation = (Variant("BA", model="resnet20", attention="ba"),
+                Variant("BA, last feature only", model="resnet20", attention="ba_last_only"))
+    return [Experiment("main", main), Experiment("alexnet", alex, small_subset, small_test),
+            Experiment("ablation", ablation)]
+
+
+MABN_NORM_FOR_BATCH = {2: "mabn", 4: "mabn_b4", 8: "mabn_b8", 16: "mabn_b16", 32: "mabn_b32"}
+
+
+def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None = 5000,
+         bn_batches: tuple[int, ...] = (2, 4, 8, 32), mabn_batches: tuple[int, ...] = (2, 4)) -> list[Experiment]:
+    sweep = ([Variant(f"BN b{b}", model="resnet20", train=_linear_lr(b, setup)) for b in bn_batches]
+             + [Variant(f"MABN b{b}", model="resnet20", norm=MABN_NORM_FOR_BATCH[b], conv="cenconv",
+                        train=_linear_lr(b, setup)) for b in mabn_batches]
+             + [Variant(f"MABN b{b}, plain conv", model="resnet20", norm=MABN_NORM_FOR_BATCH[b],
+                        train=_linear_lr(b, setup)) for b in mabn_batches[:1]])
+    return [Experiment("sweep", tuple(sweep), sweep_subset, sweep_test)]
+
+
+def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, small_subset: int | None = 3000,
+        small_test: int | None = 5000) -> list[Experiment]:
+    main = (Variant("ResNet-20", model="resnet20"), Variant("NAM", model="resnet20", attention="nam"),
+            Variant(f"NAM + penalty {penalty:g}", model="resnet20", attention="nam",
+                    callbacks=(NAMSparsityPenalty(penalty),)),
+            Variant(f"NAM + penalty {strong_penalty:g}", model="resnet20", attention="nam",
+                    callbacks=(NAMSparsityPenalty(strong_penalty),)))
+    pixel = (Variant("ResNet-20", model="resnet20"), Variant("NAM channel", model="resnet20", attention="nam"),
+             Variant("NAM pixel", model="resnet20", attention="nam_spatial"),
+             Variant("NAM channel + pixel", model="resnet20", attention="nam_both"))
+    return [Experiment("main", main), Experiment("pixel", pixel, small_subset, small_test)]
+
+
+def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, small_subset: int | None = 3000,
+                 small_test: int | None = 5000) -> list[Experiment]:
+    anneal = TemperatureAnnealing(start=30.0, end=1.0, epochs=anneal_epochs or max(1, setup.epochs // 2))
+    no_anneal = TemperatureAnnealing(start=1.0, end=1.0, epochs=1)
+    main = (Variant("ResNet-20", model="resnet20"),
+            Variant("DY-ResNet-20", model="resnet20", conv="dynamic", callbacks=(anneal,)))
+    ablations = (Variant("ResNet-20", model="resnet20"),
+                 Variant("DY-ResNet-20", model="resnet20", conv="dynamic", callbacks=(anneal,)),
+                 Variant("ResNet-20 x2 wide", model="resnet20", model_kwargs={"width_mult": 2.0}),
+                 Variant("DY, T=1 throughout", model="resnet20", conv="dynamic", callbacks=(no_anneal,)),
+                 Variant("DY, K=2", model="resnet20", conv="dynamic_k2", callbacks=(anneal,)))
+    alex = (Variant("AlexNet", model="alexnet"),
+            Variant("AlexNet-DY, K=2", model="alexnet", conv="dynamic_k2", callbacks=(anneal,)))
+    return [Experiment("main", main), Experiment("ablations", ablations, small_subset, small_test),
+            Experiment("alexnet", alex, small_subset, small_test)]
+
+
+CHAPTERS: dict[str, Callable[..., list[Experiment]]] = {
+    "00_setup_and_baseline": setup_and_baseline,
+    "01_iebn": iebn,
+    "02_ba_net": ba_net,
+    "03_mabn": mabn,
+    "04_nam": nam,
+    "05_dynamic_conv": dynamic_conv,
+}
+
+
+def chapter_name(name: str) -> str:
+    """The chapter a name means: its notebook stem (``04_nam``), number (``04``) or title (``nam``)."""
+    matches = [stem for stem in CHAPTERS if name in (stem, stem[:2], stem[3:])]
+    if len(matches) != 1:
+        raise ValueError(f"unknown chapter {name!r}; choose one of {', '.join(CHAPTERS)} "
+                         "(or its number, e.g. 04, or its name, e.g. nam)")
+    return matches[0]
+
+
+def chapter_parameters(name: str) -> dict[str, object]:
+    """The chapter's own notebook parameters and their defaults (beyond the profile's)."""
+    signature = inspect.signature(CHAPTERS[chapter_name(name)])
+    return {p.name: p.default for p in list(signature.parameters.values())[1:]}
+
+
+def experiments(name: str, setup: Profile, **parameters) -> list[Experiment]:
+    """The comparisons of chapter ``name`` for the profile ``setup`` and notebook parameters."""
+    stem = chapter_name(name)
+    unknown = set(parameters) - set(chapter_parameters(stem))
+    if unknown:
+        known = ", ".join(chapter_parameters(stem)) or "none"
+        raise ValueError(f"chapter {stem} has no parameter {sorted(unknown)}; its parameters: {known}")
+    return CHAPTERS[stem](setup, **parameters)

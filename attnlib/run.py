@@ -1,0 +1,189 @@
+"""Train a chapter's comparison (or chosen variants) from the command line.
+
+    python -m attnlib.run --chapter 04_nam --profile quick --results-dir book/results
+    torchrun --nproc_per_node 2 -m attnlib.run --chapter 04_nam --profile quick
+
+It writes exactly the records that ``compare`` writes in the notebook, so the notebook,
+pointed at the same results folder, loads them instead of training. Under ``torchrun`` the
+same command trains data-parallel (one process per GPU, or per CPU share with Gloo).
+Run ``python -m attnlib.run --help`` for every option.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Sequence
+
+from . import distributed
+from .chapters import CHAPTERS, Experiment, chapter_name, chapter_parameters, experiments
+from .experiment import BOOK_RECIPE, SYNC_BN, Comparison, Variant, compare
+from .profiles import PROFILES, resolve_profile
+
+VARIANT_FIELDS = ("model", "norm", "conv", "attention")
+
+DESCRIPTION = """\
+Train what a chapter's notebook trains, or a few variants of your own, and write the
+records the notebooks read. A run that already has a record in the results folder is
+loaded, not trained again; an interrupted run resumes from its last epoch.
+
+The options mirror the notebook's `parameters` cell: --profile, --dataset, --epochs,
+--seeds, --device and --results-dir, plus the chapter's own parameters with --param.
+The book's executed notebooks read book/results; train into it and re-execute a chapter
+(python -m attnlib.book execute --profile quick 04_nam) to see your runs in the book
+without retraining.
+
+Several processes: start the same command with torchrun. The global batch (the profile's,
+or --batch-size) is split evenly, each of N processes trains on batch/N images per step,
+and the learning rate is the recipe's, unchanged.
+"""
+
+EPILOG = """\
+examples:
+  python -m attnlib.run --list
+  python -m attnlib.run --chapter 04_nam --profile smoke --results-dir /tmp/results
+  python -m attnlib.run --chapter nam --experiment main --only NAM --seeds 0
+  python -m attnlib.run --chapter 03 --param "mabn_batches=(2,)"
+  python -m attnlib.run --variant "SE: attention=se" --variant "BN: norm=bn" --epochs 2
+  torchrun --nproc_per_node 2 -m attnlib.run --chapter 00 --profile quick --seeds 0
+"""
+
+
+def parse_variant(text: str) -> Variant:
+    """``"LABEL: key=value, key=value"`` with keys model, norm, conv, attention."""
+    label, _, rest = text.partition(":")
+    fields = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in VARIANT_FIELDS:
+            raise argparse.ArgumentTypeError(
+                f"--variant {text!r}: write LABEL: key=value, ... with keys {', '.join(VARIANT_FIELDS)}")
+        fields[key] = value.strip()
+    if not label.strip():
+        raise argparse.ArgumentTypeError(f"--variant {text!r} has no label before the colon")
+    return Variant(label.strip(), **fields)
+
+
+def parse_parameter(text: str) -> tuple[str, object]:
+    """``name=value``; the value is a Python literal (number, tuple, None) or else a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"--param {text!r}: write name=value, e.g. penalty=1e-3")
+    try:
+        return name.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return name.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m attnlib.run", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_argument_group("what to train (a chapter, or --variant)")
+    what.add_argument("--chapter", help="a chapter by notebook name (04_nam), number (04) or name (nam): "
+                                        "every comparison its notebook trains")
+    what.add_argument("--experiment", action="append", default=[], metavar="NAME",
+                      help="only this comparison of the chapter (repeatable; --list shows their names)")
+    what.add_argument("--only", action="append", default=[], metavar="LABEL",
+                      help="only the variant with this label (repeatable), e.g. --only NAM")
+    what.add_argument("--param", action="append", default=[], type=parse_parameter, metavar="NAME=VALUE",
+                      help="a parameter of the chapter's notebook, e.g. --param penalty=1e-3 "
+                           "(--list shows each chapter's parameters and defaults)")
+    what.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="SPEC",
+                      help=f"instead of a chapter: 'LABEL: model=resnet20, norm=bn, conv=conv, attention=se' "
+                           f"(repeatable; norm={SYNC_BN} converts every BN to SyncBatchNorm)")
+    what.add_argument("--list", action="store_true", help="list the chapters, their comparisons and "
+                                                          "parameters, and exit")
+    how = parser.add_argument_group("how to train (as in the notebook's parameters cell)")
+    how.add_argument("--profile", default="quick", choices=list(PROFILES),
+                     help="smoke: synthetic, seconds; quick: Fashion-MNIST, minutes on a CPU; "
+                          "full: CIFAR-10, for GPUs (default: quick)")
+    how.add_argument("--dataset", help="another dataset than the profile's: fashion_mnist, cifar10, "
+                                       "cifar100 or synthetic")
+    how.add_argument("--epochs", type=int, help="epochs (default: the profile's)")
+    how.add_argument("--seeds", type=int, nargs="+", help="seeds, e.g. --seeds 0 1 2 (default: the profile's)")
+    how.add_argument("--batch-size", type=int, help="the GLOBAL batch per optimiser step (default: the "
+                                                    "profile's); under torchrun each process takes batch/N")
+    how.add_argument("--results-dir", default="results",
+                     help="folder of the records (default: ./results; the book reads book/results)")
+    how.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="auto: GPU LOCAL_RANK if there is one, else the CPU (default: auto)")
+    how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def list_chapters() -> str:
+    setup = resolve_profile("quick")
+    lines = []
+    for stem in CHAPTERS:
+        params = ", ".join(f"{k}={v!r}" for k, v in chapter_parameters(stem).items()) or "none"
+        lines.append(f"{stem}  (parameters: {params})")
+        for exp in experiments(stem, setup):
+            lines.append(f"  {exp.name}: " + "; ".join(v.label for v in exp.variants))
+    return "\n".join(lines)
+
+
+def chosen_experiments(args: argparse.Namespace, setup) -> list[Experiment]:
+    """The comparisons the arguments ask for, with --experiment and --only applied."""
+    if args.variant:
+        if args.chapter or args.experiment or args.param:
+            raise SystemExit("--variant trains your own variants; it does not combine with --chapter, "
+                             "--experiment or --param")
+        chosen = [Experiment("variants", tuple(args.variant))]
+    elif args.chapter:
+        try:
+            chosen = experiments(chapter_name(args.chapter), setup, **dict(args.param))
+        except ValueError as err:
+            raise SystemExit(str(err)) from err
+        names = [e.name for e in chosen]
+        if missing := set(args.experiment) - set(names):
+            raise SystemExit(f"chapter {args.chapter} has no comparison {sorted(missing)}; it has {names}")
+        chosen = [e for e in chosen if not args.experiment or e.name in args.experiment]
+    else:
+        raise SystemExit("say what to train: --chapter NAME or --variant SPEC (see --help, --list)")
+    if args.only:
+        labels = {v.label for e in chosen for v in e.variants}
+        if missing := set(args.only) - labels:
+            raise SystemExit(f"no variant labelled {sorted(missing)}; the labels are {sorted(labels)}")
+        chosen = [Experiment(e.name, tuple(v for v in e.variants if v.label in args.only), e.train_subset,
+                             e.test_subset) for e in chosen]
+        chosen = [e for e in chosen if e.variants]
+    return chosen
+
+
+def summary_lines(name: str, cmp: Comparison) -> list[str]:
+    lines = [f"{name}: {cmp.data.describe()}, {cmp.trained_now} runs trained now"]
+    for row in cmp.summary():
+        batch = cmp.runs(row["label"])[0]["config"]["batch_size"]
+        lines.append(f"  {row['label']:>28s}  final test acc {100 * row['final_mean']:.2f} % over "
+                     f"{row['seeds']} seeds; training {row['train_images_per_s']:.0f} images/s, "
+                     f"{1000 * batch / row['train_images_per_s']:.0f} ms per step of {batch} images")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print(list_chapters())
+        return 0
+    setup = resolve_profile(args.profile, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds,
+                            batch_size=args.batch_size)
+    chosen = chosen_experiments(args, setup)
+    device = distributed.init_from_env(args.device)
+    try:
+        data = setup.load()
+        report = [f"profile {setup.name}: {setup.epochs} epochs, global batch {setup.batch_size}, "
+                  f"{distributed.world_size()} process(es), seeds {setup.seeds}"]
+        for exp in chosen:
+            cmp = compare(exp.variants, setup, recipe=BOOK_RECIPE, data=exp.data(data),
+                          results_dir=args.results_dir, device=device, progress=not args.no_progress)
+            report += summary_lines(exp.name, cmp)
+        if distributed.is_main():
+            print("\n".join(report))
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
