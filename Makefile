@@ -10,7 +10,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= quick
 NOTEBOOKS ?=
 
-.PHONY: book test execute check labs venv clean
+.PHONY: book test execute check labs bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ check: venv
 # Course labs from the chapters: student notebooks -> book/labs/ (commit them), autograders -> build/labs/.
 labs: venv
 	$(PY) -m attnlib.labs build
+
+# Every chapter's layer against the plain network (CPU: about 3 minutes); BENCH_ARGS e.g. "--device cuda --compile".
+BENCH_ARGS ?=
+bench: venv
+	$(PY) -m attnlib.bench $(BENCH_ARGS)
+	$(PY) -m attnlib.book overview
 
 clean:
 	rm -rf _build build

@@ -1,21 +1,37 @@
-"""Measuring what a layer costs: training and inference throughput, and activation memory.
+"""Measuring what a layer costs: step time, throughput, memory and FLOPs, and the training loop's overhead.
 
-These time the network alone, on synthetic inputs already on the device, so that the
-numbers compare layers, not data pipelines. Every timing synchronises the device only
-around the timed loop, and reports the median over ``repeats`` loops of ``steps`` steps.
-The chapters use them for the cost sections; the accuracy runs' own images/s (in every
-record) measure the same thing within a full training epoch.
+These time networks alone, on synthetic inputs already on the device, so that the
+numbers compare layers, not data pipelines. :func:`measure` is the one timer of the book:
+the chapters' cost sections and ``python -m attnlib.bench`` both use it. It times the
+networks **interleaved** (round 1: A, B, C; round 2: A, B, C; ...) and reports the median
+per network, so a slow spell of a shared machine hits every network alike and the ratios
+hold even when the absolute figures wander. The device is synchronised only around each
+timed group of steps. With ``results_dir`` the measurement is a record: a second call with
+the same networks and settings on the same machine loads it instead of timing again.
+
+:func:`fit_overhead` measures the training loop itself: images/s of :func:`~attnlib.train.fit`
+(device-resident data, augmentation, forward, backward, optimiser, scheduler, bookkeeping)
+against the bare step of the same model and optimiser on pre-made tensors.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from .train import autocast, autocast_dtype, resolve_device
+from .data import synthetic_dataset
+from .runinfo import environment
+from .train import TrainConfig, autocast, autocast_dtype, fit, make_optimizer, resolve_device
+
+BENCH_FORMAT = 1
+Shape = tuple[int, int, int]
 
 
 def _sync(device: torch.device) -> None:
@@ -23,59 +39,91 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _inputs(model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], device: torch.device,
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _inputs(model: nn.Module, batch_size: int, image_shape: Shape, device: torch.device,
             channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(batch_size, *image_shape, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, *image_shape, device=device).contiguous(memory_format=_memory_format(channels_last))
     with torch.no_grad():
-        classes = model.eval()(x[:1]).shape[1]
+        classes = model.eval()(x[:1]).shape[1]  # also sizes lazily built layers
     return x, torch.randint(0, classes, (batch_size,), device=device)
 
 
-def throughput(model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], *, train: bool = True,
+def count_flops(model: nn.Module, image_shape: Shape) -> int:
+    """Forward FLOPs for one image (a multiply-add counts 2), counted in eval mode."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, *image_shape, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _step_function(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, train: bool,
+                   dtype: torch.dtype | None, compile: bool) -> Callable[[], None]:
+    """One training step (forward, cross-entropy, backward, SGD step) or one inference forward."""
+    device = x.device
+    net = torch.compile(model) if compile else model
+    model.train(train)
+    if not train:
+        def infer() -> None:
+            with torch.no_grad(), autocast(device, dtype):
+                net(x)
+        return infer
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        with autocast(device, dtype):
+            loss = nn.functional.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _interleaved_seconds(steps_by_label: dict[str, Callable[[], None]], device: torch.device, *,
+                         steps: int, warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds per step of every function, timed in interleaved rounds."""
+    if min(steps, repeats) < 1 or warmup < 0:
+        raise ValueError("steps and repeats must be positive and warmup non-negative")
+    for step in steps_by_label.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {label: [] for label in steps_by_label}
+    for _ in range(repeats):
+        for label, step in steps_by_label.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            times[label].append((time.perf_counter() - start) / steps)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def throughput(model: nn.Module, batch_size: int, image_shape: Shape, *, train: bool = True,
                steps: int = 10, warmup: int = 3, repeats: int = 3, amp: str = "auto",
-               channels_last: bool = True, device: str | torch.device = "auto") -> float:
+               channels_last: bool = True, compile: bool = False, device: str | torch.device = "auto") -> float:
     """Images per second of ``model`` for one training step (forward, backward, SGD step)
     or one inference forward (``train=False``), at ``batch_size`` images of ``image_shape``.
 
     The model is moved to ``device`` (and channels_last) in place; its parameters change
     when ``train`` is true, so pass a copy you do not need.
     """
-    if min(batch_size, steps, repeats) < 1 or warmup < 0:
-        raise ValueError("batch_size, steps and repeats must be positive and warmup non-negative")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     device = resolve_device(device)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.to(device, memory_format=_memory_format(channels_last))
     x, y = _inputs(model, batch_size, image_shape, device, channels_last)
-    dtype = autocast_dtype(amp, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3) if train else None
-
-    def step() -> None:
-        if train:
-            with autocast(device, dtype):
-                loss = nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        else:
-            with torch.no_grad(), autocast(device, dtype):
-                model(x)
-
-    model.train(train)
-    for _ in range(warmup):
-        step()
-    rates = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        rates.append(batch_size * steps / (time.perf_counter() - start))
-    return statistics.median(rates)
+    step = _step_function(model, x, y, train=train, dtype=autocast_dtype(amp, device), compile=compile)
+    seconds = _interleaved_seconds({"model": step}, device, steps=steps, warmup=warmup, repeats=repeats)
+    return batch_size / seconds["model"]
 
 
-def saved_activation_bytes(model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], *,
+def saved_activation_bytes(model: nn.Module, batch_size: int, image_shape: Shape, *,
                            channels_last: bool = True, device: str | torch.device = "cpu") -> int:
     """Bytes of the tensors autograd keeps for the backward of one training forward (fp32):
     the activation memory of a step, counted without an allocator (works on any device).
@@ -83,7 +131,7 @@ def saved_activation_bytes(model: nn.Module, batch_size: int, image_shape: tuple
     Each storage is counted once (parameters excluded), however many ops saved it.
     """
     device = resolve_device(device)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.to(device, memory_format=_memory_format(channels_last))
     x, y = _inputs(model, batch_size, image_shape, device, channels_last)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -101,31 +149,122 @@ def saved_activation_bytes(model: nn.Module, batch_size: int, image_shape: tuple
     return sum(seen.values())
 
 
-def measure(models: dict[str, Callable[[], nn.Module]], batch_size: int, image_shape: tuple[int, int, int], *,
+def _peak_train_mb(step: Callable[[], None], device: torch.device) -> float | None:
+    """Peak allocated memory of one training step on a CUDA device (None elsewhere)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _record_path(results_dir: Path, models: dict[str, Callable[[], nn.Module]], settings: dict) -> Path:
+    """Where the record of these networks and settings on this machine lives."""
+    nets = {label: repr(build()) for label, build in models.items()}
+    machine = environment(resolve_device(settings["device"]))
+    blob = json.dumps({"format": BENCH_FORMAT, "nets": nets, "settings": settings,
+                       "device": machine["device"], "torch": machine["torch"]}, sort_keys=True)
+    return Path(results_dir) / f"bench-{hashlib.sha1(blob.encode()).hexdigest()[:10]}.json"
+
+
+def measure(models: dict[str, Callable[[], nn.Module]], batch_size: int, image_shape: Shape, *,
             steps: int = 5, warmup: int = 2, repeats: int = 3, amp: str = "auto", channels_last: bool = True,
-            device: str | torch.device = "auto") -> list[dict]:
-    """Train and eval images/s and activation memory of every network, in one run.
+            compile: bool = False, device: str | torch.device = "auto",
+            results_dir: str | Path | None = None) -> list[dict]:
+    """Train-step and eval speed, memory and FLOPs of every network, in one run.
 
     ``models`` maps a label to a function building a fresh network. Returns one row per
-    label (in order) with ``train_images_per_s``, ``eval_images_per_s``,
-    ``activation_mb`` and ``params``, plus each relative to the first row (``*_vs_first``):
-    ratios taken minutes apart on the same machine hold better than absolute figures.
+    label (in order) with ``train_step_ms``, ``train_images_per_s``, ``eval_images_per_s``,
+    ``activation_mb`` (autograd's saved tensors of one fp32 step), ``peak_mb`` (peak
+    allocated memory of a step; CUDA only, else None), ``params`` and ``flops_per_image``,
+    plus each relative to the first row (``*_vs_first``; ``train_step_ms_vs_first`` is the
+    step-time ratio). With ``results_dir``, the rows are saved there as a record and loaded
+    by later calls with the same networks, settings, device and torch version.
     """
-    rows = []
+    settings = dict(batch_size=batch_size, image_shape=list(image_shape), steps=steps, warmup=warmup,
+                    repeats=repeats, amp=amp, channels_last=channels_last, compile=compile, device=str(device))
+    record = _record_path(results_dir, models, settings) if results_dir is not None else None
+    if record is not None and record.exists():
+        return json.loads(record.read_text())["rows"]
+    rows = _measure_rows(models, batch_size, image_shape, steps=steps, warmup=warmup, repeats=repeats, amp=amp,
+                         channels_last=channels_last, compile=compile, device=resolve_device(device))
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"format": BENCH_FORMAT, "settings": settings, "environment": environment(resolve_device(device)),
+                "rows": rows}
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(blob, indent=1))
+        tmp.replace(record)
+    return rows
+
+
+def _measure_rows(models: dict[str, Callable[[], nn.Module]], batch_size: int, image_shape: Shape, *, steps: int,
+                  warmup: int, repeats: int, amp: str, channels_last: bool, compile: bool,
+                  device: torch.device) -> list[dict]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    dtype = autocast_dtype(amp, device)
+    rows, train_steps, eval_steps = [], {}, {}
     for label, build in models.items():
-        options = dict(steps=steps, warmup=warmup, repeats=repeats, amp=amp, channels_last=channels_last,
-                       device=device)
-        net = build()
-        train_rate = throughput(net, batch_size, image_shape, train=True, **options)
-        rows.append({
-            "label": label, "batch_size": batch_size,
-            "params": sum(p.numel() for p in net.parameters()),  # after a forward: lazy layers are sized
-            "train_images_per_s": train_rate,
-            "eval_images_per_s": throughput(build(), batch_size, image_shape, train=False, **options),
-            "activation_mb": saved_activation_bytes(build(), batch_size, image_shape, channels_last=channels_last,
-                                                    device=device) / 2**20,
-        })
+        net = build().to(device, memory_format=_memory_format(channels_last))
+        x, y = _inputs(net, batch_size, image_shape, device, channels_last)
+        rows.append({"label": label, "batch_size": batch_size,
+                     "params": sum(p.numel() for p in net.parameters()),
+                     "flops_per_image": count_flops(net, image_shape),
+                     "activation_mb": saved_activation_bytes(build(), batch_size, image_shape,
+                                                             channels_last=channels_last, device=device) / 2**20})
+        train_steps[label] = _step_function(net, x, y, train=True, dtype=dtype, compile=compile)
+        eval_net = build().to(device, memory_format=_memory_format(channels_last))
+        eval_steps[label] = _step_function(eval_net, x, y, train=False, dtype=dtype, compile=compile)
+    options = dict(steps=steps, warmup=warmup, repeats=repeats)
+    train_s = _interleaved_seconds(train_steps, device, **options)
+    eval_s = _interleaved_seconds(eval_steps, device, **options)
     for row in rows:
-        for key in ("train_images_per_s", "eval_images_per_s", "activation_mb"):
+        label = row["label"]
+        row.update(train_step_ms=1e3 * train_s[label], train_images_per_s=batch_size / train_s[label],
+                   eval_images_per_s=batch_size / eval_s[label], peak_mb=_peak_train_mb(train_steps[label], device))
+    for row in rows:
+        for key in ("train_step_ms", "train_images_per_s", "eval_images_per_s", "activation_mb"):
             row[f"{key}_vs_first"] = row[key] / rows[0][key]
     return rows
+
+
+def fit_overhead(build: Callable[[], nn.Module], batch_size: int, image_shape: Shape, *, steps: int = 10,
+                 epochs: int = 3, amp: str = "auto", channels_last: bool = True,
+                 device: str | torch.device = "auto") -> dict:
+    """How much the training loop adds to the bare step, in images/s.
+
+    ``fit`` trains ``epochs`` epochs of ``steps`` steps on synthetic uint8 images kept on the
+    device, with the book's augmentation, SGD with Nesterov momentum, a cosine schedule
+    and the loop's bookkeeping; its train images/s is the median over the epochs after
+    the first. The bare step is the same model, loss and optimiser on one pre-made
+    batch. ``overhead`` = bare / fit - 1 (0.05 means the loop adds 5 %).
+    """
+    if epochs < 2:
+        raise ValueError(f"epochs must be at least 2 (the first is warm-up), got {epochs}")
+    device = resolve_device(device)
+    channels, size, _ = image_shape
+    data = synthetic_dataset(channels=channels, image_size=size, train=batch_size * steps, test=batch_size)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.01, amp=amp, channels_last=channels_last,
+                         eval_batch_size=batch_size)
+    history = fit(build(), data, config, device=device, progress=False)
+    fit_rate = statistics.median(history.train_images_per_s[1:])
+
+    model = build().to(device, memory_format=_memory_format(channels_last))
+    x, y = _inputs(model, batch_size, image_shape, device, channels_last)
+    optimizer, dtype = make_optimizer(model, config), autocast_dtype(amp, device)
+    model.train()
+
+    def bare_step() -> None:
+        with autocast(device, dtype):
+            loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = _interleaved_seconds({"bare": bare_step}, device, steps=steps, warmup=2, repeats=epochs - 1)
+    bare_rate = batch_size / seconds["bare"]
+    return {"batch_size": batch_size, "fit_images_per_s": fit_rate, "bare_images_per_s": bare_rate,
+            "overhead": bare_rate / fit_rate - 1}

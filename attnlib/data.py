@@ -107,9 +107,11 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
                  **synthetic_kwargs) -> ImageDataset:
     """Load ``fashion_mnist``, ``cifar10``, ``cifar100`` or ``synthetic``.
 
-    CIFAR is read from torchvision's folder layout under ``root`` (``download=True``
-    fetches it with torchvision first). Fashion-MNIST is looked for in ``root``,
-    ``root/fashion-mnist`` and Debian's ``/usr/share/datasets/fashion-mnist``.
+    CIFAR is read from torchvision's folder layout under ``root``. Fashion-MNIST is looked
+    for in ``root``, ``root/fashion-mnist``, torchvision's ``root/FashionMNIST/raw`` and
+    Debian's ``/usr/share/datasets/fashion-mnist``. ``download=True`` fetches a missing
+    dataset with torchvision into ``root`` first (needs internet); either way the files
+    are verified against their checksums.
     """
     root = Path(root) if root is not None else default_data_root()
     if name == "synthetic":
@@ -117,7 +119,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
     elif synthetic_kwargs:
         raise DatasetError(f"options {sorted(synthetic_kwargs)} are only for the synthetic dataset")
     elif name == "fashion_mnist":
-        data = load_fashion_mnist(root)
+        data = load_fashion_mnist(root, download=download)
     elif name in ("cifar10", "cifar100"):
         data = load_cifar(name, root, download=download)
     else:
@@ -128,14 +130,16 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 def _find_fashion_mnist(root: Path) -> Path:
-    candidates = [root, root / "fashion-mnist", root / "fashion_mnist", DEBIAN_FASHION_MNIST]
+    candidates = [root, root / "fashion-mnist", root / "fashion_mnist", root / "FashionMNIST" / "raw",
+                  DEBIAN_FASHION_MNIST]
     for folder in candidates:
         if all((folder / f).exists() for f in FASHION_MNIST_FILES):
             return folder
     looked = "\n  ".join(str(c) for c in candidates)
     raise DatasetError(
         "Fashion-MNIST not found. Looked for the four idx .gz files in:\n  " + looked +
-        "\nOn Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist`; elsewhere download "
+        "\nWith internet access: load_dataset('fashion_mnist', download=True). "
+        "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist`; elsewhere download "
         "the four files from github.com/zalandoresearch/fashion-mnist into "
         f"{root / 'fashion-mnist'} (or set ATTNLIB_DATA).")
 
@@ -159,7 +163,14 @@ def _read_idx(path: Path, expected_sha256: str | None) -> np.ndarray:
     return body.reshape(shape)
 
 
-def load_fashion_mnist(root: Path, *, verify: bool = True) -> ImageDataset:
+def load_fashion_mnist(root: Path, *, download: bool = False, verify: bool = True) -> ImageDataset:
+    if download:
+        try:
+            _find_fashion_mnist(root)
+        except DatasetError:
+            import torchvision.datasets as tvd
+
+            tvd.FashionMNIST(str(root), train=True, download=True)  # all four files, into root/FashionMNIST/raw
     folder = _find_fashion_mnist(root)
     arrays = {f: _read_idx(folder / f, sha if verify else None) for f, sha in FASHION_MNIST_FILES.items()}
     train_x, train_y, test_x, test_y = arrays.values()

@@ -31,7 +31,9 @@ PAPER_FIGURES = {
 
 
 def load_records(results_dir: str | Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))]
+    """The training records in ``results_dir`` (benchmark records beside them are skipped)."""
+    records = (json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json")))
+    return [r for r in records if "variant" in r]
 
 
 def _network(record: dict) -> dict:

@@ -10,6 +10,7 @@ run card records what was actually used.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 
 from .data import ImageDataset, load_dataset
@@ -27,9 +28,14 @@ class Profile:
     dataset_options: dict = field(default_factory=dict)  # for the synthetic dataset
     description: str = ""
 
-    def load(self, root=None) -> ImageDataset:
+    def load(self, root=None, *, download: bool | None = None) -> ImageDataset:
+        """The profile's data. ``download=None`` downloads a missing dataset only on Colab
+        (where the notebooks start without data); elsewhere pass ``download=True`` to allow it."""
+        if download is None:
+            download = "google.colab" in sys.modules
+        options = dict(self.dataset_options) if self.dataset == "synthetic" else {"download": download}
         return load_dataset(self.dataset, root, train_subset=self.train_subset,
-                            test_subset=self.test_subset, **self.dataset_options)
+                            test_subset=self.test_subset, **options)
 
 
 PROFILES: dict[str, Profile] = {

@@ -69,3 +69,49 @@ def test_measure_rows_and_ratios():
     assert rows[1]["activation_mb_vs_first"] == rows[1]["activation_mb"] / rows[0]["activation_mb"]
     table = plots.benchmark_table(rows).splitlines()
     assert len(table) == 4 and table[2].startswith("| half | 8 |") and table[2].endswith("| 1.00x | 1.00x | 1.00x |")
+
+
+def test_measure_reports_step_time_ratio_flops_and_no_peak_on_cpu():
+    from attnlib.benchmark import count_flops, measure
+
+    rows = measure({"a": small_net, "b": small_net}, 4, SHAPE, steps=1, warmup=0, repeats=1, device="cpu")
+    a, b = rows
+    assert a["train_step_ms_vs_first"] == 1.0 and b["train_step_ms_vs_first"] > 0
+    assert abs(a["train_step_ms"] * a["train_images_per_s"] - 4e3) < 1e-6 * a["train_step_ms"] * a["train_images_per_s"]
+    assert a["flops_per_image"] == b["flops_per_image"] == count_flops(small_net(), SHAPE)
+    assert a["peak_mb"] is None  # peak allocator memory is measured on CUDA only
+
+
+def test_count_flops_of_a_single_convolution():
+    from attnlib.benchmark import count_flops
+
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    assert count_flops(conv, (2, 5, 5)) == 2 * 3 * 2 * 9 * 5 * 5
+
+
+def test_measure_with_results_dir_is_a_record_loaded_the_second_time(tmp_path, monkeypatch):
+    import attnlib.benchmark as benchmark
+
+    first = benchmark.measure({"a": small_net}, 4, SHAPE, steps=1, warmup=0, repeats=1, device="cpu",
+                              results_dir=tmp_path)
+    assert len(list(tmp_path.glob("bench-*.json"))) == 1
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a recorded measurement must be loaded, not timed again")
+
+    monkeypatch.setattr(benchmark, "_measure_rows", no_timing)
+    assert benchmark.measure({"a": small_net}, 4, SHAPE, steps=1, warmup=0, repeats=1, device="cpu",
+                             results_dir=tmp_path) == first
+    with pytest.raises(AssertionError, match="loaded, not timed"):  # other settings: a new measurement
+        benchmark.measure({"a": small_net}, 8, SHAPE, steps=1, warmup=0, repeats=1, device="cpu",
+                          results_dir=tmp_path)
+
+
+def test_fit_overhead_compares_the_loop_with_the_bare_step():
+    from attnlib.benchmark import fit_overhead
+
+    loop = fit_overhead(small_net, 8, SHAPE, steps=3, epochs=2, device="cpu")
+    assert loop["fit_images_per_s"] > 0 and loop["bare_images_per_s"] > 0
+    assert loop["overhead"] == pytest.approx(loop["bare_images_per_s"] / loop["fit_images_per_s"] - 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_overhead(small_net, 8, SHAPE, epochs=1, device="cpu")

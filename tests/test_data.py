@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -447,3 +448,42 @@ def test_rank_shards_are_disjoint_and_form_the_global_batch(augment):
         assert torch.equal(torch.cat([x0, x1]), xw)
         seen += yw.tolist()
     assert len(set(seen)) == 96
+
+
+def test_fashion_mnist_download_uses_torchvision_layout_and_only_when_missing(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "no-such-folder")
+    calls = []
+
+    class FakeFashionMNIST:  # what torchvision's download leaves behind: root/FashionMNIST/raw/*.gz
+        def __init__(self, root, train, download):
+            calls.append((root, download))
+            raw = Path(root) / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True)
+            for name, n in (("train-images-idx3-ubyte.gz", 4), ("t10k-images-idx3-ubyte.gz", 2)):
+                _write_idx(raw / name, np.zeros((n, 28, 28), dtype=np.uint8))
+                _write_idx(raw / name.replace("images-idx3", "labels-idx1"), np.arange(n))
+
+    monkeypatch.setattr(tvd, "FashionMNIST", FakeFashionMNIST)
+    with pytest.raises(DatasetError, match="download=True"):  # no download unless asked
+        D.load_fashion_mnist(tmp_path, verify=False)
+    assert calls == []
+    data = D.load_fashion_mnist(tmp_path, download=True, verify=False)
+    assert calls == [(str(tmp_path), True)] and data.train_images.shape == (4, 1, 28, 28)
+    D.load_fashion_mnist(tmp_path, download=True, verify=False)  # present now: not fetched again
+    assert len(calls) == 1
+
+
+def test_profile_downloads_only_on_colab(monkeypatch):
+    import sys
+
+    from attnlib import profiles
+
+    seen = []
+    monkeypatch.setattr(profiles, "load_dataset", lambda name, root, **kw: seen.append(kw.get("download")))
+    profiles.PROFILES["quick"].load()
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    profiles.PROFILES["quick"].load()
+    profiles.PROFILES["quick"].load(download=False)
+    assert seen == [False, True, False]
