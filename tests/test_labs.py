@@ -7,7 +7,9 @@ appears in the student notebook.
 """
 from __future__ import annotations
 
+import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from attnlib import book
-from attnlib.labs import build, checks
+from attnlib.labs import build, checks, teachers
 
 CHAPTERS = book.source_notebooks()
 HAS_OTTER = (Path(sys.executable).parent / "otter").exists()
@@ -121,3 +123,111 @@ def test_a_solution_keeps_signatures_docstrings_and_assigned_names():
     namespace: dict = {}
     exec(compile(marked, "solution", "exec"), namespace)  # the marked solution still runs
     assert namespace["result"] == 3
+
+
+# --- the labs -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def labs(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    if not HAS_OTTER:
+        pytest.skip("otter-grader is not installed (pip install -e .[labs])")
+    root = tmp_path_factory.mktemp("labs")
+    return {src.stem: build.build_lab(src, root / "student", root / "build") for src in CHAPTERS}
+
+
+def solution_lines(source: Path) -> list[str]:
+    """Every line of a chapter's solutions that a student must write (longer than 15 characters),
+    but for lines that the lab's other cells hold too (e.g. `torch.manual_seed(0)`)."""
+    cells = build.lab_cells(nbformat.read(source, as_version=4))
+    solutions = [c for c in cells if c.metadata.get("lab", {}).get("role") == "solution"]
+    given = {line.strip() for c in cells if c not in solutions for line in c.source.splitlines()}
+    lines = []
+    for cell in solutions:
+        if cell.cell_type == "markdown":
+            lines += cell.source.splitlines()
+            continue
+        inside = False
+        for line in build.mark_solution(cell.source).splitlines():
+            if line.strip().startswith("# BEGIN SOLUTION"):
+                inside = True
+            elif line.strip() == "# END SOLUTION":
+                inside = False
+            elif inside:
+                lines.append(line)
+    return [line.strip() for line in lines if len(line.strip()) > 15 and line.strip() not in given]
+
+
+@needs_otter
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_the_committed_student_notebook_is_current(labs, source: Path):
+    committed = build.STUDENT_DIR / f"{source.stem}.ipynb"
+    assert committed.exists(), f"{committed} is missing: run `make labs`"
+    assert committed.read_text() == labs[source.stem]["student"].read_text(), \
+        f"{committed.relative_to(build.REPO)} is stale: run `make labs` and commit book/labs/"
+
+
+@needs_otter
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_no_solution_text_is_in_the_student_notebook(labs, source: Path):
+    student = labs[source.stem]["student"].read_text()
+    nb = nbformat.read(labs[source.stem]["student"], as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and '"google.colab" in sys.modules' in \
+        next(c for c in nb.cells if c.cell_type == "code").source, "the first code cell must install on Colab"
+    assert not [c for c in nb.cells if c.cell_type == "code" and c.outputs], "outputs must be cleared"
+    leaked = [line for line in solution_lines(source) if line in student]
+    assert solution_lines(source), "the chapter has no solution lines"
+    assert not leaked, f"solution text in the student notebook: {leaked}"
+
+
+@needs_otter
+@pytest.mark.slow
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_the_solution_scores_full_marks_and_the_student_notebook_zero(labs, source: Path, tmp_path: Path):
+    paths = labs[source.stem]
+    solution = build.set_parameter(paths["solution"], tmp_path / "solution.ipynb", profile="smoke")
+    student = build.set_parameter(paths["student"], tmp_path / "student.ipynb", profile="smoke")
+    with ThreadPoolExecutor(2) as pool:  # two otter processes: most of a run is waiting on its kernel
+        graded = pool.map(build.grade, [solution, student], [paths["autograder"]] * 2)
+        solution_results, results = list(graded)
+    got, total = build.score(solution_results)
+    assert total >= 7 and got == total, f"the solution scores {got} / {total}"
+    assert build.score(results) == (0, total)
+    messages = " ".join(t.get("output", "") for t in results["tests"] if "max_score" in t)
+    assert "returned None" in messages and "the stub `...` returns None" in messages
+    assert "results is Ellipsis: run your experiment" in messages
+
+
+def test_colab_links_use_the_configured_repository():
+    url = build.colab_url(build.STUDENT_DIR / "01_iebn.ipynb")
+    assert url.startswith("https://colab.research.google.com/github/") and url.endswith("/blob/main/book/labs/01_iebn.ipynb")
+
+
+def test_the_student_notebook_cites_in_plain_text():
+    cells = [nbformat.v4.new_markdown_cell("BN {footcite}`ioffe2015batchnorm`, SE {footcite}`hu2018senet,ioffe2015batchnorm`."),
+             nbformat.v4.new_markdown_cell("## References\n\n```{footbibliography}\n```")]
+    build.plain_citations(cells)
+    assert cells[0].source == "BN [1], SE [2, 1]."
+    assert cells[1].source.startswith("## References\n\n1. Sergey Ioffe and Christian Szegedy. Batch normalization")
+    assert "\n2. Jie Hu" in cells[1].source and "{" not in cells[1].source
+
+
+def test_the_lab_table_of_the_teacher_page_is_current():
+    assert teachers.LAB_TABLE.read_text() == teachers.lab_table(), \
+        f"{teachers.LAB_TABLE.relative_to(build.REPO)} is stale: run `make labs`"
+    assert "{include} labs/labs-table.md" in (build.REPO / "book" / "teachers.md").read_text()
+
+
+def test_the_teacher_page_links_every_lab_and_its_measured_time():
+    table = teachers.LAB_TABLE.read_text()
+    linked = re.findall(r"\(https://colab\.research\.google\.com/github/[^/]+/[^/]+/blob/[^/]+/([^)]+)\)", table)
+    assert linked == [f"book/labs/{source.stem}.ipynb" for source in CHAPTERS]
+    assert all((build.REPO / path).exists() for path in linked), linked
+    timings = teachers.load_timings()
+    unmeasured = [source.stem for source in CHAPTERS if "quick" not in timings.get(source.stem, {})]
+    assert not unmeasured, f"no measured run time for {unmeasured}: run `python -m attnlib.labs time`"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_every_lab_has_three_exercises_one_graded_by_hand(source: Path):
+    items = teachers.exercises(source)
+    assert len(items) >= 3 and sum(item["manual"] for item in items) >= 1, items

@@ -1,8 +1,8 @@
 """Course labs generated from the chapter notebooks with otter-grader.
 
     python -m attnlib.labs build [chapters]      # student notebooks -> book/labs/, autograders -> build/labs/
-    python -m attnlib.labs grade NOTEBOOK --lab 01_iebn   # score one submission (otter run, no Docker)
-    python -m attnlib.labs time [chapters]       # time the solution notebooks, write book/labs/timings.json
+    python -m attnlib.labs grade NOTEBOOK... --lab 01_iebn   # score submissions (otter run, no Docker)
+    python -m attnlib.labs time [chapters] [--profile smoke]   # time the solution notebooks: book/labs/timings.json
 
 The chapter notebook is the single source. Its lab cells carry a ``lab`` entry in their
 metadata, invisible on the book page:
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,10 @@ STUDENT_DIR = REPO / "book" / "labs"
 BUILD_DIR = REPO / "build" / "labs"
 TIMINGS = STUDENT_DIR / "timings.json"
 LAB_SECTIONS_END, LAB_SECTIONS_RESUME = "## Implementation", "## Exercises"
+BIBLIOGRAPHY_FILE = REPO / "references.bib"
+CITATION = re.compile(r"\{footcite[pt]?\}`([^`]+)`")
+BIBLIOGRAPHY = re.compile(r"```\{footbibliography\}\s*```")
+BOOK_DISPLAY_TAGS = {"hide-input", "hide-output", "hide-cell", "remove-input", "remove-output", "remove-cell"}
 ASSIGNMENT_CONFIG = {
     "init_cell": False, "check_all_cell": False, "export_cell": False, "run_tests": False,
     "generate": True, "tests": {"ok_format": False, "files": False},
@@ -117,6 +122,31 @@ def mark_solution(source: str) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def plain_citations(cells: list, bibliography: Path = BIBLIOGRAPHY_FILE) -> None:
+    """Replace the book's MyST citations, which a notebook shows as raw text, in place:
+    ``{footcite}`key``` becomes ``[n]`` and ``{footbibliography}`` a numbered list of the
+    cited works, numbered in order of first citation (plain text: markdown's escaped
+    parentheses would be math delimiters in Jupyter)."""
+    from pybtex.database import parse_file
+    from pybtex.plugin import find_plugin
+
+    markdown = [c for c in cells if c.cell_type == "markdown"]
+    keys = list(dict.fromkeys(k.strip() for c in markdown for m in CITATION.finditer(c.source)
+                              for k in m[1].split(",")))
+    entries = parse_file(str(bibliography)).entries if keys else {}
+    missing = [k for k in keys if k not in entries]
+    if missing:
+        raise KeyError(f"cited but not in {bibliography.name}: {missing}")
+    style, backend = find_plugin("pybtex.style.formatting", "plain")(), find_plugin("pybtex.backends", "text")()
+    listing = "\n".join(f"{n}. " + " ".join(style.format_entry(str(n), entries[k]).text.render(backend).split())
+                        for n, k in enumerate(keys, 1))
+    number = {k: n for n, k in enumerate(keys, 1)}
+    for cell in markdown:
+        cell.source = CITATION.sub(lambda m: "[" + ", ".join(str(number[k.strip()]) for k in m[1].split(",")) + "]",
+                                   cell.source)
+        cell.source = BIBLIOGRAPHY.sub(lambda _: listing, cell.source)
+
+
 def _raw(text: str):
     return nbformat.v4.new_raw_cell(text)
 
@@ -125,10 +155,14 @@ def otter_master(nb, name: str):
     """The chapter's lab cells in otter-assign's format (raw BEGIN/END cells, test configs)."""
     config = yaml.safe_dump({"name": name, **ASSIGNMENT_CONFIG}, sort_keys=False)
     cells, open_question = [_raw("# ASSIGNMENT CONFIG\n" + config)], False
-    for cell in lab_cells(nb):
-        cell = nbformat.from_dict(json.loads(json.dumps(cell)))
+    kept = [nbformat.from_dict(json.loads(json.dumps(cell))) for cell in lab_cells(nb)]
+    plain_citations(kept)
+    for cell in kept:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+        tags = [t for t in cell.metadata.pop("tags", []) if t not in BOOK_DISPLAY_TAGS]  # the book's toggles
+        if tags:
+            cell.metadata["tags"] = tags
         lab = cell.metadata.pop("lab", {})
         role = lab.get("role")
         if open_question and (lab.get("question") or not lab):
@@ -222,13 +256,30 @@ def score(results: dict) -> tuple[float, float]:
 
 
 def time_solution(name: str, profile: str) -> dict:
-    """Run and grade the solution notebook of one lab; its wall time and score."""
+    """Run and grade the solution notebook of one lab: its wall time, the CPU time of its
+    processes (which other work on a shared machine does not inflate), score and machine."""
+    import os
+    import platform
+    import resource
+
+    import torch
+
+    from ..runinfo import device_name
+
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # otter run and its kernel, once finished
+        return usage.ru_utime + usage.ru_stime
+
     solution = BUILD_DIR / name / "solution.ipynb"
     with tempfile.TemporaryDirectory() as tmp:
         copy = set_parameter(solution, Path(tmp) / solution.name, profile=profile)
-        start = time.perf_counter()
+        start, cpu_start, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
         got, total = score(grade(copy, BUILD_DIR / name / "autograder.zip"))
-    return {"profile": profile, "seconds": round(time.perf_counter() - start), "score": got, "max_score": total}
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    return {"seconds": round(wall), "cpu_seconds": round(cpu), "load_average_at_start": round(load, 1),
+            "score": got, "max_score": total, "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.system()} {platform.machine()}, {device_name(torch.device('cpu'))}, "
+                       f"{os.cpu_count()} cores"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,26 +287,33 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="student notebooks (book/labs/) and autograders (build/labs/)")
     b.add_argument("chapters", nargs="*")
-    g = sub.add_parser("grade", help="score a submission with a lab's autograder")
-    g.add_argument("notebook", type=Path)
+    g = sub.add_parser("grade", help="score submissions with a lab's autograder (runs their code: see book/teachers.md)")
+    g.add_argument("notebooks", type=Path, nargs="+")
     g.add_argument("--lab", required=True, help="chapter name, e.g. 01_iebn")
     t = sub.add_parser("time", help="run the solution notebooks and record their time and score")
     t.add_argument("chapters", nargs="*")
     t.add_argument("--profile", default="quick")
     args = parser.parse_args(argv)
     if args.command == "grade":
-        got, total = score(grade(args.notebook, BUILD_DIR / args.lab / "autograder.zip"))
-        print(f"{args.notebook}: {got:g} / {total:g} auto-graded points")
+        for notebook in args.notebooks:
+            results = grade(notebook, BUILD_DIR / args.lab / "autograder.zip")
+            got, total = score(results)
+            questions = ", ".join(f"{t['name']} {t['score']:g}/{t['max_score']:g}" for t in results["tests"]
+                                  if "max_score" in t)
+            print(f"{notebook}: {got:g} / {total:g} auto-graded points ({questions})")
         return 0
+    from .teachers import load_timings, write_lab_table
+
     chapters = source_notebooks(args.chapters or None)
     if args.command == "build":
         for source in chapters:
             paths = build_lab(source)
             print(f"{source.stem}: {paths['student'].relative_to(REPO)}, {paths['autograder'].relative_to(REPO)}")
-        return 0
-    timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
-    for source in chapters:
-        timings[source.stem] = time_solution(source.stem, args.profile)
-        print(source.stem, timings[source.stem], flush=True)
-    TIMINGS.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
+    else:
+        timings = load_timings()
+        for source in chapters:
+            timings.setdefault(source.stem, {})[args.profile] = time_solution(source.stem, args.profile)
+            print(source.stem, timings[source.stem][args.profile], flush=True)
+        TIMINGS.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {write_lab_table().relative_to(REPO)}")
     return 0
