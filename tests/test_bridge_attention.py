@@ -291,3 +291,45 @@ def test_attention_gates_for_se_and_none():
     x = torch.randn(2, 1, 16, 16)
     assert len(attention_gates(build_model("resnet20", attention="se", in_channels=1), x)) == 9
     assert attention_gates(build_model("resnet20", in_channels=1), x) == {}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_se_hand_written_backward_passes_gradcheck(channels_last):
+    torch.manual_seed(0)
+    m = SqueezeExcitation(12, reduction=4, min_hidden=2).double()
+    x = torch.randn(3, 12, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    params = [m.squeeze_weight, m.squeeze_bias, m.excite_weight, m.excite_bias]
+    assert torch.autograd.gradcheck(lambda x, *p: m(x), (x, *params))
+
+
+def test_se_gradients_equal_autograd_of_the_formula_under_bf16_autocast():
+    torch.manual_seed(0)
+    m = SqueezeExcitation(16)
+    x = torch.randn(4, 16, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = m(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, m.squeeze_weight, m.excite_bias], g)
+    reference = x * reference_se_gate(m, x)[:, :, None, None]
+    expected = torch.autograd.grad(reference, [x, m.squeeze_weight, m.excite_bias], g.float())
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+
+
+def test_se_under_bf16_autocast_makes_no_full_size_copy():
+    from torch.profiler import ProfilerActivity, profile
+
+    m = SqueezeExcitation(16)
+    x = torch.randn(4, 16, 6, 6).contiguous(memory_format=torch.channels_last).bfloat16().requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+        y.backward(torch.ones_like(y))
+    assert y.dtype == x.grad.dtype == torch.bfloat16 and x.grad.is_contiguous(memory_format=torch.channels_last)
+    copies = [e.name for e in prof.events() if e.name in ("aten::_to_copy", "aten::contiguous", "aten::clone")
+              and e.input_shapes and e.input_shapes[0] == list(x.shape)]
+    assert copies == []
