@@ -4,7 +4,7 @@
     python -m attnlib.book execute --profile smoke --out build/smoke 00_setup_and_baseline
     python -m attnlib.book check                               # executed copies match sources?
     python -m attnlib.book strip                               # clear outputs of the sources
-    python -m attnlib.book overview                            # results page from the records
+    python -m attnlib.book overview                            # results page, wall times, versions
 
 Sources (``notebooks/*.ipynb``) are stored without outputs. ``execute`` runs each with
 papermill, with the working directory set to the output folder (so records land in
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nbformat
 
+from .reproducibility import METADATA_KEY, environment_table, execution_metadata, wall_times_table
 from .runinfo import REPO
 
 SOURCES = REPO / "notebooks"
@@ -63,10 +64,12 @@ def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, **pa
         papermill.execute_notebook(str(src), str(dst), parameters={"profile": profile, "progress": False,
                                                                    **parameters},
                                    cwd=str(out), kernel_name="python3", progress_bar=False)
+        seconds = time.perf_counter() - start
         nb = nbformat.read(dst, as_version=4)
         clean_executed(nb)
+        nb.metadata[METADATA_KEY] = execution_metadata(profile, seconds)
         nbformat.write(nb, dst)
-        print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"  done in {seconds:.0f} s", flush=True)
         written.append(dst)
     return written
 
@@ -127,6 +130,24 @@ def write_overview() -> None:
     gain_vs_speed(method_rows(load_records(BOOK / "results"))).savefig(OVERVIEW_FIGURE, dpi=110)
 
 
+#: Markdown generated from the executed copies, included by book/running.md and book/reproducibility.md.
+GENERATED = BOOK / "_generated"
+WALL_TIMES = GENERATED / "wall-times.md"
+ENVIRONMENT = GENERATED / "environment.md"
+
+
+def generated_pages() -> dict[Path, str]:
+    """The generated markdown files and their current content."""
+    executed = [BOOK / src.name for src in source_notebooks()]
+    return {WALL_TIMES: wall_times_table(executed, BOOK / "results"), ENVIRONMENT: environment_table(executed)}
+
+
+def write_generated_pages() -> None:
+    GENERATED.mkdir(exist_ok=True)
+    for path, text in generated_pages().items():
+        path.write_text(text)
+
+
 def strip(paths: list[Path]) -> None:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -153,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         execute(args.profile, args.notebooks or None, args.out.resolve())
     elif args.command == "overview":
         write_overview()
+        write_generated_pages()
+        print(f"wrote {WALL_TIMES.relative_to(REPO)} and {ENVIRONMENT.relative_to(REPO)}")
         print(f"wrote {OVERVIEW.relative_to(REPO)} and {OVERVIEW_FIGURE.relative_to(REPO)}")
     elif args.command == "check":
         problems = stale_copies()

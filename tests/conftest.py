@@ -1,8 +1,11 @@
-"""Shared fixtures: a small synthetic dataset and tiny CIFAR-10/100 folders in torchvision's layout."""
+"""Shared fixtures: a small synthetic dataset, tiny CIFAR-10/100 folders in torchvision's layout, the built book."""
 from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from attnlib.data import ImageDataset, load_dataset  # noqa: E402
+from attnlib.runinfo import REPO  # noqa: E402
 
 # The tests use tiny models and batches, where intra-op threads cost more than they give,
 # and a second busy process (a notebook training) makes spinning OpenMP threads stall:
@@ -114,3 +118,30 @@ def fake_cifar(tmp_path: Path) -> FakeCifar:
                             "coarse_label_names": [f"super-{i}" for i in range(20)]})
     out.classes["cifar100"] = names100
     return out
+
+
+@dataclass
+class BookBuild:
+    """The HTML book built once for the session: where it is, what the build said, how long it took."""
+
+    html: Path
+    result: subprocess.CompletedProcess
+    seconds: float
+
+    def failure(self) -> str:
+        """The end of the build's output, for an assertion message."""
+        return self.result.stdout[-4000:] + self.result.stderr[-4000:]
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> BookBuild:
+    """``jupyter-book build`` of the repository with warnings as errors (-W -n), run once and shared
+    by the book's tests and the browser test."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    if not exe.exists():
+        pytest.skip("jupyter-book is not installed (pip install -e .[book])")
+    out = tmp_path_factory.mktemp("book")
+    start = time.perf_counter()
+    result = subprocess.run([str(exe), "build", str(REPO), "--path-output", str(out), "-W", "-n", "--keep-going"],
+                            capture_output=True, text=True, timeout=900)
+    return BookBuild(out / "_build" / "html", result, time.perf_counter() - start)

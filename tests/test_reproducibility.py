@@ -1,0 +1,75 @@
+"""The running and reproducibility tables are read from run cards and notebook metadata, not typed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from attnlib.reproducibility import (METADATA_KEY, NOT_RECORDED, TOOLS, environment_table, execution_metadata,
+                                     run_cards, tool_versions, training_time, wall_times_table)
+
+CARD = """| run card | |
+|---|---|
+| profile | quick |
+| device | CPU: Test CPU, 2 threads |
+| python | 3.11.7 |
+| torch | 2.14.1 |
+| torchvision | 0.29.1 |
+| training wall time | {minutes} min over {runs} runs (0 trained now, {runs} loaded from results) |"""
+
+
+def executed_notebook(path: Path, cards: list[tuple[float, int]], execution: dict | None = None) -> Path:
+    """A notebook whose code cells printed run cards of (minutes, runs), with optional execute metadata."""
+    nb = nbformat.v4.new_notebook()
+    for minutes, runs in cards:
+        output = nbformat.v4.new_output("display_data", data={"text/markdown": CARD.format(minutes=minutes, runs=runs)})
+        nb.cells.append(nbformat.v4.new_code_cell("display(card)", outputs=[output]))
+    if execution is not None:
+        nb.metadata[METADATA_KEY] = execution
+    nbformat.write(nb, path)
+    return path
+
+
+def test_run_cards_are_read_back_from_the_outputs(tmp_path: Path):
+    nb = nbformat.read(executed_notebook(tmp_path / "01_x.ipynb", [(13.4, 6), (2.0, 3)]), as_version=4)
+    cards = run_cards(nb)
+    assert [c["training wall time"][:16] for c in cards] == ["13.4 min over 6 ", "2.0 min over 3 r"]
+    assert cards[0]["device"] == "CPU: Test CPU, 2 threads"
+    assert training_time(cards) == pytest.approx((15.4, 9))
+
+
+def test_an_unreadable_wall_time_is_an_error():
+    with pytest.raises(ValueError, match="training wall time"):
+        training_time([{"training wall time": "a while"}])
+
+
+def test_wall_times_table_sums_cards_per_chapter_and_records_once(tmp_path: Path):
+    chapter = executed_notebook(tmp_path / "01_x.ipynb", [(13.4, 6), (2.0, 3)], {"execution_time_s": 61.6})
+    bare = executed_notebook(tmp_path / "02_y.ipynb", [])
+    results = tmp_path / "results"
+    results.mkdir()
+    for seed, seconds in enumerate((1800, 1800, 3600)):
+        record = {"variant": {}, "profile": "quick", "run_card": {"wall_time_s": seconds}}
+        (results / f"run-{seed}.json").write_text(json.dumps(record))
+    table = wall_times_table([chapter, bare], results)
+    assert "| {doc}`01_x` | quick | 9 | 15.4 min | 62 s | not measured |" in table
+    assert f"| {{doc}}`02_y` | {NOT_RECORDED} | 0 | {NOT_RECORDED} | {NOT_RECORDED} | not measured |" in table
+    assert "trained 3 runs in 2.0 h" in table
+
+
+def test_environment_table_merges_chapters(tmp_path: Path):
+    first = executed_notebook(tmp_path / "01_x.ipynb", [(1.0, 1)], {"versions": {"numpy": "2.0", "python": "3.11"}})
+    second = executed_notebook(tmp_path / "02_y.ipynb", [(1.0, 1)], {"versions": {"numpy": "2.1", "python": "3.11"}})
+    table = environment_table([first, second])
+    assert "| executing the notebooks: numpy | 2.0, 2.1 |" in table
+    assert "| executing the notebooks: python | 3.11 |" in table
+    assert "| training: device | CPU: Test CPU, 2 threads |" in table
+
+
+def test_execution_metadata_names_every_tool():
+    meta = execution_metadata("quick", 12.34)
+    assert meta["profile"] == "quick" and meta["execution_time_s"] == 12.3
+    assert set(meta["versions"]) == {"python", *TOOLS} == set(tool_versions())
+    assert meta["versions"]["attnlib"] != "not installed"
