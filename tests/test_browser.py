@@ -174,6 +174,12 @@ def unrendered_math(page) -> list[str]:
     return raw + (["raw $$ in the page text"] if "$$" in text else [])
 
 
+def raw_markdown_tables(page) -> list[str]:
+    """Paragraphs that show a markdown table's source instead of a table."""
+    return page.eval_on_selector_all("main p", "ps => ps.map(p => p.textContent).filter(t => t.includes('|---|'))"
+                                                ".map(t => t.slice(0, 80))")
+
+
 def save_screenshots(browser, url: str, name: str) -> list[Path]:
     """Full-page screenshots of ``url`` in the light and the dark theme."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -202,6 +208,7 @@ def test_page_reads_well_in_a_browser(name: str, site: str, browser):
     assert not (bad := images_without_alt_or_pixels(page)), f"{url}: images\n" + "\n".join(bad)
     assert not (bad := broken_links(page, site)), f"{url}: broken internal links\n" + "\n".join(bad)
     assert not (bad := unrendered_math(page)), f"{url}: math not rendered\n" + "\n".join(bad)
+    assert not (bad := raw_markdown_tables(page)), f"{url}: tables shown as markdown source\n" + "\n".join(bad)
     if is_chapter(name):
         assert page.query_selector("mjx-container"), f"{url}: a chapter without rendered math"
         assert_launch_buttons(page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)"), name)
