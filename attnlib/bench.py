@@ -3,6 +3,7 @@
     python -m attnlib.bench                          # CPU, ResNet-20, batch 128, bf16, channels_last
     python -m attnlib.bench --device cuda --compile  # a GPU, with torch.compile
     python -m attnlib.bench --methods SE NAM --amp off --no-channels-last
+    python -m attnlib.bench --threads 1              # steadier ratios on a shared machine
 
 For each method it builds the same network with the method's layer, and times all of them
 interleaved with :func:`attnlib.benchmark.measure` (train step, eval forward, memory,
@@ -23,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .benchmark import fit_overhead, measure
@@ -79,7 +81,8 @@ def run(methods: tuple[Method, ...] = METHODS, *, model: str = "resnet20", batch
                         channels_last=channels_last, device=resolved)
     settings = dict(model=model, batch_size=batch_size, image_shape=list(image_shape), amp=amp,
                     dtype=str(autocast_dtype(amp, resolved) or "float32").replace("torch.", ""),
-                    channels_last=channels_last, compile=compile, steps=steps, repeats=repeats)
+                    channels_last=channels_last, compile=compile, steps=steps, repeats=repeats,
+                    threads=torch.get_num_threads())
     return {"settings": settings, "environment": environment(resolved), "methods": [asdict(m) for m in methods],
             "rows": rows, "loop": loop, "wall_s": time.perf_counter() - start}
 
@@ -109,6 +112,22 @@ def load_results(bench_dir: Path = BENCH_DIR) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(bench_dir).glob("*.json"))]
 
 
+#: Why a method misses its target, from torch.profiler (shown on the page when it does).
+WHY_MISSED = {
+    "NAM": "NAM adds a whole BatchNorm (statistics, normalisation and their backward), a sigmoid, "
+           "a product and, in the backward, the sum of the two gradients of its input: about six "
+           "passes over every residual branch's output, each a memory-bound kernel in eager PyTorch. "
+           "A hand-written backward does not remove any of them (the BN backward is already one "
+           "kernel); only fusing the elementwise chain into one kernel would, which is what "
+           "`torch.compile` generates (not measured on a GPU here).",
+    "DynamicConv (K=4)": "Every dynamic convolution mixes K kernels per image and runs a grouped "
+                         "convolution with one group per image; oneDNN's grouped kernels on this CPU take "
+                         "about twice the time of the plain convolution's, and the backward adds the "
+                         "gradients of the K experts. The K-branch form (K plain convolutions weighted "
+                         "per image, see the chapter) is slower still here.",
+}
+
+
 def page(results: list[dict]) -> str:
     """The book's benchmark page (markdown) from the benchmark's JSON records."""
     sections = []
@@ -119,14 +138,14 @@ def page(results: list[dict]) -> str:
         flags = ["channels_last" if s["channels_last"] else "NCHW", "torch.compile" if s["compile"] else "eager"]
         sections.append(f"""## {env['device']}
 
-{s['model']}, batch {s['batch_size']}, images {'x'.join(map(str, s['image_shape']))}, {s['dtype']},
+{s['model']}, batch {s['batch_size']}, {s['threads']} CPU thread(s), images {'x'.join(map(str, s['image_shape']))}, {s['dtype']},
 {', '.join(flags)}; median of {s['repeats']} interleaved rounds of {s['steps']} steps. torch {env['torch']},
 commit `{env['git_commit']}`, {env['date']}; the run took {r['wall_s']:.0f} s.
 
 {table(r)}
 
 {loop_line(r)} {verdict}
-""")
+""" + "".join(f"\n*{label}:* {WHY_MISSED[label]}\n" for label in missed if label in WHY_MISSED))
     body = "\n".join(sections) if sections else "No benchmark record yet: run `make bench`.\n"
     return f"""# Benchmark: what each layer costs
 
@@ -152,6 +171,7 @@ def default_out(result: dict) -> Path:
     s, env = result["settings"], result["environment"]
     kind = "gpu" if not env["device"].startswith("CPU") else "cpu"
     name = f"{kind}-{s['model']}-b{s['batch_size']}-{s['dtype']}" + ("-compiled" if s["compile"] else "")
+    name += f"-{s['threads']}thread" if kind == "cpu" else ""
     return BENCH_DIR / f"{name}.json"
 
 
@@ -172,6 +192,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile every network (slow to start)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 gives steadier "
+                                               "ratios on a shared machine)")
     p.add_argument("--steps", type=int, default=3, help="steps per timed round (default 3)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is reported (default 5)")
     p.add_argument("--out", type=Path, help="JSON file to write (default book/benchmark/<device>-<model>-....json)")
@@ -187,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(int(v) for v in args.image_shape.split(","))
     if len(shape) != 3:
         raise SystemExit(f"--image-shape must be C,H,W, got {args.image_shape!r}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     methods = tuple(m for m in METHODS if m.label in args.methods)
     result = run(methods, model=args.model, batch_size=args.batch_size, image_shape=shape, amp=args.amp,
                  channels_last=args.channels_last, compile=args.compile, device=args.device, steps=args.steps,

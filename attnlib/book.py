@@ -90,6 +90,7 @@ def stale_copies(out: Path = BOOK) -> list[str]:
 
 OVERVIEW = BOOK / "results.md"
 OVERVIEW_FIGURE = BOOK / "images" / "overview-gain-vs-speed.png"
+BENCHMARK = BOOK / "benchmark.md"
 
 
 def overview_page(results_dir: Path = BOOK / "results") -> str:
@@ -121,11 +122,19 @@ not a prediction of ours.
 """
 
 
+def benchmark_page() -> str:
+    """The benchmark page (markdown), generated from ``book/benchmark/*.json``."""
+    from .bench import load_results, page
+
+    return page(load_results())
+
+
 def write_overview() -> None:
     from .overview import load_records, method_rows
     from .plots import gain_vs_speed
 
     OVERVIEW.write_text(overview_page())
+    BENCHMARK.write_text(benchmark_page())
     OVERVIEW_FIGURE.parent.mkdir(parents=True, exist_ok=True)
     gain_vs_speed(method_rows(load_records(BOOK / "results"))).savefig(OVERVIEW_FIGURE, dpi=110)
 
@@ -176,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         write_overview()
         write_generated_pages()
         print(f"wrote {WALL_TIMES.relative_to(REPO)} and {ENVIRONMENT.relative_to(REPO)}")
-        print(f"wrote {OVERVIEW.relative_to(REPO)} and {OVERVIEW_FIGURE.relative_to(REPO)}")
+        print(f"wrote {OVERVIEW.relative_to(REPO)}, {OVERVIEW_FIGURE.relative_to(REPO)} and "
+              f"{BENCHMARK.relative_to(REPO)}")
     elif args.command == "check":
         problems = stale_copies()
         for p in problems:

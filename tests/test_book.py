@@ -107,6 +107,11 @@ def test_results_overview_is_current():
     assert book.OVERVIEW_FIGURE.exists()
 
 
+def test_benchmark_page_is_current():
+    assert book.BENCHMARK.read_text() == book.benchmark_page(), \
+        "book/benchmark.md is stale: run `python -m attnlib.book overview`"
+
+
 def test_generated_pages_are_current():
     for path, text in book.generated_pages().items():
         assert path.exists() and path.read_text() == text, \
