@@ -63,8 +63,10 @@ def count_flops(model: nn.Module, image_shape: Shape) -> int:
 
 
 def _step_function(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, train: bool,
-                   dtype: torch.dtype | None, compile: bool) -> Callable[[], None]:
-    """One training step (forward, cross-entropy, backward, SGD step) or one inference forward."""
+                   dtype: torch.dtype | None, compile: bool = False,
+                   optimizer: torch.optim.Optimizer | None = None) -> Callable[[], None]:
+    """One training step (forward, cross-entropy, backward, optimiser step; SGD with momentum
+    unless ``optimizer`` is given) or one inference forward."""
     device = x.device
     net = torch.compile(model) if compile else model
     model.train(train)
@@ -73,7 +75,7 @@ def _step_function(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, train:
             with torch.no_grad(), autocast(device, dtype):
                 net(x)
         return infer
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> None:
         with autocast(device, dtype):
@@ -254,16 +256,8 @@ def fit_overhead(build: Callable[[], nn.Module], batch_size: int, image_shape: S
 
     model = build().to(device, memory_format=_memory_format(channels_last))
     x, y = _inputs(model, batch_size, image_shape, device, channels_last)
-    optimizer, dtype = make_optimizer(model, config), autocast_dtype(amp, device)
-    model.train()
-
-    def bare_step() -> None:
-        with autocast(device, dtype):
-            loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    bare_step = _step_function(model, x, y, train=True, dtype=autocast_dtype(amp, device),
+                               optimizer=make_optimizer(model, config))
     seconds = _interleaved_seconds({"bare": bare_step}, device, steps=steps, warmup=2, repeats=epochs - 1)
     bare_rate = batch_size / seconds["bare"]
     return {"batch_size": batch_size, "fit_images_per_s": fit_rate, "bare_images_per_s": bare_rate,
