@@ -88,16 +88,16 @@ def run(methods: tuple[Method, ...] = METHODS, *, model: str = "resnet20", batch
 
 
 def table(result: dict) -> str:
-    """Markdown: absolute figures, ratios to the plain network, and each target."""
-    lines = ["| network | params | MFLOPs/img | train step (ms) | train img/s | eval img/s | activations (MB) "
-             "| peak (MB) | step time vs plain | target | eval speed vs plain |", "|" + "---|" * 11]
+    """Markdown: ratios to the plain network and each target first, then absolute figures."""
+    lines = ["| network | step time vs plain | target | eval speed vs plain | train step (ms) | train img/s "
+             "| eval img/s | params | MFLOPs/img | activations (MB) | peak (MB) |", "|" + "---|" * 11]
     for r in result["rows"]:
         peak = "–" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
         target = "–" if r["target"] is None else f"≤ {r['target']:.2f}x " + ("met" if r["meets_target"] else "**missed**")
-        lines.append(f"| {r['label']} | {r['params']:,d} | {r['flops_per_image'] / 1e6:.1f} | {r['train_step_ms']:.1f} "
-                     f"| {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} | {r['activation_mb']:.1f} "
-                     f"| {peak} | {r['train_step_ms_vs_first']:.2f}x | {target} "
-                     f"| {r['eval_images_per_s_vs_first']:.2f}x |")
+        lines.append(f"| {r['label']} | {r['train_step_ms_vs_first']:.2f}x | {target} "
+                     f"| {r['eval_images_per_s_vs_first']:.2f}x | {r['train_step_ms']:.1f} | {r['train_images_per_s']:,.0f} "
+                     f"| {r['eval_images_per_s']:,.0f} | {r['params']:,d} | {r['flops_per_image'] / 1e6:.1f} "
+                     f"| {r['activation_mb']:.1f} | {peak} |")
     return "\n".join(lines)
 
 
@@ -136,9 +136,11 @@ def page(results: list[dict]) -> str:
         missed = [row["label"] for row in r["rows"] if row["meets_target"] is False]
         verdict = (f"Targets missed: {', '.join(missed)}." if missed else "Every method meets its target.")
         flags = ["channels_last" if s["channels_last"] else "NCHW", "torch.compile" if s["compile"] else "eager"]
-        sections.append(f"""## {env['device']}
+        threads = f"{s['threads']} thread" + ("s" if s["threads"] > 1 else "")
+        machine = env["device"].split(",")[0] + (f", {threads}" if env["device"].startswith("CPU") else "")
+        sections.append(f"""## {machine}
 
-{s['model']}, batch {s['batch_size']}, {s['threads']} CPU thread(s), images {'x'.join(map(str, s['image_shape']))}, {s['dtype']},
+{s['model']}, batch {s['batch_size']}, images {'x'.join(map(str, s['image_shape']))}, {s['dtype']},
 {', '.join(flags)}; median of {s['repeats']} interleaved rounds of {s['steps']} steps. torch {env['torch']},
 commit `{env['git_commit']}`, {env['date']}; the run took {r['wall_s']:.0f} s.
 
