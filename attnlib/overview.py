@@ -97,15 +97,16 @@ def method_rows(records: list[dict]) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ["method", "baseline", "model", "data", "profile, batch, epochs", "seeds", "method acc (%)",
-            "baseline acc (%)", "Δ (pts) ± SE", "noise", "params", "FLOPs", "train speed", "paper's figure"]
+    """One row per comparison: the verdict first (what a reader looks for), the setting after."""
+    head = ["method", "baseline", "Δ (pts) ± SE", "noise", "method acc (%)", "baseline acc (%)", "train speed",
+            "params", "FLOPs", "model", "data", "profile, batch, epochs", "seeds", "paper's figure"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         noise = "within" if r["within_noise"] else "outside"
         lines.append(
-            f"| {r['method']} | {r['baseline']} | {r['model']} | {r['dataset']} "
-            f"| {r['profile']}, {r['batch_size']}, {r['epochs']} | {r['seeds']} "
+            f"| {r['method']} | {r['baseline']} | {r['delta']:+.2f} ± {r['se']:.2f} "
+            f"| {noise} 2 SE, p = {r['p_value']:.2f} "
             f"| {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['base_mean']:.2f} ± {r['base_std']:.2f} "
-            f"| {r['delta']:+.2f} ± {r['se']:.2f} | {noise} 2 SE, p = {r['p_value']:.2f} "
-            f"| {r['params_ratio']:.2f}x | {r['flops_ratio']:.2f}x | {r['speed_ratio']:.2f}x | {r['paper']} |")
+            f"| {r['speed_ratio']:.2f}x | {r['params_ratio']:.2f}x | {r['flops_ratio']:.2f}x | {r['model']} "
+            f"| {r['dataset']} | {r['profile']}, {r['batch_size']}, {r['epochs']} | {r['seeds']} | {r['paper']} |")
     return "\n".join(lines)
