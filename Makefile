@@ -41,7 +41,7 @@ check: venv
 labs: venv
 	$(PY) -m attnlib.labs build
 
-# Every chapter's layer against the plain network (CPU: about 3 minutes); BENCH_ARGS e.g. "--device cuda --compile".
+# Every chapter's layer against the plain network (2-core CPU: 76 s with 2 threads, 122 s with --threads 1); BENCH_ARGS e.g. "--device cuda --compile".
 BENCH_ARGS ?=
 bench: venv
 	$(PY) -m attnlib.bench $(BENCH_ARGS)
