@@ -45,7 +45,9 @@ def _linear_lr(batch: int, setup: Profile) -> dict:
 
 
 def setup_and_baseline(setup: Profile) -> list[Experiment]:
-    return [Experiment("main", (Variant("ResNet-20", model="resnet20"), Variant("AlexNet", model="alexnet")))]
+    twice = Variant("ResNet-20, twice the epochs", model="resnet20", train={"epochs": 2 * setup.epochs})
+    return [Experiment("main", (Variant("ResNet-20", model="resnet20"), Variant("AlexNet", model="alexnet"))),
+            Experiment("convergence", (twice,))]
 
 
 def iebn(setup: Profile, small_batch: int = 16, small_batch_subset: int | None = 3000,

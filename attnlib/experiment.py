@@ -30,7 +30,8 @@ from .data import ImageDataset
 from .models import build_model, count_parameters
 from .profiles import Profile, resolve_profile
 from .runinfo import environment
-from .train import Callback, History, TrainConfig, atomic_save, fit, predict, resolve_device
+from .train import (Callback, History, TrainConfig, atomic_save, autocast_dtype, fit, precision_name, predict,
+                    resolve_device)
 
 RECORD_FORMAT = 2
 
@@ -107,10 +108,23 @@ def run_key(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-def _find_record(results_dir: Path, stem: Path, seed: int, key: str) -> Path | None:
-    """This run's record, saved under this label or any other (weights present too)."""
+def record_stem(results_dir: Path, variant: Variant, seed: int, key: str) -> Path:
+    """Where a run's files go: ``<results_dir>/<label>-seed<k>-<key>`` + ``.json``, ``.pt``, ``.ckpt``."""
+    return results_dir / f"{_slug(variant.label)}-seed{seed}-{key}"
+
+
+def run_config(recipe: TrainConfig | None, profile: Profile, variant: Variant) -> TrainConfig:
+    """The recipe one variant trains with: ``recipe``, the profile's epochs and batch size,
+    then the variant's own ``train`` changes."""
+    base = (recipe or TrainConfig()).replace(epochs=profile.epochs, batch_size=profile.batch_size)
+    return base.replace(**variant.train)
+
+
+def find_record(results_dir: Path, stem: Path, seed: int, key: str) -> Path | None:
+    """This run's record, saved under this label or any other. Its weights may be absent
+    (git keeps only seed 0's): :meth:`Comparison.model` says so when it needs them."""
     candidates = [stem.with_suffix(".json"), *sorted(results_dir.glob(f"*-seed{seed}-{key}.json"))]
-    return next((p for p in candidates if p.exists() and p.with_suffix(".pt").exists()), None)
+    return next((p for p in candidates if p.exists()), None)
 
 
 def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *, profile: str,
@@ -121,8 +135,8 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     ranks train together and return rank 0's record.
     """
     key = run_key(variant, data, config, seed)
-    stem = results_dir / f"{_slug(variant.label)}-seed{seed}-{key}"
-    found = _find_record(results_dir, stem, seed, key) if distributed.is_main() else None
+    stem = record_stem(results_dir, variant, seed, key)
+    found = find_record(results_dir, stem, seed, key) if distributed.is_main() else None
     record = distributed.from_main(json.loads(found.read_text()) if found is not None else None)
     if record is not None:
         record["label"], record["variant"] = variant.label, variant.spec()  # this chapter's name for it
@@ -140,6 +154,7 @@ def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig,
     flops = flops_per_image(model, data)  # the first forward: sizes lazily built layers
     params = count_parameters(model)
     callbacks = [copy.deepcopy(cb) for cb in variant.callbacks]
+    card = environment(device)  # the code and machine that start the run
     start = time.perf_counter()
     history = fit(model, data, config, seed=seed, device=device, callbacks=callbacks,
                   checkpoint=stem.with_suffix(".ckpt"), resume=True, progress=progress,
@@ -156,8 +171,8 @@ def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig,
         "history": history.to_dict(), "params": params, "flops_per_image": flops,
         "final_test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
         "predictions": predictions.tolist(),
-        "run_card": {**environment(device), "wall_time_s": round(wall, 1),
-                     "processes": distributed.world_size()},
+        "run_card": {**card, "precision": precision_name(autocast_dtype(config.amp, device)),
+                     "wall_time_s": round(wall, 1), "processes": distributed.world_size()},
     }
     text = json.dumps(record)
     tmp = record_path.with_suffix(".json.tmp")
@@ -195,6 +210,11 @@ class Comparison:
         record = next(r for r in self.runs(label) if seed is None or r["seed"] == seed)
         model = variant.build(self.data, record["seed"])
         path = self.results_dir / record["weights"]
+        if not path.exists():
+            raise FileNotFoundError(
+                f"the weights of {label!r} seed {record['seed']} ({path}) are not here: git keeps the "
+                f"weights of seed 0 only. Move the record {path.with_suffix('.json').name} away and run "
+                "the notebook (or python -m attnlib.run) again to retrain this seed.")
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
 
@@ -230,8 +250,8 @@ class Comparison:
     def run_card(self) -> dict:
         """What was run, where, with which code: merged over the records."""
         cards = [r["run_card"] for r in self.records]
-        merged = {k: ", ".join(sorted({str(c[k]) for c in cards}))
-                  for k in ("device", "python", "torch", "torchvision", "attnlib", "git_commit")}
+        merged = {k: ", ".join(sorted({str(c.get(k, "not recorded")) for c in cards}))
+                  for k in ("device", "precision", "python", "torch", "torchvision", "attnlib", "git_commit")}
         config = self.records[0]["config"]
         return {
             "dataset": self.data.describe(), "profile": self.profile.name,
@@ -267,13 +287,12 @@ def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, re
         raise ValueError(f"variant labels must be unique, got {labels}")
     profile = resolve_profile(profile, dataset=dataset, epochs=epochs, seeds=seeds)
     data = data if data is not None else profile.load()
-    base = (recipe or TrainConfig()).replace(epochs=profile.epochs, batch_size=profile.batch_size)
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     records, trained, start = [], 0, time.perf_counter()
     for variant in variants:
-        config = base.replace(**variant.train)
+        config = run_config(recipe, profile, variant)
         for seed in profile.seeds:
             record, fresh = run_one(variant, data, config, seed, profile=profile.name,
                              results_dir=results_dir, device=device, progress=progress)

@@ -15,9 +15,12 @@ import ast
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from . import distributed
 from .chapters import CHAPTERS, Experiment, chapter_name, chapter_parameters, experiments
 from .experiment import BOOK_RECIPE, SYNC_BN, Comparison, Variant, compare
+from .pool import make_jobs, queue_status, train_queue
 from .profiles import PROFILES, resolve_profile
 
 VARIANT_FIELDS = ("model", "norm", "conv", "attention")
@@ -33,7 +36,11 @@ The book's executed notebooks read book/results; train into it and re-execute a 
 (python -m attnlib.book execute --profile quick 04_nam) to see your runs in the book
 without retraining.
 
-Several processes: start the same command with torchrun. The global batch (the profile's,
+A queue of many runs: --plan lists them in order (repeatable), and --workers N trains N at
+a time in separate processes that share the results folder through claim files; stop it
+at any moment and start it again to go on where it stopped (--status shows where it is).
+
+Several processes for one run: start the same command with torchrun. The global batch (the profile's,
 or --batch-size) is split evenly, each of N processes trains on batch/N images per step,
 and the learning rate is the recipe's, unchanged.
 """
@@ -46,6 +53,8 @@ examples:
   python -m attnlib.run --chapter 03 --param "mabn_batches=(2,)"
   python -m attnlib.run --variant "SE: attention=se" --variant "BN: norm=bn" --epochs 2
   torchrun --nproc_per_node 2 -m attnlib.run --chapter 00 --profile quick --seeds 0
+  python -m attnlib.run --profile book --workers 2 --threads 1 --results-dir book/results \
+      --plan 00:main:ResNet-20 --plan 00:convergence --plan 01:main
 """
 
 
@@ -92,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="SPEC",
                       help=f"instead of a chapter: 'LABEL: model=resnet20, norm=bn, conv=conv, attention=se' "
                            f"(repeatable; norm={SYNC_BN} converts every BN to SyncBatchNorm)")
+    what.add_argument("--plan", action="append", default=[], metavar="CHAPTER[:EXPERIMENT[:LABEL]]",
+                      help="a queue, in order (repeatable): a chapter, one of its comparisons, or one "
+                           "variant of it, e.g. --plan 00:main:ResNet-20 --plan 01:main")
     what.add_argument("--list", action="store_true", help="list the chapters, their comparisons and "
                                                           "parameters, and exit")
     how = parser.add_argument_group("how to train (as in the notebook's parameters cell)")
@@ -109,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                      help="auto: GPU LOCAL_RANK if there is one, else the CPU (default: auto)")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
+    queue = parser.add_argument_group("a queue of runs, several at a time")
+    queue.add_argument("--workers", type=int, default=1,
+                       help="train this many runs at a time, one process each (default: 1, in this process)")
+    queue.add_argument("--threads", type=int, help="torch threads per worker (default: torch's own; "
+                                                   "on a 2-core CPU --workers 2 --threads 1 is fastest)")
+    queue.add_argument("--status", action="store_true", help="show each run's state (done with its accuracy, "
+                                                             "training now, checkpointed epoch, pending) and exit")
     return parser
 
 
@@ -123,32 +142,53 @@ def list_chapters() -> str:
     return "\n".join(lines)
 
 
-def chosen_experiments(args: argparse.Namespace, setup) -> list[Experiment]:
-    """The comparisons the arguments ask for, with --experiment and --only applied."""
-    if args.variant:
-        if args.chapter or args.experiment or args.param:
-            raise SystemExit("--variant trains your own variants; it does not combine with --chapter, "
-                             "--experiment or --param")
-        chosen = [Experiment("variants", tuple(args.variant))]
-    elif args.chapter:
-        try:
-            chosen = experiments(chapter_name(args.chapter), setup, **dict(args.param))
-        except ValueError as err:
-            raise SystemExit(str(err)) from err
-        names = [e.name for e in chosen]
-        if missing := set(args.experiment) - set(names):
-            raise SystemExit(f"chapter {args.chapter} has no comparison {sorted(missing)}; it has {names}")
-        chosen = [e for e in chosen if not args.experiment or e.name in args.experiment]
-    else:
-        raise SystemExit("say what to train: --chapter NAME or --variant SPEC (see --help, --list)")
-    if args.only:
+def chapter_experiments(chapter: str, names: Sequence[str], only: Sequence[str], setup,
+                        params: dict) -> list[Experiment]:
+    """A chapter's comparisons, only those named in ``names`` and the variants in ``only`` (if given)."""
+    try:
+        chosen = experiments(chapter_name(chapter), setup, **params)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
+    all_names = [e.name for e in chosen]
+    if missing := set(names) - set(all_names):
+        raise SystemExit(f"chapter {chapter} has no comparison {sorted(missing)}; it has {all_names}")
+    chosen = [e for e in chosen if not names or e.name in names]
+    if only:
         labels = {v.label for e in chosen for v in e.variants}
-        if missing := set(args.only) - labels:
+        if missing := set(only) - labels:
             raise SystemExit(f"no variant labelled {sorted(missing)}; the labels are {sorted(labels)}")
-        chosen = [Experiment(e.name, tuple(v for v in e.variants if v.label in args.only), e.train_subset,
+        chosen = [Experiment(e.name, tuple(v for v in e.variants if v.label in only), e.train_subset,
                              e.test_subset) for e in chosen]
         chosen = [e for e in chosen if e.variants]
     return chosen
+
+
+def plan_experiments(items: Sequence[str], setup, params: dict) -> list[Experiment]:
+    """``--plan`` items (``CHAPTER[:EXPERIMENT[:LABEL]]``) as comparisons, in the given order."""
+    chosen = []
+    for item in items:
+        chapter, experiment, label = (item.split(":", 2) + ["", ""])[:3]
+        chosen += chapter_experiments(chapter, [experiment] if experiment else [], [label] if label else [],
+                                      setup, params)
+    return chosen
+
+
+def chosen_experiments(args: argparse.Namespace, setup) -> list[Experiment]:
+    """The comparisons the arguments ask for, with --experiment and --only applied."""
+    if sum(map(bool, (args.variant, args.chapter, args.plan))) > 1:
+        raise SystemExit("say what to train one way: --chapter, --plan or --variant")
+    if args.variant:
+        if args.experiment or args.param or args.only:
+            raise SystemExit("--variant trains your own variants; it does not combine with --experiment, "
+                             "--only or --param")
+        return [Experiment("variants", tuple(args.variant))]
+    if args.plan:
+        if args.experiment or args.only:
+            raise SystemExit("--plan names the comparisons and variants itself; drop --experiment and --only")
+        return plan_experiments(args.plan, setup, dict(args.param))
+    if args.chapter:
+        return chapter_experiments(args.chapter, args.experiment, args.only, setup, dict(args.param))
+    raise SystemExit("say what to train: --chapter NAME, --plan ITEM or --variant SPEC (see --help, --list)")
 
 
 def summary_lines(name: str, cmp: Comparison) -> list[str]:
@@ -169,6 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = resolve_profile(args.profile, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds,
                             batch_size=args.batch_size)
     chosen = chosen_experiments(args, setup)
+    if args.status:
+        print("\n".join(queue_status(make_jobs(chosen, setup, BOOK_RECIPE, setup.load()), args.results_dir)))
+        return 0
+    if args.workers > 1 or args.threads:
+        if distributed.launched_by_torchrun():
+            raise SystemExit("--workers and --threads start processes of their own; do not combine them "
+                             "with torchrun")
+        return train_queue(chosen, setup, BOOK_RECIPE, args.results_dir, workers=args.workers,
+                           threads=args.threads or torch.get_num_threads(), device=args.device)
     device = distributed.init_from_env(args.device)
     try:
         data = setup.load()
