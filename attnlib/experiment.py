@@ -326,6 +326,13 @@ def permutation_p_value(a: Sequence[float], b: Sequence[float]) -> float:
     return extreme / len(splits)
 
 
+def smallest_p_value(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p-value :func:`permutation_p_value` can return for groups of
+    ``n_a`` and ``n_b`` seeds: the observed split (and, for equal groups, its mirror image)
+    out of all splits. 3 against 3: 0.1, so never significant at 0.05; 5 against 5: 0.0079."""
+    return (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a)
+
+
 def difference(cmp: Comparison, label: str, baseline: str) -> dict:
     """Final-accuracy difference ``label - baseline`` in points, with its noise.
 
@@ -341,8 +348,31 @@ def difference(cmp: Comparison, label: str, baseline: str) -> dict:
     se = 100 * math.sqrt(_std(a) ** 2 / len(a) + _std(b) ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
     within = not abs(delta) > 2 * se  # also True when se is nan (one seed): no claim either way
     verdict = "indistinguishable from" if within else ("better than" if delta > 0 else "worse than")
-    p = permutation_p_value(a, b)
+    p, p_min = permutation_p_value(a, b), smallest_p_value(len(a), len(b))
     return {"delta": delta, "se": se, "within_noise": within, "verdict": verdict, "p_value": p,
+            "p_min": p_min,
             "text": f"{label} vs {baseline}: {delta:+.2f} points (standard error {se:.2f}; "
                     f"{'within' if within else 'outside'} two standard errors "
-                    f"over {len(a)} and {len(b)} seeds; permutation p = {p:.2f})"}
+                    f"over {len(a)} and {len(b)} seeds; permutation p = {p:.3g}, the smallest "
+                    f"attainable with these seeds being {p_min:.2g})"}
+
+
+def convergence_check(cmp: Comparison, label: str, longer: Comparison, longer_label: str) -> dict:
+    """Has ``label`` converged? Compares its final-epoch test accuracy with the same network
+    trained with twice the epochs (``longer_label`` in ``longer``).
+
+    Converged: the longer runs move the mean by less than one standard deviation of
+    ``label``'s seeds (the seed-to-seed noise any single comparison already carries).
+    Values in percentage points.
+    """
+    a = [100 * r["final_test_acc"] for r in cmp.runs(label)]
+    b = [100 * r["final_test_acc"] for r in longer.runs(longer_label)]
+    shift, seed_std = statistics.fmean(b) - statistics.fmean(a), _std(a)
+    converged = abs(shift) < seed_std
+    epochs = (cmp.runs(label)[0]["config"]["epochs"], longer.runs(longer_label)[0]["config"]["epochs"])
+    return {"mean": statistics.fmean(a), "longer_mean": statistics.fmean(b), "shift": shift,
+            "seed_std": seed_std, "converged": converged, "epochs": epochs,
+            "text": f"{epochs[1]} epochs instead of {epochs[0]} move the mean by {shift:+.2f} points "
+                    f"({statistics.fmean(a):.2f} -> {statistics.fmean(b):.2f} %, {len(a)} and {len(b)} seeds): "
+                    f"{'less' if converged else 'more'} than one seed standard deviation ({seed_std:.2f}), "
+                    f"so the {epochs[0]}-epoch runs {'have converged' if converged else 'are still improving'}"}

@@ -14,7 +14,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .experiment import permutation_p_value
+from .experiment import permutation_p_value, smallest_p_value
+
+FULL_TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 
 PLAIN = {"norm": "bn", "conv": "conv", "attention": None, "callbacks": []}
 
@@ -83,17 +85,27 @@ def method_rows(records: list[dict]) -> list[dict]:
         rows.append({
             "method": first["label"], "baseline": base[0]["label"], "model": network["model"],
             "dataset": f"{data['name']} ({data['train_images']:,} train)", "profile": first["profile"],
+            "full_data": data["train_images"] == FULL_TRAIN_IMAGES.get(data["name"]),
             "batch_size": config["batch_size"], "epochs": config["epochs"], "seeds": len(runs),
             "acc_mean": statistics.fmean(acc), "acc_std": statistics.stdev(acc) if len(acc) > 1 else math.nan,
             "base_mean": statistics.fmean(ref), "base_std": statistics.stdev(ref) if len(ref) > 1 else math.nan,
             "delta": delta, "se": se, "within_noise": not abs(delta) > 2 * se,
-            "p_value": permutation_p_value(acc, ref),
+            "p_value": permutation_p_value(acc, ref), "p_min": smallest_p_value(len(acc), len(ref)),
             "params_ratio": first["params"] / base[0]["params"],
             "flops_ratio": first["flops_per_image"] / base[0]["flops_per_image"],
             "speed_ratio": statistics.median(map(_steady_speed, runs)) / statistics.median(map(_steady_speed, base)),
             "paper": _paper(network),
         })
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["batch_size"], r["method"]))
+
+
+HEADLINE_PROFILE = "book"
+HEADLINE_SEEDS = 5
+
+
+def is_headline(row: dict) -> bool:
+    """A converged headline comparison: the ``book`` profile's full data, at least five seeds."""
+    return row["profile"] == HEADLINE_PROFILE and row["seeds"] >= HEADLINE_SEEDS and row["full_data"]
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -105,7 +117,7 @@ def markdown_table(rows: list[dict]) -> str:
         noise = "within" if r["within_noise"] else "outside"
         lines.append(
             f"| {r['method']} | {r['baseline']} | {r['delta']:+.2f} ± {r['se']:.2f} "
-            f"| {noise} 2 SE, p = {r['p_value']:.2f} "
+            f"| {noise} 2 SE, p = {r['p_value']:.2g} (≥ {r['p_min']:.2g}) "
             f"| {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['base_mean']:.2f} ± {r['base_std']:.2f} "
             f"| {r['speed_ratio']:.2f}x | {r['params_ratio']:.2f}x | {r['flops_ratio']:.2f}x | {r['model']} "
             f"| {r['dataset']} | {r['profile']}, {r['batch_size']}, {r['epochs']} | {r['seeds']} | {r['paper']} |")

@@ -51,18 +51,19 @@ def _colors(labels: list[str]) -> dict[str, str]:
 
 
 def _band(ax, x, runs: np.ndarray, color: str, label: str | None, style: str = "-") -> None:
-    mean = runs.mean(0)
-    ax.plot(x, mean, style, color=color, label=label, lw=1.8)
+    """The mean over seeds as a line, the range over seeds (min to max) as a band: a band of
+    real runs, so a loss band never goes below zero as mean ± std can."""
+    ax.plot(x, runs.mean(0), style, color=color, label=label, lw=1.8)
     if len(runs) > 1:
-        std = runs.std(0, ddof=1)
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+        ax.fill_between(x, runs.min(0), runs.max(0), color=color, alpha=0.18, lw=0)
 
 
 def learning_curves(cmp: Comparison, labels: list[str] | None = None, title: str | None = None):
-    """Loss and accuracy per epoch: mean over seeds, band = ±1 std; dashed = train, solid = test."""
+    """Loss (log scale) and accuracy per epoch: mean over seeds, band = range over seeds;
+    dashed = train, solid = test. The legend sits under the plots, off the data."""
     labels = labels or cmp.labels
     colors = _colors(labels)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.4))
     for label in labels:
         hs = cmp.histories(label)
         x = np.array(hs[0].epoch)
@@ -73,13 +74,15 @@ def learning_curves(cmp: Comparison, labels: list[str] | None = None, title: str
                   f"{label} (n={len(hs)})")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats)", title="Loss")
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats, log scale)", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     ax_acc.plot([], [], "k--", label="train (dashed)")
     ax_acc.plot([], [], "k-", label="test (solid)")
-    ax_acc.legend(loc="lower right", fontsize=8)
-    fig.suptitle(title or f"{cmp.data.name}, profile {cmp.profile.name}: mean over seeds, band = ±1 std")
-    fig.tight_layout()
+    handles, names = ax_acc.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8)
+    fig.suptitle(title or f"{cmp.data.name}, profile {cmp.profile.name}: mean over seeds, band = range over seeds")
+    fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(names) - 1) // 4), 1, 1))
     return fig
 
 

@@ -21,6 +21,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -142,16 +143,24 @@ def train_queue(experiments: Sequence, setup: Profile, recipe: TrainConfig, resu
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(i, experiments, setup, recipe, results_dir, device, threads))
                  for i in range(workers)]
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `timeout`, `kill`: stop the workers too
     for p in processes:
         p.start()
     try:
         for p in processes:
             p.join()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for p in processes:
             if p.is_alive():
-                p.terminate()
+                p.terminate()  # a run stopped mid-epoch resumes from its last epoch checkpoint
+        for p in processes:
+            p.join()
     return 0 if all(p.exitcode == 0 for p in processes) else 1
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def queue_status(jobs: Sequence[Job], results_dir: str | Path) -> list[str]:

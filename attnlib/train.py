@@ -161,7 +161,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "fp16":
         return torch.float16
-    if amp == "bf16" or torch.cuda.is_bf16_supported():
+    if amp == "bf16" or device.type == "cpu" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
 

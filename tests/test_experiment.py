@@ -5,6 +5,7 @@ import math
 import signal
 import statistics
 from dataclasses import replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
@@ -13,7 +14,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from attnlib import load_dataset, plots
-from attnlib.experiment import Variant, compare, difference, flops_per_image, permutation_p_value, run_key
+from attnlib.experiment import (Comparison, Variant, compare, convergence_check, difference, flops_per_image,
+                                permutation_p_value, run_key, smallest_p_value)
 from attnlib.profiles import PROFILES, resolve_profile
 from attnlib.train import TrainConfig, predict
 
@@ -201,12 +203,21 @@ def test_learning_curves(comparison):
     loss_ax, acc_ax = fig.axes
     # per variant: a dashed train line and a solid test line, plus two legend-only lines
     assert len(loss_ax.lines) == 2 * 2 and len(acc_ax.lines) == 2 * 2 + 2
-    legend = [t.get_text() for t in acc_ax.get_legend().get_texts()]
-    assert "BN baseline (n=2)" in legend and "AlexNet (n=2)" in legend
+    (legend,) = fig.legends  # one legend for the figure, under the plots, off the data
+    names = [t.get_text() for t in legend.get_texts()]
+    assert "BN baseline (n=2)" in names and "AlexNet (n=2)" in names
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(box.y1 < ax.get_window_extent().y0 for ax in fig.axes)
     test_line = [ln for ln in acc_ax.lines if ln.get_label() == "AlexNet (n=2)"][0]
     expected = [100 * statistics.fmean(r["history"]["test_acc"][e] for r in comparison.runs("AlexNet"))
                 for e in range(2)]
     assert list(test_line.get_ydata()) == pytest.approx(expected)
+    # the bands are the range over seeds: a loss band never goes below zero, as mean - std can
+    assert loss_ax.get_yscale() == "log"
+    losses = [[r["history"]["test_loss"][e] for r in comparison.runs("AlexNet")] for e in range(2)]
+    edges = {round(float(v), 9) for c in loss_ax.collections for v in c.get_paths()[0].vertices[:, 1]}
+    assert {round(f(epoch), 9) for epoch in losses for f in (min, max)} <= edges
 
 
 def test_prediction_grid(comparison):
@@ -315,3 +326,41 @@ def test_permutation_p_value_against_enumeration():
     a, b = [3.0], [1.0, 2.0]
     diffs = [abs(x - (6.0 - x) / 2) for x in (3.0, 1.0, 2.0)]
     assert permutation_p_value(a, b) == sum(d >= diffs[0] for d in diffs) / 3
+
+
+def test_smallest_attainable_p_value():
+    assert smallest_p_value(3, 3) == pytest.approx(0.1)
+    assert smallest_p_value(5, 5) == pytest.approx(2 / 252)
+    assert smallest_p_value(2, 3) == pytest.approx(1 / 10)
+    # completely separated groups reach it, and no split does better
+    separated = permutation_p_value([0.95, 0.951, 0.952, 0.953, 0.954], [0.93, 0.931, 0.932, 0.933, 0.934])
+    assert separated == pytest.approx(smallest_p_value(5, 5)) and separated < 0.05
+
+
+def test_difference_states_the_smallest_attainable_p(comparison):
+    d = difference(comparison, "AlexNet", "BN baseline")
+    assert d["p_min"] == pytest.approx(smallest_p_value(2, 2)) and d["p_value"] >= d["p_min"]
+    assert f"{d['p_min']:.2g}" in d["text"] and "smallest attainable" in d["text"]
+
+
+def _fake_comparison(label: str, epochs: int, accuracies: list[float]) -> Comparison:
+    records = [{"label": label, "seed": i, "final_test_acc": a, "config": {"epochs": epochs}}
+               for i, a in enumerate(accuracies)]
+    return Comparison([Variant(label)], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
+
+
+@pytest.mark.parametrize("longer, converged", [([0.9402, 0.9398, 0.9405], True), ([0.9440, 0.9450, 0.9445], False),
+                                               ([0.9350, 0.9360, 0.9355], False)])
+def test_convergence_check(longer, converged):
+    base = _fake_comparison("R", 30, [0.9400, 0.9390, 0.9410])   # seed std 0.10 points
+    check = convergence_check(base, "R", _fake_comparison("R x2", 60, longer), "R x2")
+    assert check["seed_std"] == pytest.approx(0.1)
+    assert check["shift"] == pytest.approx(100 * (statistics.fmean(longer) - 0.94))
+    assert check["converged"] is converged and check["epochs"] == (30, 60)
+    assert ("have converged" in check["text"]) is converged
+
+
+def test_book_profile_is_all_of_fashion_mnist_with_five_seeds():
+    book = PROFILES["book"]
+    assert (book.dataset, book.train_subset, book.test_subset, len(book.seeds)) == ("fashion_mnist", None, None, 5)
+    assert smallest_p_value(len(book.seeds), len(book.seeds)) < 0.05

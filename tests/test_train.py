@@ -12,7 +12,8 @@ from conftest import history_values
 
 from attnlib import NonFiniteLossError, TrainConfig, build_model, fit, load_dataset
 from attnlib.data import DeviceLoader
-from attnlib.train import Callback, autocast_dtype, lr_factor, make_optimizer
+import attnlib.train as train_module
+from attnlib.train import Callback, autocast_dtype, lr_factor, make_optimizer, precision_name
 
 # A short recipe for 256 16x16 training images: 8 steps of 32 per epoch.
 TINY = TrainConfig(epochs=3, batch_size=32, lr=0.05, eval_batch_size=128)
@@ -378,9 +379,12 @@ def _fc_dtypes(model):
     return seen
 
 
-def test_autocast_dtype_choices():
+def test_autocast_dtype_choices(monkeypatch):
     cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype("auto", cpu) is None, "emulated bf16 is ten times slower: fp32"
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype("auto", cpu) is torch.bfloat16, "native bf16 is twice as fast"
     assert autocast_dtype("off", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("fp16", cpu) is torch.float16
@@ -400,3 +404,8 @@ def test_auto_amp_on_cpu_is_fp32(synthetic):
     seen = _fc_dtypes(model)
     fit(model, synthetic, TINY.replace(epochs=1, amp="auto"), device="cpu", progress=False)
     assert seen and set(seen) == {torch.float32}
+
+
+def test_precision_names():
+    assert [precision_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["fp32", "bf16 autocast",
+                                                                                 "fp16 autocast"]

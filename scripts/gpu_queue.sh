@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Train book-profile runs on one GPU, many processes at a time, for a fixed time, and pack
+# what finished (and the checkpoints of what did not) into OUT as tar files of < 16 MiB.
+#
+#   bash scripts/gpu_queue.sh OUT SECONDS WORKERS PLAN...
+#   e.g. (device tool, data/ carried): bash scripts/gpu_queue.sh "$OUT" 480 14 00:main:ResNet-20 00:convergence
+#
+# PROFILE and DEVICE (default book, cuda) are for trying it on a CPU: PROFILE=smoke DEVICE=cpu.
+# Runs already recorded in book/results are skipped, so the GPU trains only what is
+# missing. Back here: python scripts/records_archive.py unpack FILES_AT book/results
+set -uo pipefail
+out=$1 seconds=$2 workers=$3
+shift 3
+plan=()
+for item in "$@"; do plan+=(--plan "$item"); done
+results=$(mktemp -d)
+cp book/results/*.json "$results"/ 2>/dev/null
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$out"
+python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else \"no GPU\")"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+start=$(date +%s)
+timeout --signal=TERM --kill-after=30 "$seconds" python3 -m attnlib.run --profile "${PROFILE:-book}" --device "${DEVICE:-cuda}" \
+    --workers "$workers" --threads 1 --results-dir "$results" "${plan[@]}" 2>&1 | tee "$out/queue.log"
+echo "queue stopped after $(( $(date +%s) - start )) s" | tee -a "$out/queue.log"
+python3 -m attnlib.run --profile "${PROFILE:-book}" --results-dir "$results" --status "${plan[@]}" | tee -a "$out/queue.log"
+python3 scripts/records_archive.py pack "$results" "$out" --skip-from book/results

@@ -1,0 +1,149 @@
+"""attnlib.pool and python -m attnlib.run's queue: claims, several workers, stop and resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnlib.chapters import experiments
+from attnlib.experiment import BOOK_RECIPE, compare
+from attnlib.pool import Job, claim, make_jobs, queue_status
+from attnlib.profiles import resolve_profile
+from attnlib.run import main as run_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import records_archive  # noqa: E402
+
+SMOKE = resolve_profile("smoke", epochs=1, seeds=(0, 1))
+
+
+def _jobs(data=None, setup=SMOKE) -> list[Job]:
+    return make_jobs(experiments("00", setup), setup, BOOK_RECIPE, data or setup.load())
+
+
+def test_a_run_shared_by_two_comparisons_is_one_job():
+    setup = resolve_profile("smoke", epochs=1, seeds=(0, 1))
+    exps = experiments("01", setup)[:1] + experiments("00", setup)[:1]  # BN (01) is ResNet-20 (00)
+    jobs = make_jobs(exps, setup, BOOK_RECIPE, setup.load())
+    labels = [j.variant.label for j in jobs]
+    assert labels == ["BN", "IEBN", "BN", "IEBN", "AlexNet", "AlexNet"]  # seed by seed; ResNet-20 = BN
+    assert len({(j.key, j.seed) for j in jobs}) == len(jobs)
+
+
+def test_a_claim_is_exclusive_and_freed_when_its_process_dies(tmp_path):
+    job = _jobs()[0]
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_pool import _jobs
+from attnlib.pool import claim
+from pathlib import Path
+with claim(Path({str(tmp_path)!r}), _jobs()[0]) as mine:
+    assert mine
+    print("held", flush=True)
+    time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with claim(tmp_path, job) as mine:
+            assert not mine, "a second process must not get a claim that is held"
+        holder.send_signal(signal.SIGKILL)  # dies without cleaning up: the OS drops the lock
+        holder.wait(10)
+        with claim(tmp_path, job) as mine:
+            assert mine
+    finally:
+        holder.kill()
+
+
+def _run(args: list[str], results: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "attnlib.run", "--profile", "smoke", "--results-dir",
+                             str(results), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kw)
+
+
+def test_two_workers_train_every_run_once_and_compare_loads_them(tmp_path):
+    done = _run(["--plan", "00:main", "--plan", "01:main", "--epochs", "1", "--seeds", "0", "1",
+                 "--workers", "2", "--threads", "1"], tmp_path)
+    out, _ = done.communicate(timeout=300)
+    assert done.returncode == 0, out
+    starts = [line for line in out.splitlines() if "] start " in line]
+    assert len(starts) == 6, out  # ResNet-20 (= BN), AlexNet, IEBN x 2 seeds, each once
+    assert {line.split("]")[0] for line in starts} == {"[worker 0", "[worker 1"}, "both workers trained"
+    assert not list(tmp_path.glob(".claim-*")), "claims are removed when their runs end"
+    setup = resolve_profile("smoke", epochs=1, seeds=(0, 1))
+    for stem in ("00", "01"):
+        cmp = compare(experiments(stem, setup)[0].variants, setup, recipe=BOOK_RECIPE, results_dir=tmp_path,
+                      device="cpu", progress=False)
+        assert cmp.trained_now == 0
+        assert all(r["run_card"]["device"].endswith(", 1 threads") for r in cmp.records)
+
+
+def test_a_stopped_queue_resumes_where_it_stopped(tmp_path):
+    args = ["--plan", "00:main:ResNet-20", "--epochs", "12", "--seeds", "0", "--workers", "2", "--threads", "1"]
+    queue = _run(args, tmp_path, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*.ckpt")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(tmp_path.glob("*.ckpt")), "no checkpoint within two minutes"
+    queue.send_signal(signal.SIGTERM)
+    out, _ = queue.communicate(timeout=60)
+    assert queue.returncode != 0
+    assert not list(tmp_path.glob("*.json")), "the run was stopped before its end"
+    deadline = time.time() + 10
+    while (survivors := subprocess.run(["pgrep", "-a", "-s", str(queue.pid)], capture_output=True,
+                                       text=True).stdout.splitlines()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert survivors == [], f"SIGTERM to the queue stops its workers too: {survivors}"
+    status = subprocess.run([sys.executable, "-m", "attnlib.run", "--profile", "smoke", "--results-dir",
+                             str(tmp_path), "--status", *args[:6]], capture_output=True, text=True, check=True)
+    assert "pending, epoch" in status.stdout and "checkpointed" in status.stdout
+    epoch = int(status.stdout.split("pending, epoch ")[1].split("/")[0])
+    resumed = _run(args, tmp_path)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["history"]["epoch"] == list(range(1, 13))
+    assert epoch >= 1 and record["run_card"]["wall_time_s"] > 0
+
+
+def test_status_lines(tmp_path):
+    jobs = _jobs()
+    assert all(line.endswith(": pending") for line in queue_status(jobs, tmp_path))
+    run_main(["--plan", "00:main:AlexNet", "--profile", "smoke", "--epochs", "1", "--seeds", "0", "1",
+              "--results-dir", str(tmp_path), "--no-progress"])
+    lines = queue_status(jobs, tmp_path)
+    assert [("done: " in line) for line in lines] == [False, True, False, True, False, False]  # + convergence
+    with claim(tmp_path, jobs[0]) as mine:
+        assert mine and "training now" in queue_status(jobs, tmp_path)[0]
+
+
+def test_plan_errors_name_what_is_wrong():
+    with pytest.raises(SystemExit, match="has no comparison"):
+        run_main(["--plan", "00:nothing", "--profile", "smoke", "--status"])
+    with pytest.raises(SystemExit, match="no variant labelled"):
+        run_main(["--plan", "00:main:Nope", "--profile", "smoke", "--status"])
+    with pytest.raises(SystemExit, match="one way"):
+        run_main(["--plan", "00", "--chapter", "00", "--profile", "smoke", "--status"])
+
+
+def test_records_archive_carries_new_records_and_never_overwrites(tmp_path):
+    results, out, home = tmp_path / "results", tmp_path / "out", tmp_path / "home"
+    run_main(["--plan", "00:main:ResNet-20", "--profile", "smoke", "--epochs", "1", "--seeds", "0", "1",
+              "--results-dir", str(results), "--no-progress"])
+    home.mkdir()
+    old = next(results.glob("*-seed1-*.json"))
+    (home / old.name).write_text("kept")  # already here: neither packed nor overwritten
+    (results / "other-seed3-0123456789.ckpt").write_bytes(b"in progress")
+    archives = records_archive.pack(results, out, skip_from=home)
+    assert [a.name for a in archives] == ["records-0.tar"]
+    added = sorted(records_archive.unpack(out, home))
+    seed0 = next(results.glob("*-seed0-*.json")).stem
+    assert added == sorted([f"{seed0}.json", f"{seed0}.pt", "other-seed3-0123456789.ckpt"])
+    assert (home / old.name).read_text() == "kept"
+    assert not (home / old.with_suffix(".pt").name).exists(), "only seed 0's weights travel"
