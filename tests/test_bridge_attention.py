@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from attnlib.layers import ATTENTIONS
+from attnlib.layers import bridge_attention, se
 from attnlib.layers.bridge_attention import BridgeAttention, DiscardedBridgeAttention, attention_gates
 from attnlib.layers.se import SqueezeExcitation, hidden_channels
 from attnlib.models import build_model, count_parameters
@@ -333,3 +334,47 @@ def test_se_under_bf16_autocast_makes_no_full_size_copy():
     copies = [e.name for e in prof.events() if e.name in ("aten::_to_copy", "aten::contiguous", "aten::clone")
               and e.input_shapes and e.input_shapes[0] == list(x.shape)]
     assert copies == []
+
+
+# ----------------------------------------------------------------------------- the layers' reference functions
+
+def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
+    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
+    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
+    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
+    for name, a, b in zip(wrt, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+def test_se_equals_reference_se_in_float64_forward_and_gradients():
+    """The hand-written backward against autograd of the one-equation-a-line reference (SE has no
+    train/eval difference)."""
+    m = SqueezeExcitation(8, reduction=4, min_hidden=2).double()
+    x = torch.randn(4, 8, 5, 5, dtype=torch.float64).requires_grad_()
+    params = dict(m.named_parameters())
+    assert set(params) == {"squeeze_weight", "squeeze_bias", "excite_weight", "excite_bias"}
+    assert_same_values_and_gradients(m(x), se.reference_se(x, **params), {"x": x, **params})
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_ba_equals_reference_ba_gate_in_float64_forward_and_gradients(training):
+    """BridgeAttention's output x * gate against the reference gate: every input (the bridges too)
+    and every parameter, batch statistics in training and running ones in eval."""
+    m = BridgeAttention(8, [4, 6]).double()
+    randomize_norms(m)
+    m.train(training)
+    x = torch.randn(4, 8, 5, 5, dtype=torch.float64).requires_grad_()
+    bridges = [torch.randn(4, 4, 7, 7, dtype=torch.float64).relu().requires_grad_(),
+               torch.randn(4, 6, 5, 5, dtype=torch.float64).relu().requires_grad_()]
+    norms = m.squeeze_norms
+    running = {} if training else {"running_means": [n.running_mean.clone() for n in norms],
+                                   "running_vars": [n.running_var.clone() for n in norms]}
+    y = m(x, bridges)
+    gate = bridge_attention.reference_ba_gate(
+        [*bridges, x], list(m.squeeze_weights), [n.weight for n in norms], [n.bias for n in norms],
+        m.excite_weight, norms[0].eps, **running)
+    wrt = {"x": x, **{f"bridges.{i}": b for i, b in enumerate(bridges)}, **dict(m.named_parameters())}
+    assert len(wrt) == 3 + 3 + 3 * 2 + 1  # inputs, squeeze_weights, squeeze_norms' weight and bias, excite_weight
+    assert_same_values_and_gradients(y, x * gate[:, :, None, None], wrt)

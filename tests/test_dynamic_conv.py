@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attnlib import Callback, TrainConfig, build_model, count_parameters, fit, load_dataset
 from attnlib.layers import CONVS
-from attnlib.layers.dynamic_conv import DynamicConv2d, TemperatureAnnealing, expert_attention
+from attnlib.layers.dynamic_conv import (DynamicConv2d, TemperatureAnnealing, expert_attention,
+                                         reference_dynamic_conv, reference_expert_attention)
 from attnlib.models.alexnet import ConvUnit
 from attnlib.train import History, TrainState
 
@@ -54,6 +55,35 @@ def test_grouped_and_branch_forward_equal_the_per_sample_reference(batch, groups
     for mode in MODES:
         m.mode = mode
         torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-10, msg=mode)
+
+
+def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
+    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
+    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
+    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
+    for name, a, b in zip(wrt, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+@pytest.mark.parametrize("mode,bias", [("grouped", True), ("branches", True), ("grouped", False)])
+def test_layer_equals_the_reference_functions_in_float64_forward_and_gradients(mode, bias):
+    """Attention, kernel aggregation and per-sample convolution against the one-equation-a-line
+    references: output and every gradient, to 1e-10 (no train/eval difference: no BN)."""
+    m = DynamicConv2d(8, 6, 3, stride=2, padding=1, groups=2, bias=bias, num_experts=3, temperature=2.0,
+                      mode=mode).double()
+    if bias:
+        nn.init.normal_(m.bias)  # zero at init
+    x = torch.randn(4, 8, 5, 5, dtype=torch.float64).requires_grad_()
+    fc1, fc2 = m.attention[1], m.attention[3]
+    pi = reference_expert_attention(x, fc1.weight.flatten(1), fc1.bias, fc2.weight.flatten(1), fc2.bias,
+                                    m.temperature)
+    experts = m.weight.unflatten(0, (m.num_experts, m.out_channels))
+    expected = reference_dynamic_conv(x, pi, experts, m.bias, m.stride, m.padding, m.dilation, m.groups)
+    params = dict(m.named_parameters())
+    assert len(params) == 5 + bias  # experts, their biases, two 1x1 convs with biases
+    assert_same_values_and_gradients(m(x), expected, {"x": x, **params})
 
 
 def test_attention_is_per_sample():

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attnlib.layers import norm_spec
-from attnlib.layers.iebn import IEBN2d, iebn_gates
+from attnlib.layers.iebn import IEBN2d, iebn_gates, reference_iebn
 from attnlib.models import build_model, count_parameters
 
 C = 6
@@ -197,6 +197,28 @@ def test_fused_cpu_path_matches_the_composed_formula():
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(m.running_mean, 0.9 * mean_before + 0.1 * x.detach().mean((0, 2, 3)))
+
+
+def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
+    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
+    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
+    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
+    for name, a, b in zip(wrt, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_layer_equals_reference_iebn_in_float64_forward_and_gradients(training: bool):
+    """The fused layer against the one-equation-a-line reference: output and every gradient, to 1e-10."""
+    m = _randomise(IEBN2d(C).double()).train(training)
+    x = _input(n=4, h=5, w=5).double().requires_grad_()
+    params = dict(m.named_parameters())
+    assert set(params) == {"weight", "bias", "weight_readjust", "bias_readjust"}
+    running = {} if training else {"running_mean": m.running_mean.clone(), "running_var": m.running_var.clone()}
+    y = m(x)
+    assert_same_values_and_gradients(y, reference_iebn(x, **params, eps=m.eps, **running), {"x": x, **params})
 
 
 # ----------------------------------------------------------------------------- parameters and models

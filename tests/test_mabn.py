@@ -10,7 +10,8 @@ from torch import nn
 
 import attnlib
 from attnlib.layers import norm_spec
-from attnlib.layers.mabn import MABN_NORMS, CenConv2d, MABN2d, MABNFunction
+from attnlib.layers.mabn import (MABN_NORMS, R_MAX, CenConv2d, MABN2d, MABNFunction, reference_cenconv,
+                                 reference_mabn, reference_mabn_input_grad)
 
 EPS = 1e-5
 DIMS = (0, 2, 3)
@@ -236,6 +237,41 @@ def test_two_calls_before_one_backward():
     assert layer.iters.item() == 2 and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("phase", ["warm-up", "moving averages"])
+def test_layer_equals_reference_mabn_in_float64_forward_and_gradients(phase):
+    """One training step against the one-equation-a-line references, to 1e-10: the output and the
+    weight and bias gradients against reference_mabn (and autograd), dL/dx against
+    reference_mabn_input_grad. During the warm-up that is autograd of reference_mabn too; after it,
+    deliberately not (the moving average of Psi)."""
+    S, warm = 4, phase == "warm-up"
+    layer = MABN2d(8, B=1, real_B=S, warmup_iters=100 if warm else 3).double()
+    t = 5 if warm else 2001  # 5: batch statistics and r = 1; 2001: windows of S steps and r clipped to [1/5, 5]
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-0.5, 0.5)
+        layer.buffer_x2.uniform_(0.5, 3), layer.buffer_gz.normal_()  # stale during the warm-up: unused
+        layer.running_var.copy_(torch.logspace(-3, 3, 8))  # r above 5, inside, below 1/5
+    layer.iters.fill_(t - 1)  # the forward advances it to t
+    previous = torch.arange(S) != t % S  # step t writes row t % S of the windows
+    no_rows = torch.zeros(0, 8, dtype=torch.float64)
+    past_chi = no_rows if warm else layer.buffer_x2[previous].clone()
+    past_psi = no_rows if warm else layer.buffer_gz[previous].clone()
+    common = {"running_var": layer.running_var.clone(), "eps": layer.eps, "r_max": 1.0 if warm else R_MAX}
+    x = (torch.randn(2, 8, 5, 5, dtype=torch.float64) + 0.3).requires_grad_()
+    grad_out = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+
+    y = layer(x)
+    expected = reference_mabn(x, layer.weight, layer.bias, past_chi, **common)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    wrt = {"x": x, "weight": layer.weight, "bias": layer.bias}
+    got = dict(zip(wrt, torch.autograd.grad(y, list(wrt.values()), grad_out)))
+    autograd = dict(zip(wrt, torch.autograd.grad(expected, list(wrt.values()), grad_out)))
+    dx = reference_mabn_input_grad(grad_out, x.detach(), layer.weight.detach(), past_chi, past_psi, **common)
+    torch.testing.assert_close(got["x"], dx, rtol=1e-10, atol=1e-10)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(got[name], autograd[name], rtol=1e-10, atol=1e-10, msg=name)
+    assert torch.allclose(autograd["x"], dx, rtol=1e-10, atol=1e-10) is warm
+
+
 # ----------------------------------------------------------------------------- CenConv2d
 
 def test_cenconv_uses_centred_weights():
@@ -258,6 +294,25 @@ def test_cenconv_init_and_defaults():
     assert isinstance(conv, nn.Conv2d) and conv.bias is None
     std = math.sqrt(2 / (128 * 9))  # He normal, fan_out (not the official std-1 draw)
     assert abs(conv.weight.std().item() / std - 1) < 0.05
+
+
+def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
+    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
+    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
+    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
+    for name, a, b in zip(wrt, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+def test_cenconv_equals_reference_cenconv_in_float64_forward_and_gradients():
+    conv = CenConv2d(4, 6, 3, stride=2, padding=1, bias=True).double()
+    with torch.no_grad():
+        conv.weight.add_(1.0), conv.bias.normal_()  # a clearly non-zero mean per filter
+    x = torch.randn(4, 4, 5, 5, dtype=torch.float64).requires_grad_()
+    expected = reference_cenconv(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    assert_same_values_and_gradients(conv(x), expected, {"x": x, "weight": conv.weight, "bias": conv.bias})
 
 
 # ----------------------------------------------------------------------------- in a network

@@ -10,7 +10,8 @@ from torch import nn
 
 from attnlib.layers import ATTENTIONS
 from attnlib.layers.nam import (NAMAttention, NAMChannelAttention, NAMSparsityPenalty, NAMSpatialAttention,
-                                nam_channel_weights, nam_scale_factors)
+                                nam_channel_weights, nam_scale_factors, reference_nam_channel,
+                                reference_nam_spatial)
 from attnlib.models import build_model, count_parameters
 from attnlib.train import TrainConfig, fit
 
@@ -172,6 +173,38 @@ def test_weight_gradient_path(kind, detach):
         grads[as_constant] = leaf.grad
     torch.testing.assert_close(scale.grad, grads[detach])
     assert not torch.allclose(grads[True], grads[False], rtol=1e-3, atol=1e-6)  # the choice matters
+
+
+def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
+    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
+    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
+    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
+    for name, a, b in zip(wrt, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
+@pytest.mark.parametrize("detach", [True, False])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", ["channel", "spatial"])
+def test_modules_equal_the_reference_functions_in_float64_forward_and_gradients(kind, training, detach):
+    """Each module against its one-equation-a-line reference: output and every gradient, to 1e-10."""
+    x = (torch.randn(4, 8, 5, 5, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    if kind == "channel":
+        m = NAMChannelAttention(8, detach_weights=detach).double()
+        norm, reference = m.bn, reference_nam_channel
+    else:
+        m = NAMSpatialAttention(8, detach_weights=detach).double()
+        with torch.no_grad():
+            m.eval()(x)  # materialise the (H, W) parameters
+        norm, reference = m, reference_nam_spatial
+    randomise(norm)
+    m.train(training)
+    running = {} if training else {"running_mean": norm.running_mean.clone(), "running_var": norm.running_var.clone()}
+    y = m(x)
+    expected = reference(x, norm.weight, norm.bias, norm.eps, **running, detach_weights=detach)
+    assert_same_values_and_gradients(y, expected, {"x": x, "scale": norm.weight, "shift": norm.bias})
 
 
 # ----------------------------------------------------------------------------- the sparsity penalty

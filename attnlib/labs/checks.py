@@ -16,12 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from ..layers.bridge_attention import BridgeAttention
-from ..layers.dynamic_conv import DynamicConv2d
-from ..layers.iebn import IEBN2d
-from ..layers.mabn import MABN2d
+from ..layers.bridge_attention import BridgeAttention, reference_ba_gate
+from ..layers.dynamic_conv import DynamicConv2d, reference_dynamic_conv
+from ..layers.iebn import IEBN2d, reference_iebn
+from ..layers.mabn import MABN2d, reference_mabn
 from ..layers.nam import NAMChannelAttention
 
 
@@ -155,14 +154,6 @@ def check_batch_norm(batch_norm: Callable, seed: int = 0) -> None:
 
 # --- 01: IEBN --------------------------------------------------------------------------------
 
-def _iebn_formula(x, gamma, beta, w, b, eps, gate_input=None, sigmoid=True, unbiased=False):
-    pooled = (x if gate_input is None else gate_input).mean((2, 3), keepdim=True)
-    logits = _channel(w) * pooled + _channel(b)
-    gate = torch.sigmoid(logits) if sigmoid else logits
-    return _batch_norm(x, torch.ones_like(gamma), torch.zeros_like(beta), eps, unbiased) * _channel(gamma) * gate \
-        + _channel(beta)
-
-
 @_own_rng
 def check_iebn(iebn: Callable, seed: int = 0) -> None:
     """``iebn(x, gamma, beta, w, b, eps)``: IEBN in training mode, against ``IEBN2d``."""
@@ -177,13 +168,18 @@ def check_iebn(iebn: Callable, seed: int = 0) -> None:
                 "b": layer.bias_readjust.detach().flatten().clone(), "eps": layer.eps}
         with torch.no_grad():
             expected = layer(x)
-        x_hat = _batch_norm(x, torch.ones_like(args["gamma"]), torch.zeros_like(args["beta"]), layer.eps)
-        plain = {k: v for k, v in args.items() if k != "x"}
-        mistakes = {"a gate pooled from the normalised x̂ instead of the layer's input x":
-                    _iebn_formula(x, **plain, gate_input=x_hat),
-                    "a gate without the sigmoid": _iebn_formula(x, **plain, sigmoid=False),
-                    "BN without the gate (δ = 1)": _batch_norm(x, args["gamma"], args["beta"], layer.eps),
-                    "the unbiased variance (use unbiased=False)": _iebn_formula(x, **plain, unbiased=True)}
+        gamma, beta, w, b, eps = (args[k] for k in ("gamma", "beta", "w", "b", "eps"))
+        mean, std = x.mean((0, 2, 3)), torch.sqrt(x.var((0, 2, 3), unbiased=False) + eps)
+        # GAP(x̂) = (GAP(x) - μ) / σ: a gate pooled from x̂ is the reference's with w / σ and b - w μ / σ
+        gate_from_x_hat = reference_iebn(x, gamma, beta, w / std, b - w * mean / std, eps)
+        # the batch statistics passed in, with the unbiased variance
+        unbiased = reference_iebn(x, gamma, beta, w, b, eps, running_mean=mean, running_var=x.var((0, 2, 3)))
+        x_hat = _batch_norm(x, torch.ones_like(gamma), torch.zeros_like(beta), eps)
+        logits = _channel(w) * x.mean((2, 3), keepdim=True) + _channel(b)
+        mistakes = {"a gate pooled from the normalised x̂ instead of the layer's input x": gate_from_x_hat,
+                    "a gate without the sigmoid": x_hat * _channel(gamma) * logits + _channel(beta),
+                    "BN without the gate (δ = 1)": _batch_norm(x, gamma, beta, eps),
+                    "the unbiased variance (use unbiased=False)": unbiased}
         cases.append(Case(name, args, expected, mistakes))
     run_cases(iebn, "iebn", cases, "IEBN2d (train mode)",
               "Look at the three equations of the Math section: x̂ with batch statistics, the gate δ_nc "
@@ -191,17 +187,6 @@ def check_iebn(iebn: Callable, seed: int = 0) -> None:
 
 
 # --- 02: BA-Net ------------------------------------------------------------------------------
-
-def _ba_formula(features, weights, gammas, betas, excite, eps, bridges=True, norm=True):
-    used = range(len(features)) if bridges else [len(features) - 1]
-    fused = 0
-    for i in used:
-        z = features[i].mean((2, 3)) @ weights[i].T
-        if norm:
-            z = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps) * gammas[i] + betas[i]
-        fused = fused + z
-    return torch.sigmoid(torch.relu(fused) @ excite.T)
-
 
 @_own_rng
 def check_ba_gate(ba_gate: Callable, seed: int = 0) -> None:
@@ -226,10 +211,14 @@ def check_ba_gate(ba_gate: Callable, seed: int = 0) -> None:
                 "gammas": [m.weight.detach().clone() for m in ba.squeeze_norms],
                 "betas": [m.bias.detach().clone() for m in ba.squeeze_norms],
                 "excite": ba.excite_weight.detach().clone(), "eps": ba.squeeze_norms[0].eps}
-        plain = {k: v for k, v in args.items()}
-        mistakes = {"SE's gate: only the last feature map is squeezed (add the bridges S_1 ... S_{n-1})":
-                    _ba_formula(**plain, bridges=False),
-                    "no batch norm on the squeezed vectors (S_i = BN_i(W_i z_i))": _ba_formula(**plain, norm=False)}
+        maps, eps, excite = len(features), args["eps"], args["excite"]
+        last_only = reference_ba_gate(*(args[k][-1:] for k in ("features", "weights", "gammas", "betas")), excite, eps)
+        # every BN_i the identity: γ = 1, β = 0 and eval-mode statistics μ = 0, σ² = 1 - ε
+        ones, zeros = torch.ones(ba.hidden, dtype=x.dtype), torch.zeros(ba.hidden, dtype=x.dtype)
+        no_norm = reference_ba_gate(features, args["weights"], [ones] * maps, [zeros] * maps, excite, eps,
+                                    running_means=[zeros] * maps, running_vars=[ones - eps] * maps)
+        mistakes = {"SE's gate: only the last feature map is squeezed (add the bridges S_1 ... S_{n-1})": last_only,
+                    "no batch norm on the squeezed vectors (S_i = BN_i(W_i z_i))": no_norm}
         label = f"{name}, bridges of {bridge_channels} channels"
         cases.append(Case(label, {**args, "features": features}, expected, mistakes))
     run_cases(ba_gate, "ba_gate", cases, "BridgeAttention.gate (train mode)",
@@ -261,18 +250,18 @@ def check_mabn_forward(mabn_forward: Callable, seed: int = 0) -> None:
                 layer(xb)
             expected = layer(x)
         past_chi = torch.stack(past[1:])
-        gamma, beta = layer.weight.detach().clone(), layer.bias.detach().clone()
-        chi_now = x.pow(2).mean((0, 2, 3))
-        averaged = torch.cat([past_chi, chi_now[None]]).mean(0)
-
-        def scaled(chi, centred=False):
-            xc = x - x.mean((0, 2, 3), keepdim=True) if centred else x
-            return xc / torch.sqrt(_channel(chi) + layer.eps) * _channel(gamma) + _channel(beta)
-
-        mistakes = {"this step's second moment only (average it with past_chi: S values)": scaled(chi_now),
-                    "the past moments without this step's χ_t": scaled(past_chi.mean(0)),
-                    "a centred x (MABN divides x itself: the mean is dropped, CenConv centres the weights)":
-                    scaled(averaged, centred=True)}
+        gamma, beta, eps = layer.weight.detach().clone(), layer.bias.detach().clone(), layer.eps
+        ones, no_past = torch.ones_like(gamma), past_chi[:0]  # running_var is unused while r = 1
+        this_step_only = reference_mabn(x, gamma, beta, no_past, ones, eps)
+        # with r unclipped, r z = x / √(running_var + ε): pass the mean of past_chi as running_var
+        past_only = reference_mabn(x, gamma, beta, no_past, past_chi.mean(0), eps, r_max=math.inf)
+        # γ (x - μ) / √(χ̄ + ε) + β is the reference (r = 1) minus γ μ / √(χ̄ + ε)
+        averaged = torch.cat([past_chi, x.pow(2).mean((0, 2, 3))[None]]).mean(0)
+        shift = gamma * x.mean((0, 2, 3)) / torch.sqrt(averaged + eps)
+        centred = reference_mabn(x, gamma, beta, past_chi, ones, eps) - _channel(shift)
+        mistakes = {"this step's second moment only (average it with past_chi: S values)": this_step_only,
+                    "the past moments without this step's χ_t": past_only,
+                    "a centred x (MABN divides x itself: the mean is dropped, CenConv centres the weights)": centred}
         cases.append(Case(name, {"x": x, "past_chi": past_chi, "gamma": gamma, "beta": beta, "eps": layer.eps},
                           expected, mistakes))
     run_cases(mabn_forward, "mabn_forward", cases, "MABN2d (train mode, after the warm-up)",
@@ -329,14 +318,11 @@ def check_dynamic_conv(dynamic_conv: Callable, seed: int = 0) -> None:
                 expected = layer(x)
             experts = layer.weight.detach().view(k, 5, c_in, 3, 3).clone()
             biases = layer.bias.detach().clone()
-            mean_kernel = torch.einsum("k,koihw->oihw", pi.mean(0), experts)
             mistakes = {"one kernel for the whole batch (π averaged over images: each image needs its own)":
-                        F.conv2d(x, mean_kernel, pi.mean(0) @ biases, padding=1),
+                        reference_dynamic_conv(x, pi.mean(0).expand_as(pi), experts, biases, padding=1),
                         "the experts summed without their weights π_k":
-                        F.conv2d(x, experts.sum(0), biases.sum(0), padding=1),
-                        "no bias (add b̃ = Σ_k π_k b_k)": torch.cat([F.conv2d(
-                            x[i:i + 1], torch.einsum("k,koihw->oihw", pi[i], experts), padding=1)
-                            for i in range(len(x))])}
+                        reference_dynamic_conv(x, torch.ones_like(pi), experts, biases, padding=1),
+                        "no bias (add b̃ = Σ_k π_k b_k)": reference_dynamic_conv(x, pi, experts, None, padding=1)}
             label = f"{name}, K={k}"
             cases.append(Case(label, {"x": x, "pi": pi, "experts": experts, "biases": biases, "padding": 1},
                               expected, mistakes))

@@ -66,6 +66,31 @@ from .registry import register_attention
 from .se import SqueezeExcitation, global_avg_pool, hidden_channels, init_linear_, rescale
 
 
+def reference_ba_gate(features: list[torch.Tensor], squeeze_weights: list[torch.Tensor],
+                      norm_weights: list[torch.Tensor], norm_biases: list[torch.Tensor], excite_weight: torch.Tensor,
+                      eps: float, running_means: list[torch.Tensor] | None = None,
+                      running_vars: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """BA-Net's gate (Zhao et al., "BA-Net: Bridge Attention for Deep Convolutional Neural Networks",
+    ECCV 2022) written out: the (N, C) channel weights from the pooled features of a whole block.
+
+    ``features`` are F_1 .. F_n, the bridged maps oldest first and the gated map ``x`` last; the
+    i-th FC ``squeeze_weights[i]`` (h, C_i) is followed by BN_i with scale ``norm_weights[i]`` and
+    shift ``norm_biases[i]``, batch statistics unless ``running_means``/``running_vars`` are given
+    (eval). The layer's output is ``x * gate[:, :, None, None]``. As in the official code (and
+    :class:`BridgeAttention`): no FC biases, every earlier feature of the block bridged (the paper's
+    sum runs over the last q + 1); the book's width h = max(8, C // reduction) is fixed by the
+    shapes of the weights. Comments use the module docstring's symbols.
+    """
+    squeezed = []
+    for i, (f, w, gamma, beta) in enumerate(zip(features, squeeze_weights, norm_weights, norm_biases)):
+        z = f.mean((2, 3)) @ w.T                                            # W_i GAP(F_i), no bias (official)
+        mean = z.mean(0) if running_means is None else running_means[i]     # BN_i: μ over the batch
+        var = z.var(0, correction=0) if running_vars is None else running_vars[i]  # BN_i: σ², biased
+        squeezed.append(gamma * (z - mean) / torch.sqrt(var + eps) + beta)  # integration: S_i = BN_i(W_i GAP(F_i))
+    fused = sum(squeezed)                                                   # I = S_1 + ... + S_n
+    return torch.sigmoid(torch.relu(fused) @ excite_weight.T)               # generation: w = sigmoid(W_g relu(I))
+
+
 class BridgeAttention(nn.Module):
     """BA channel gate, called as ``module(x, bridges)`` on a block's last BN output.
 

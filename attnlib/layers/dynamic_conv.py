@@ -105,6 +105,35 @@ Mode = Literal["auto", "grouped", "branches"]
 _MODES = get_args(Mode)
 
 
+def reference_expert_attention(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor,
+                               fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Dynamic convolution's attention (Chen et al., "Dynamic Convolution: Attention over Convolution
+    Kernels", CVPR 2020) written out: per sample, a softmax over the K experts of an MLP of GAP(x).
+
+    ``fc1_weight`` (h, C) and ``fc2_weight`` (K, h) are the two 1x1 convs of ``DynamicConv2d.attention``
+    flattened (with biases; h = max(4, C // 4)); returns π, (N, K), every row summing to one.
+    """
+    pooled = x.mean((2, 3))                            # squeeze: GAP(x)
+    logits = torch.relu(pooled @ fc1_weight.T + fc1_bias) @ fc2_weight.T + fc2_bias  # excitation: FC, ReLU, FC
+    return torch.softmax(logits / temperature, dim=1)  # softmax with temperature T: Σ_k π_k = 1
+
+
+def reference_dynamic_conv(x: torch.Tensor, pi: torch.Tensor, experts: torch.Tensor, biases: torch.Tensor | None,
+                           stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+    """Dynamic convolution (Chen et al., CVPR 2020) written out: each sample convolved with its own
+    kernel and bias, the mixtures of K experts weighted by that sample's attention ``pi`` (N, K).
+
+    ``experts`` (K, C_out, C_in / groups, kh, kw) are ``DynamicConv2d.weight`` viewed per expert,
+    ``biases`` (K, C_out) or None; ``pi`` is :func:`reference_expert_attention`. Eq. (1)'s activation g
+    is not part of the layer (the BN and ReLU after it). A loop over the samples, where the layer runs
+    one grouped (or K-branch) convolution; the tests hold them equal.
+    """
+    kernels = torch.einsum("nk,koihw->noihw", pi, experts)                 # Eq. (1): W̃(x) = Σ_k π_k(x) W_k, per sample
+    mixed_biases = pi @ biases if biases is not None else [None] * len(x)  # Eq. (1): b̃(x) = Σ_k π_k(x) b_k
+    return torch.cat([F.conv2d(xb[None], w, b, stride, padding, dilation, groups)  # Eq. (1): y = W̃(x) * x + b̃(x)
+                      for xb, w, b in zip(x, kernels, mixed_biases)])
+
+
 class DynamicConv2d(nn.Module):
     """A drop-in ``nn.Conv2d`` whose kernel is a per-sample softmax mixture of K experts.
 

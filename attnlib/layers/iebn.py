@@ -13,6 +13,26 @@ from .functional import sum_hw_product
 from .registry import register_norm
 
 
+def reference_iebn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_readjust: torch.Tensor,
+                   bias_readjust: torch.Tensor, eps: float, running_mean: torch.Tensor | None = None,
+                   running_var: torch.Tensor | None = None) -> torch.Tensor:
+    """IEBN (Liang et al., "Instance Enhancement Batch Normalization", AAAI 2020) written out: batch norm
+    whose scale γ is multiplied, per sample and channel, by a sigmoid gate of the input's spatial mean.
+
+    ``weight``, ``bias`` are γ, β and ``weight_readjust``, ``bias_readjust`` the gate's w, b, all (C,).
+    Batch statistics (training) unless ``running_mean`` and ``running_var`` are given (eval mode).
+    Comments use the symbols of the chapter's Math section. Where the paper's text leaves a choice
+    (what is pooled, whether β is gated) this follows the official code, as :class:`IEBN2d` does;
+    the layer computes the same in one fused autograd function, and the tests hold the two equal.
+    """
+    mean = x.mean((0, 2, 3)) if running_mean is None else running_mean            # BN: μ_c over (N, H, W)
+    var = x.var((0, 2, 3), correction=0) if running_var is None else running_var  # BN: σ²_c, biased
+    x_hat = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + eps)      # BN: x̂ = (x - μ) / √(σ² + ε)
+    pooled = x.mean((2, 3))                                                       # GAP(x), not GAP(x̂): official code
+    gate = torch.sigmoid(weight_readjust * pooled + bias_readjust)                # δ_nc = sigmoid(w_c GAP(x)_nc + b_c)
+    return x_hat * (weight * gate)[:, :, None, None] + bias[:, None, None]        # y = x̂ γ δ + β, β ungated (official)
+
+
 class IEBN2d(nn.BatchNorm2d):
     r"""Batch norm whose scale is modulated per instance and channel by a sigmoid gate.
 

@@ -202,6 +202,46 @@ class MABNFunction(torch.autograd.Function):
         return gx, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
 
 
+def reference_mabn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past_chi: torch.Tensor,
+                   running_var: torch.Tensor, eps: float, r_max: float = 1.0) -> torch.Tensor:
+    """MABN's training forward (Yan et al., "Towards Stabilizing Batch Statistics in Backward Propagation
+    of Batch Normalization", ICLR 2020) written out: x divided by the root of a moving average of its
+    second moment, renormalised towards the running estimate, then γ, β.
+
+    ``past_chi`` (S - 1, C) holds χ of the previous S - 1 steps; pass a (0, C) tensor during the warm-up,
+    where χ̄_t = χ_t. ``running_var`` is the estimate before this step's update; r is clamped to
+    [1/r_max, r_max]: ``r_max=1`` while r is frozen (the first max(1000, warmup_iters) steps), ``R_MAX``
+    after. The renormalisation factor r and its schedule follow the official code (module docstring).
+    Autograd of this function is the exact gradient only during the warm-up; MABN's own backward is
+    :func:`reference_mabn_input_grad`. Comments use the module docstring's symbols.
+    """
+    chi = x.square().mean((0, 2, 3))                                   # χ_t = mean(x²): no mean subtracted
+    var = torch.cat([past_chi, chi[None]]).mean(0)                     # χ̄_t = mean of the last S values of χ
+    std = torch.sqrt(var + eps)                                        # √(χ̄_t + ε)
+    z = x / std[:, None, None]                                         # z = x / √(χ̄_t + ε)
+    r = (std / torch.sqrt(running_var + eps)).clamp(1 / r_max, r_max)  # r = clip(√(χ̄_t + ε) / √(χ̂ + ε))
+    r = r.detach()                                                     # r is a constant for autograd (official code)
+    return (weight * r)[:, None, None] * z + bias[:, None, None]       # y = γ r z + β
+
+
+def reference_mabn_input_grad(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                              past_chi: torch.Tensor, past_psi: torch.Tensor, running_var: torch.Tensor,
+                              eps: float, r_max: float = 1.0) -> torch.Tensor:
+    """MABN's backward to the input (Yan et al., ICLR 2020) written out: the batch statistic Ψ of the
+    gradient replaced by its moving average Ψ̄, the paper's estimate of the large-batch gradient.
+
+    Arguments as :func:`reference_mabn`, plus ``grad_out`` (dL/dy) and ``past_psi`` (S - 1, C), Ψ of the
+    previous S - 1 steps ((0, C) during the warm-up, where this is the exact gradient of the forward).
+    """
+    var = torch.cat([past_chi, x.square().mean((0, 2, 3))[None]]).mean(0)  # χ̄_t, as in the forward
+    std = torch.sqrt(var + eps)                                            # √(χ̄_t + ε)
+    r = (std / torch.sqrt(running_var + eps)).clamp(1 / r_max, r_max)      # r, as in the forward
+    z = x / std[:, None, None]                                             # z = x / √(χ̄_t + ε)
+    g = grad_out * (weight * r)[:, None, None]                             # g = dL/dy γ r
+    psi = torch.cat([past_psi, (g * z).mean((0, 2, 3))[None]]).mean(0)     # Ψ_t = mean(g z); Ψ̄_t: mean of last S
+    return (g - z * psi[:, None, None]) / std[:, None, None]               # dL/dx = (g - z Ψ̄_t) / √(χ̄_t + ε)
+
+
 class MABN2d(nn.Module):
     """Moving average batch normalisation over (N, C, H, W) inputs (module docstring).
 
@@ -260,6 +300,15 @@ class MABN2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, B={self.B}, "
                 f"real_B={self.real_B}, window={self.window}, warmup_iters={self.warmup_iters}")
+
+
+def reference_cenconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
+                      padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+    """Weight centralisation (Yan et al., ICLR 2020, the convolution MABN needs) written out: every
+    filter minus its mean over (in, kh, kw), recomputed in each forward, then a plain convolution.
+    """
+    centred = weight - weight.mean((1, 2, 3), keepdim=True)               # W̃_o = W_o - mean(W_o), every forward
+    return F.conv2d(x, centred, bias, stride, padding, dilation, groups)  # y = W̃ * x + b
 
 
 class CenConv2d(nn.Conv2d):

@@ -86,6 +86,26 @@ def _normalised_abs(scale: torch.Tensor, detach: bool) -> torch.Tensor:
     return magnitude / magnitude.sum().clamp_min(torch.finfo(magnitude.dtype).tiny)
 
 
+def reference_nam_channel(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float,
+                          running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
+                          detach_weights: bool = True) -> torch.Tensor:
+    """NAM's channel module (Liu et al., "NAM: Normalization-based Attention Module", 2021) written out:
+    x times a sigmoid of its batch norm, each channel weighted by its share of the BN scales |γ|.
+
+    ``gamma``, ``beta`` (C,) are the BN's affine pair; batch statistics unless ``running_mean`` and
+    ``running_var`` are given (eval). As :class:`NAMChannelAttention`: |γ| in the weights and w a
+    constant for autograd (``detach_weights``), both the official code's (the paper writes γ_c / Σ_j γ_j);
+    zero weights, not 0/0, when every γ is 0. The paper's M_c is the gate; the module returns M_c ⊙ x.
+    """
+    scale = gamma.detach() if detach_weights else gamma                           # w from gamma.data (official code)
+    w = scale.abs() / scale.abs().sum().clamp_min(torch.finfo(scale.dtype).tiny)  # Eq. (2): w_c = |γ_c| / Σ_j |γ_j|
+    mean = x.mean((0, 2, 3)) if running_mean is None else running_mean            # Eq. (1): μ_c over (N, H, W)
+    var = x.var((0, 2, 3), correction=0) if running_var is None else running_var  # Eq. (1): σ²_c, biased
+    x_hat = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + eps)      # Eq. (1): x̂ = (x - μ) / √(σ² + ε)
+    bn = gamma[:, None, None] * x_hat + beta[:, None, None]                       # Eq. (1): BN(x) = γ x̂ + β
+    return torch.sigmoid(w[:, None, None] * bn) * x                               # Eq. (2): sigmoid(W_γ(BN(x))) ⊙ x
+
+
 class NAMChannelAttention(nn.Module):
     """``sigmoid(w * BN(x)) * x`` with ``w = |gamma| / sum |gamma|`` from the BN's own gamma."""
 
@@ -128,6 +148,24 @@ class _UninitializedBuffer(UninitializedBuffer):
         if id(self) not in memo:
             memo[id(self)] = type(self)(device=self.device, dtype=self.dtype)
         return memo[id(self)]
+
+
+def reference_nam_spatial(x: torch.Tensor, lam: torch.Tensor, beta: torch.Tensor, eps: float,
+                          running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
+                          detach_weights: bool = True) -> torch.Tensor:
+    """NAM's pixel module (Liu et al., 2021, Eq. (3)) written out: the channel module with positions in the
+    roles of channels, a BN per position (H, W) over (N, C) whose scales λ give the weights.
+
+    ``lam``, ``beta`` are (H, W); batch statistics unless ``running_mean``/``running_var`` are given.
+    The paper only says BN is applied "to the spatial dimension"; this follows the book's reading
+    (:class:`NAMSpatialAttention`, the official code's first upload), with |λ| and w detached as above.
+    """
+    scale = lam.detach() if detach_weights else lam                               # w from lambda.data (official code)
+    w = scale.abs() / scale.abs().sum().clamp_min(torch.finfo(scale.dtype).tiny)  # Eq. (3): w_p = |λ_p| / Σ_q |λ_q|
+    mean = x.mean((0, 1)) if running_mean is None else running_mean               # Eq. (3), BN_s: μ_p over (N, C)
+    var = x.var((0, 1), correction=0) if running_var is None else running_var     # Eq. (3), BN_s: σ²_p, biased
+    bn = lam * (x - mean) / torch.sqrt(var + eps) + beta                          # Eq. (3): BN_s(x) = λ x̂ + β
+    return torch.sigmoid(w * bn) * x                                              # Eq. (3): sigmoid(W_λ(BN_s(x))) ⊙ x
 
 
 class NAMSpatialAttention(LazyModuleMixin, nn.Module):
@@ -202,8 +240,9 @@ class NAMSpatialAttention(LazyModuleMixin, nn.Module):
             mean, var = self.running_mean, self.running_var
         # w * BN_s(x) = x * scale + shift, with (H, W) tensors broadcast over (N, C)
         w = self.weights()
-        scale = w * self.weight * torch.rsqrt(var.float() + self.eps)
-        shift = w * self.bias - mean.float() * scale
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 statistics for low precision; fp64 stays fp64
+        scale = w * self.weight * torch.rsqrt(var.to(acc) + self.eps)
+        shift = w * self.bias - mean.to(acc) * scale
         z = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
         return torch.sigmoid(z) * x
 
@@ -215,8 +254,8 @@ class NAMSpatialAttention(LazyModuleMixin, nn.Module):
                              f"(got N*C = {n})")
         var, mean = torch.var_mean(x, dim=(0, 1), correction=0)
         with torch.no_grad():
-            self.running_mean.lerp_(mean.float(), self.momentum)
-            self.running_var.lerp_(var.float() * (n / (n - 1)), self.momentum)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(var.to(self.running_var.dtype) * (n / (n - 1)), self.momentum)
         return mean, var
 
     def extra_repr(self) -> str:

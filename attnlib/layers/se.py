@@ -106,6 +106,21 @@ def init_linear_(weight: torch.Tensor, bias: torch.Tensor | None = None) -> None
         nn.init.uniform_(bias, -bound, bound)
 
 
+def reference_se(x: torch.Tensor, squeeze_weight: torch.Tensor, squeeze_bias: torch.Tensor,
+                 excite_weight: torch.Tensor, excite_bias: torch.Tensor) -> torch.Tensor:
+    """Squeeze-and-Excitation (Hu et al., CVPR 2018) written out: ``x`` rescaled per sample and channel
+    by a sigmoid gate computed from its global average pool.
+
+    ``squeeze_weight`` is W1 (h, C), ``excite_weight`` W2 (C, h). The paper's Eq. (3) writes the two
+    FCs without biases; the book's have them, as ``nn.Linear`` does. :class:`SqueezeExcitation`
+    computes the same with a hand-written backward; the tests hold the two equal.
+    """
+    z = x.mean((2, 3))                                         # Eq. (2): squeeze, z_c = mean_ij u_c(i, j), u = x
+    hidden = torch.relu(z @ squeeze_weight.T + squeeze_bias)   # Eq. (3): δ(W1 z), with a bias (book)
+    s = torch.sigmoid(hidden @ excite_weight.T + excite_bias)  # Eq. (3): s = σ(W2 δ(W1 z)), with a bias (book)
+    return x * s[:, :, None, None]                             # Eq. (4): scale, x̃_c = s_c u_c
+
+
 class SqueezeExcitation(nn.Module):
     """SE channel gate, called as ``module(x, bridges)``; the bridges are ignored.
 
