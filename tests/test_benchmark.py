@@ -60,12 +60,12 @@ def test_measure_rows_and_ratios():
     from attnlib import plots
     from attnlib.benchmark import measure
 
-    rows = measure({"half": small_net, "quarter": lambda: build_model("resnet20", in_channels=1, num_classes=10,
-                                                                      width_mult=0.25)},
+    # (not narrower than half: see tests/test_compile.py on torch's 1x1 stride-2 convolution bug)
+    rows = measure({"half": small_net, "full": lambda: build_model("resnet20", in_channels=1, num_classes=10)},
                    8, SHAPE, steps=2, warmup=1, repeats=1, device="cpu")
-    assert [r["label"] for r in rows] == ["half", "quarter"]
+    assert [r["label"] for r in rows] == ["half", "full"]
     assert rows[0]["train_images_per_s_vs_first"] == 1.0
-    assert rows[1]["params"] < rows[0]["params"] and rows[1]["activation_mb"] < rows[0]["activation_mb"]
+    assert rows[1]["params"] > rows[0]["params"] and rows[1]["activation_mb"] > rows[0]["activation_mb"]
     assert rows[1]["activation_mb_vs_first"] == rows[1]["activation_mb"] / rows[0]["activation_mb"]
     table = plots.benchmark_table(rows).splitlines()
     assert len(table) == 4 and table[2].startswith("| half | 8 |") and table[2].endswith("| 1.00x | 1.00x | 1.00x |")

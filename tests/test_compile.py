@@ -24,8 +24,11 @@ PARTS = {
 
 
 def _net(parts: dict) -> torch.nn.Module:
+    # Half width, not less: torch 2.14's oneDNN 1x1 stride-2 convolution in channels_last with
+    # fewer than 8 input channels corrupts the heap on AVX2-only CPUs (abort, segfault, or a
+    # hang with 2 threads); the book's networks have 16 or more channels there.
     torch.manual_seed(0)
-    net = build_model("resnet20", in_channels=1, num_classes=10, width_mult=0.25, **parts)
+    net = build_model("resnet20", in_channels=1, num_classes=10, width_mult=0.5, **parts)
     return net.to(memory_format=torch.channels_last)
 
 
