@@ -7,7 +7,7 @@
 * ``book``: all of Fashion-MNIST (60,000 training, 10,000 test images), 30 epochs, five
   seeds: the plain ResNet-20 has converged (the baseline chapter checks it against the same
   recipe with twice the epochs). The book's pages are executed with it. On a 2-core CPU one
-  run takes hours (the README gives the measured time); on a GPU, minutes.
+  run takes hours (the README gives the measured time); not yet timed on a GPU.
 * ``full``: CIFAR-10 at the paper-like length, for a GPU (Colab or better).
 
 A notebook may override any field (``resolve_profile("quick", epochs=10)``), and its
@@ -78,4 +78,7 @@ def resolve_profile(profile: str | Profile, *, dataset: str | None = None, epoch
         changes["batch_size"] = int(batch_size)
     if changes.get("seeds") == ():
         raise ValueError("seeds must name at least one seed")
+    if len(set(changes.get("seeds", ()))) != len(changes.get("seeds", ())):
+        raise ValueError(f"seeds {changes['seeds']} repeat a seed: a repeated seed loads the same run again and "
+                         "fakes agreement between seeds; give distinct seeds, e.g. (0, 1, 2)")
     return replace(profile, **changes)

@@ -60,7 +60,10 @@ examples:
 
 def parse_variant(text: str) -> Variant:
     """``"LABEL: key=value, key=value"`` with keys model, norm, conv, attention."""
-    label, _, rest = text.partition(":")
+    label, colon, rest = text.partition(":")
+    if not colon:
+        raise argparse.ArgumentTypeError(f"--variant {text!r} has no colon: write LABEL: key=value, ... "
+                                         f"with keys {', '.join(VARIANT_FIELDS)} (e.g. 'SE: attention=se')")
     fields = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, value = item.partition("=")

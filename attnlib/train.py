@@ -392,9 +392,27 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
                              eval_images_per_s=len(data.test_labels) / (t2 - t1))
         for cb in callbacks:
             cb.on_epoch_end(state)
+        _check_finite_epoch(state, float(test_loss), checkpoint)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, state, scheduler, scaler, callbacks)
     return state.history
+
+
+def _non_finite_tensors(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding NaN or infinite values."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _check_finite_epoch(state: TrainState, test_loss: float, checkpoint) -> None:
+    """After an epoch, before its checkpoint: the test loss and every parameter and buffer must
+    be finite, so that a diverged model is never checkpointed nor recorded as a result."""
+    bad = _non_finite_tensors(state.model)
+    if math.isfinite(test_loss) and not bad:
+        return
+    what = (f"{len(bad)} parameters or buffers became NaN or infinite (first: {', '.join(bad[:3])})" if bad
+            else f"the test loss is {test_loss}")
+    _raise_non_finite(state, checkpoint, what)
 
 
 def _train_epoch(state: TrainState, trained: nn.Module, loader: DeviceLoader, scheduler, scaler, amp_dtype,
@@ -440,11 +458,11 @@ def _train_epoch(state: TrainState, trained: nn.Module, loader: DeviceLoader, sc
     return loss_total / n, correct_total / n
 
 
-def _raise_non_finite(state: TrainState, checkpoint) -> None:
-    kept = (f"The last good checkpoint (after epoch {state.epoch}) is kept at {checkpoint}."
+def _raise_non_finite(state: TrainState, checkpoint, what: str = "the training loss became NaN or infinite") -> None:
+    kept = (f"The last finite checkpoint (after epoch {state.epoch}) is kept at {checkpoint}."
             if checkpoint is not None and state.epoch > 0 else "No checkpoint was written before it.")
     raise NonFiniteLossError(
-        f"The training loss became NaN or infinite in epoch {state.epoch + 1} (by step {state.step}). "
+        f"The run diverged in epoch {state.epoch + 1} (by step {state.step}): {what}. "
         f"Training stopped. {kept} Usual causes: a learning rate too high for this batch size or "
         "model (lower lr or add warmup_epochs), fp16 overflow (use amp='bf16' or 'off'), or a "
         "normalisation layer that divides by a near-zero statistic early in training (for MABN: "

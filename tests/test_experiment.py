@@ -168,6 +168,8 @@ def test_resolve_profile():
         resolve_profile("medium")
     with pytest.raises(ValueError, match="seed"):
         resolve_profile("smoke", seeds=[])
+    with pytest.raises(ValueError, match="repeat a seed"):
+        resolve_profile("smoke", seeds=[0, 0, 1])
 
 
 def test_smoke_profile_loads_its_dataset():

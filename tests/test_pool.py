@@ -147,3 +147,10 @@ def test_records_archive_carries_new_records_and_never_overwrites(tmp_path):
     assert added == sorted([f"{seed0}.json", f"{seed0}.pt", "other-seed3-0123456789.ckpt"])
     assert (home / old.name).read_text() == "kept"
     assert not (home / old.with_suffix(".pt").name).exists(), "only seed 0's weights travel"
+
+
+@pytest.mark.parametrize("spec", ["SE attention=se", "NAM; attention=nam"])
+def test_a_variant_without_a_colon_is_refused(spec, capsys):
+    with pytest.raises(SystemExit):
+        run_main(["--variant", spec, "--profile", "smoke", "--status"])
+    assert "has no colon" in capsys.readouterr().err

@@ -246,6 +246,29 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic, t
     assert math.isfinite(state["history"]["train_loss"][0])
 
 
+class PoisonAfter(Callback):
+    """Sets one BN running variance to NaN at the end of epoch ``epoch`` (0-based): the training
+    loss stays finite, as when a diverging update lands in the buffers."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, state):
+        if state.epoch == self.epoch:
+            next(m for m in state.model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(math.nan)
+
+
+def test_non_finite_weights_are_never_checkpointed(synthetic, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(NonFiniteLossError, match="epoch 2.*buffers became NaN") as err:
+        fit(_model(data=synthetic), synthetic, TINY, device="cpu", progress=False, checkpoint=ckpt,
+            callbacks=[PoisonAfter(1)])
+    assert "after epoch 1" in str(err.value)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 1, "the checkpoint kept is the last finite one"
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 def test_nan_loss_in_the_first_epoch_without_checkpoint(synthetic):
     with pytest.raises(NonFiniteLossError, match="epoch 1") as err:
         fit(_model(data=synthetic), synthetic, TINY.replace(check_every=1), device="cpu", progress=False,
