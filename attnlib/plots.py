@@ -37,15 +37,23 @@ def color_for(label: str, index: int = 0) -> str:
     return FALLBACK[index % len(FALLBACK)]
 
 
+def _distance(a: str, b: str) -> float:
+    """Euclidean distance of two ``#rrggbb`` colours in RGB (0 to 441)."""
+    ra, rb = (tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (a, b))
+    return math.dist(ra, rb)
+
+
 def _colors(labels: list[str]) -> dict[str, str]:
-    """Method colours; a label whose colour is taken gets the next unused palette colour
-    (palette colours repeat only when there are more labels than colours)."""
+    """Method colours; a label whose colour is taken (or close to a taken one: two blues)
+    gets the unused palette colour farthest from every colour already used, so the curves
+    a figure compares are told apart. Palette colours repeat only beyond the palette's size."""
     colors: dict[str, str] = {}
-    spare = iter(FALLBACK * (1 + len(labels) // len(FALLBACK)))
     for i, label in enumerate(labels):
         c = color_for(label, i)
-        while c in colors.values() and len(colors) < len(FALLBACK):
-            c = next(spare)
+        used = list(colors.values())
+        if c in used:
+            free = [f for f in FALLBACK if f not in used] or FALLBACK
+            c = max(free, key=lambda f: min((_distance(f, u) for u in used), default=0.0))
         colors[label] = c
     return colors
 

@@ -275,6 +275,12 @@ def test_colors_follow_the_method():
     assert len(set(colors.values())) == 4
 
 
+def test_compared_curves_get_distinct_colours():
+    # BA-Net's AlexNet figure: three labels whose keywords share two colours
+    colors = list(plots._colors(["AlexNet", "BA-AlexNet", "BA-AlexNet, gate discarded"]).values())
+    assert min(plots._distance(a, b) for i, a in enumerate(colors) for b in colors[i + 1:]) > 140  # two blues: 121
+
+
 class _Timeout(Exception):
     pass
 
