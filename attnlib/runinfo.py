@@ -1,6 +1,7 @@
 """Facts about the machine and the code that a run card records."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -21,7 +22,10 @@ def _git(*args: str) -> str | None:
 
 def git_commit() -> str:
     """Short commit of the book repository, with ``+changes`` when attnlib or notebooks differ
-    from it; ``unknown`` outside a git checkout (e.g. a pip install on Colab)."""
+    from it; ``$ATTNLIB_GIT_COMMIT`` where the code travelled without its ``.git`` (a GPU
+    machine, see scripts/gpu_queue.sh); ``unknown`` outside a git checkout (a pip install on Colab)."""
+    if env := os.environ.get("ATTNLIB_GIT_COMMIT"):
+        return env
     commit = _git("rev-parse", "--short=10", "HEAD")
     if commit is None:
         return "unknown"

@@ -3,7 +3,8 @@
 # what finished (and the checkpoints of what did not) into OUT as tar files of < 16 MiB.
 #
 #   bash scripts/gpu_queue.sh OUT SECONDS WORKERS PLAN...
-#   e.g. (device tool, data/ carried): bash scripts/gpu_queue.sh "$OUT" 480 14 00:main:ResNet-20 00:convergence
+#   e.g. (device tool, data/ carried; the code travels without .git, so name its commit):
+#   ATTNLIB_GIT_COMMIT=<git rev-parse --short=10 HEAD> bash scripts/gpu_queue.sh "$OUT" 480 14 00:main:ResNet-20 00:convergence
 #
 # PROFILE and DEVICE (default book, cuda) are for trying it on a CPU: PROFILE=smoke DEVICE=cpu.
 # Runs already recorded in book/results are skipped, so the GPU trains only what is

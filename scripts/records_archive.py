@@ -6,7 +6,9 @@ numbered tar files.
     python scripts/records_archive.py unpack OUT book/results
 
 ``pack`` leaves out the records already in ``--skip-from`` (those the queue started with).
-``unpack`` never overwrites a record that is already there, and says what it added.
+``unpack`` never overwrites a record that is already there, deletes the local checkpoint of
+a run whose record arrives (stop a local queue first: it would train that run again), and
+says what it added.
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ def unpack(archives: Path, results: Path) -> list[str]:
                     continue  # that run has finished here already
                 target.write_bytes(tar.extractfile(member).read())
                 added.append(target.name)
+                if target.suffix == ".json":
+                    target.with_suffix(".ckpt").unlink(missing_ok=True)  # that run is done: drop its local resume point
     return added
 
 
