@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # The torch build for the local virtual environment. pyproject.toml only sets lower bounds
 # (Colab keeps its own torch); override here, e.g. `make test TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-PROFILE ?= quick
+PROFILE ?= book
 NOTEBOOKS ?=
 
 .PHONY: book test execute check labs bench venv clean
@@ -30,7 +30,8 @@ test: venv
 	$(PY) -m attnlib.book execute --profile smoke --out build/smoke
 	$(PY) -m pytest tests build/smoke --nbval-lax -p no:cacheprovider
 
-# Run the source notebooks into the executed copies under book/ (real training: minutes each).
+# Run the source notebooks into the executed copies under book/ (book profile: loads the queue's
+# records from book/results and trains what is missing, hours on a CPU; PROFILE=quick for minutes).
 execute: venv
 	$(PY) -m attnlib.book execute --profile $(PROFILE) $(NOTEBOOKS)
 

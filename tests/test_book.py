@@ -87,8 +87,9 @@ def test_executed_copy_is_clean_and_shows_a_run_card(path: Path):
     markdown = " ".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "| run card |" in markdown and "git_commit" in markdown
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and re.search(r'profile = "(quick|full)"', injected[0].source), \
-        "the book's copies must come from a real run (quick or full profile), not smoke"
+    assert injected and re.search(r'profile = "(quick|book|full)"', injected[0].source), \
+        "the book's copies must come from a real run (quick, book or full profile), not smoke"
+    assert "remove-cell" in injected[0].metadata["tags"], "papermill's parameters cell is hidden from the page"
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3, "figures are missing"
 
 
