@@ -96,18 +96,22 @@ def wall_times_table(paths: list[Path], results_dir: Path) -> str:
         executing = f"{seconds:.0f} s" if seconds is not None else NOT_RECORDED
         lines.append(f"| {{doc}}`{stem}` | {_merged(card['profile'] for card in cards)} | {runs} | {training} | "
                      f"{executing} | not measured |")
-    hours, runs = records_training_time(results_dir)
+    totals = "; ".join(f"`{profile}`: {runs} runs in {hours:.1f} h"
+                       for profile, (hours, runs) in records_training_time(results_dir).items())
     return "\n".join(lines) + (f"\n\nTraining device of every run above: {_merged(devices)}. Chapters share "
-                              f"runs (the plain baselines), so all of them together trained {runs} runs in "
-                              f"{hours:.1f} h: the `quick` records in `book/results/`.\n")
+                              f"runs (the plain baselines); every record in `book/results/`, each trained "
+                              f"once, by profile: {totals}.\n")
 
 
-def records_training_time(results_dir: Path) -> tuple[float, int]:
-    """Hours and number of runs of every ``quick`` record in ``results_dir``: all of it trained once."""
+def records_training_time(results_dir: Path) -> dict[str, tuple[float, int]]:
+    """Per profile, the hours and number of runs of the records in ``results_dir`` (each trained once)."""
     from .overview import load_records
 
-    records = [r for r in load_records(results_dir) if r["profile"] == "quick"]
-    return sum(r["run_card"]["wall_time_s"] for r in records) / 3600, len(records)
+    totals: dict[str, tuple[float, int]] = {}
+    for r in load_records(results_dir):
+        hours, runs = totals.get(r["profile"], (0.0, 0))
+        totals[r["profile"]] = (hours + r["run_card"]["wall_time_s"] / 3600, runs + 1)
+    return dict(sorted(totals.items()))
 
 
 def environment_table(paths: list[Path]) -> str:

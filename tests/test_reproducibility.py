@@ -50,13 +50,13 @@ def test_wall_times_table_sums_cards_per_chapter_and_records_once(tmp_path: Path
     bare = executed_notebook(tmp_path / "02_y.ipynb", [])
     results = tmp_path / "results"
     results.mkdir()
-    for seed, seconds in enumerate((1800, 1800, 3600)):
-        record = {"variant": {}, "profile": "quick", "run_card": {"wall_time_s": seconds}}
+    for seed, (profile, seconds) in enumerate((("quick", 1800), ("quick", 1800), ("quick", 3600), ("book", 9000))):
+        record = {"variant": {}, "profile": profile, "run_card": {"wall_time_s": seconds}}
         (results / f"run-{seed}.json").write_text(json.dumps(record))
     table = wall_times_table([chapter, bare], results)
     assert "| {doc}`01_x` | quick | 9 | 15.4 min | 62 s | not measured |" in table
     assert f"| {{doc}}`02_y` | {NOT_RECORDED} | 0 | {NOT_RECORDED} | {NOT_RECORDED} | not measured |" in table
-    assert "trained 3 runs in 2.0 h" in table
+    assert "by profile: `book`: 1 runs in 2.5 h; `quick`: 3 runs in 2.0 h" in table
 
 
 def test_environment_table_merges_chapters(tmp_path: Path):
