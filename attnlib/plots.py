@@ -285,19 +285,25 @@ def augmentation_examples(data: ImageDataset, n: int = 8, versions: int = 4, see
 
 def gain_vs_speed(rows: list[dict]):
     """Accuracy difference to the baseline (± one standard error) against the training speed
-    relative to the baseline, one point per row of :func:`attnlib.overview.method_rows`."""
-    fig, ax = plt.subplots(figsize=(9, 5.2))
-    colors = _colors([r["method"] for r in rows])
-    for r in rows:
-        marker = "o" if r["dataset"].endswith("(12,000 train)") else "s"
+    relative to the baseline, one point per row of :func:`attnlib.overview.method_rows`.
+
+    Points are numbered and named in a legend under the plot, never on the data, so labels
+    cannot overlap however close the points are."""
+    names = [f"{r['method']} ({r['model']}, {r['dataset']}, {r['profile']})" for r in rows]
+    colors = _colors(names)
+    fig, ax = plt.subplots(figsize=(9, 5.2 + 0.22 * len(rows)))
+    for number, (r, name) in enumerate(zip(rows, names), 1):
+        marker = "o" if r["profile"] == "book" else "s"
         ax.errorbar(r["speed_ratio"], r["delta"], yerr=0 if math.isnan(r["se"]) else r["se"], marker=marker,
-                    color=colors[r["method"]], capsize=3, ms=6, ls="none")
-        ax.annotate(r["method"], (r["speed_ratio"], r["delta"]), fontsize=7, xytext=(4, 3),
+                    color=colors[name], capsize=3, ms=6, ls="none", label=f"{number}. {name}")
+        ax.annotate(str(number), (r["speed_ratio"], r["delta"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     ax.axhline(0, color="grey", lw=1)
     ax.axvline(1, color="grey", lw=1, ls=":")
     ax.set(xlabel="training speed relative to the baseline (images/s ratio)",
            ylabel="final test accuracy − baseline (points, ± 1 SE)",
-           title="what each method buys and costs (circles: main runs; squares: smaller experiments)")
-    fig.tight_layout()
+           title="what each method buys and costs (circles: book profile; squares: smaller experiments)")
+    fig.legend(loc="lower center", ncol=2 if len(rows) > 6 else 1, fontsize=7)
+    legend_rows = math.ceil(len(rows) / (2 if len(rows) > 6 else 1))
+    fig.tight_layout(rect=(0, min(0.6, 0.03 + 0.032 * legend_rows * 5.2 / (5.2 + 0.22 * len(rows))), 1, 1))
     return fig

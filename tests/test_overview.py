@@ -35,3 +35,7 @@ def test_table_and_chart(records):
     assert len(table) == 2 + len(rows) and table[2].startswith("| SE | plain | ") and "| resnet20 |" in table[2]
     fig = plots.gain_vs_speed(rows)
     assert fig.axes[0].get_xlabel().startswith("training speed")
+    (legend,) = fig.legends  # names in a legend under the plot, numbers beside the points
+    assert [t.get_text() for t in legend.get_texts()][0].startswith("1. SE (resnet20")
+    fig.canvas.draw()
+    assert legend.get_window_extent().y1 < fig.axes[0].get_window_extent().y0
