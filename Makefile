@@ -10,7 +10,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= book
 NOTEBOOKS ?=
 
-.PHONY: book test execute check labs bench venv clean
+.PHONY: book test execute check labs bench venv clean queue queue-status
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ execute: venv
 
 check: venv
 	$(PY) -m attnlib.book check
+
+# The book profile's runs, in order of need, trained by a queue that resumes where it stopped
+# (hours per run on a 2-core CPU: run it in the background, never beside `make bench`).
+BOOK_PLAN ?= 00:main:ResNet-20 00:convergence 00:main:AlexNet 01:main 02:main 04:main 05:main
+QUEUE_ARGS ?= --workers 2 --threads 1
+queue: venv
+	$(PY) -m attnlib.run --profile book --results-dir book/results --no-progress $(QUEUE_ARGS) $(addprefix --plan ,$(BOOK_PLAN))
+
+queue-status: venv
+	$(PY) -m attnlib.run --profile book --results-dir book/results --status $(addprefix --plan ,$(BOOK_PLAN))
 
 # Course labs from the chapters: student notebooks -> book/labs/ (commit them), autograders -> build/labs/.
 labs: venv
