@@ -37,6 +37,9 @@ def _profile_name(setup: Any) -> str:
     return setup if isinstance(setup, str) else setup.name
 
 
+_MADE: list[tuple[str, bool]] = []  # (statement, holds) of every claim made in this process
+
+
 def claim(setup: Any, holds: bool, statement: str, evidence: str = "") -> bool:
     """Check that the text's ``statement`` holds (``holds``) under the profile ``setup`` (a
     :class:`~attnlib.profiles.Profile` or its name).
@@ -47,6 +50,7 @@ def claim(setup: Any, holds: bool, statement: str, evidence: str = "") -> bool:
     """
     profile = _profile_name(setup)
     holds = bool(holds)
+    _MADE.append((statement, holds))
     detail = f" ({evidence})" if evidence else ""
     if profile in CHECKED_PROFILES:
         if not holds:
@@ -58,6 +62,22 @@ def claim(setup: Any, holds: bool, statement: str, evidence: str = "") -> bool:
         print(f"claim not checked under the {profile!r} profile (the text is written for "
               f"{', '.join(CHECKED_PROFILES)}): {statement} -> {'holds' if holds else 'does not hold'} here{detail}")
     return holds
+
+
+def claims_report(setup: Any) -> str:
+    """A markdown note on this notebook's claims, for the end of a chapter: under a checked
+    profile, that every statement was checked; elsewhere, a warning that the text was
+    written for the ``book`` profile, listing the statements that do not hold here."""
+    profile, total = _profile_name(setup), len(_MADE)
+    if profile in CHECKED_PROFILES:
+        return (f"*The {total} statements this page makes about its results were checked against the "
+                f"records when it was executed (profile `{profile}`).*")
+    failing = [statement for statement, holds in _MADE if not holds]
+    lines = [f"```{{warning}}\nThis notebook ran with the `{profile}` profile, but its text is written for "
+             f"the numbers of the `{', '.join(CHECKED_PROFILES)}` profile. {total - len(failing)} of its {total} "
+             "statements about results hold here" + (", these do not:" if failing else ".")]
+    lines += [f"- {statement}" for statement in failing]
+    return "\n".join(lines) + "\n```"
 
 
 def glue(name: str, value: Any) -> Any:

@@ -66,3 +66,16 @@ def test_claim_cells_are_tagged_and_hidden():
         assert calls == ("claim" in tags), f"{stem}: a cell calling claim() is tagged 'claim', and only such a cell"
         if calls:
             assert "remove-cell" in tags, f"{stem}: claim cells are hidden from the page ('remove-cell')"
+
+
+def test_claims_report_lists_what_does_not_hold_outside_the_book_profile(monkeypatch):
+    import attnlib.claims as claims
+
+    monkeypatch.setattr(claims, "_MADE", [])
+    claim("quick", True, "the curves flatten")
+    claim("quick", False, "twice the epochs move the mean by less than one seed std")
+    report = claims.claims_report("quick")
+    assert report.startswith("```{warning}") and "1 of its 2 statements" in report
+    assert "- twice the epochs move the mean" in report and "flatten" not in report
+    monkeypatch.setattr(claims, "_MADE", [("the curves flatten", True)])
+    assert "1 statements" in claims.claims_report("book") and "checked" in claims.claims_report("book")
