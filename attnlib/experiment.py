@@ -30,8 +30,8 @@ from .data import ImageDataset
 from .models import build_model, count_parameters
 from .profiles import Profile, resolve_profile
 from .runinfo import environment
-from .train import (Callback, History, TrainConfig, atomic_save, autocast_dtype, fit, precision_name, predict,
-                    resolve_device)
+from .train import (LOAD_ERRORS, Callback, CorruptFileError, History, TrainConfig, atomic_save, autocast_dtype, fit,
+                    load_error_reason, precision_name, predict, read_on_main, resolve_device)
 
 RECORD_FORMAT = 2
 
@@ -127,6 +127,23 @@ def find_record(results_dir: Path, stem: Path, seed: int, key: str) -> Path | No
     return next((p for p in candidates if p.exists()), None)
 
 
+def read_record(path: Path) -> dict:
+    """The record at ``path``; :class:`~attnlib.train.CorruptFileError` naming it if it cannot be read."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise CorruptFileError(_unreadable_record(Path(path), load_error_reason(err))) from err
+    if not isinstance(record, dict):
+        raise CorruptFileError(_unreadable_record(Path(path), f"a JSON {type(record).__name__}, not an object"))
+    return record
+
+
+def _unreadable_record(path: Path, reason: str) -> str:
+    return (f"the record {path} cannot be read ({reason}). It is damaged or incomplete (a copy or a "
+            "write cut short): delete it and run the notebook (or python -m attnlib.run) again, "
+            "which trains that run again.")
+
+
 def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *, profile: str,
             results_dir: Path, device: torch.device, progress: bool) -> tuple[dict, bool]:
     """Train one variant with one seed, or load its record. Returns (record, trained now).
@@ -137,7 +154,7 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     key = run_key(variant, data, config, seed)
     stem = record_stem(results_dir, variant, seed, key)
     found = find_record(results_dir, stem, seed, key) if distributed.is_main() else None
-    record = distributed.from_main(json.loads(found.read_text()) if found is not None else None)
+    record = read_on_main(lambda: read_record(found) if found is not None else None)
     if record is not None:
         record["label"], record["variant"] = variant.label, variant.spec()  # this chapter's name for it
         return record, False
@@ -215,7 +232,7 @@ class Comparison:
                 f"the weights of {label!r} seed {record['seed']} ({path}) are not here: git keeps the "
                 f"weights of seed 0 only. Move the record {path.with_suffix('.json').name} away and run "
                 "the notebook (or python -m attnlib.run) again to retrain this seed.")
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(_read_weights(path, f"{label!r} seed {record['seed']}"))
         return model.eval()
 
     def confusion(self, label: str) -> torch.Tensor:
@@ -262,6 +279,22 @@ class Comparison:
                                   f"{len(cards)} runs ({self.trained_now} trained now, "
                                   f"{len(cards) - self.trained_now} loaded from {self.results_dir})",
         }
+
+
+def _read_weights(path: Path, run: str) -> dict:
+    """The state dict saved at ``path``; :class:`~attnlib.train.CorruptFileError` naming it if unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as err:
+        reason = load_error_reason(err)
+    else:
+        if isinstance(state, dict):
+            return state
+        reason = f"it holds a {type(state).__name__}, not a state dict"
+    raise CorruptFileError(
+        f"the weights of {run} ({path}) cannot be read ({reason}). The file is damaged or incomplete: "
+        f"delete it and its record {path.with_suffix('.json').name}, then run the notebook (or python -m "
+        "attnlib.run) again to retrain this seed.")
 
 
 def _std(values: Sequence[float]) -> float:

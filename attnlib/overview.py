@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from .experiment import permutation_p_value, smallest_p_value
+from .experiment import permutation_p_value, read_record, smallest_p_value
+from .train import CorruptFileError
 
 FULL_TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 
@@ -33,9 +35,19 @@ PAPER_FIGURES = {
 
 
 def load_records(results_dir: str | Path) -> list[dict]:
-    """The training records in ``results_dir`` (benchmark records beside them are skipped)."""
-    records = (json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json")))
-    return [r for r in records if "variant" in r]
+    """The training records in ``results_dir`` (benchmark records beside them are skipped). A file
+    that cannot be read is left out with a warning that names it; the other records are used."""
+    records = (_readable(p) for p in sorted(Path(results_dir).glob("*.json")))
+    return [r for r in records if r is not None and "variant" in r]
+
+
+def _readable(path: Path) -> dict | None:
+    """The record at ``path``, or None with a warning if it cannot be read."""
+    try:
+        return read_record(path)
+    except CorruptFileError as err:
+        warnings.warn(f"{err} Left out of this overview; the other records are used.", stacklevel=2)
+        return None
 
 
 def _network(record: dict) -> dict:

@@ -10,7 +10,8 @@ What it does, in order of a reader's questions:
   read once per epoch, so a step never waits for the host.
 * **Nothing lost.** A checkpoint is written atomically after every epoch; ``resume=True``
   continues from it and gives the history of an uninterrupted run. A non-finite loss
-  stops training with :class:`NonFiniteLossError`, keeping the last good checkpoint.
+  stops training with :class:`NonFiniteLossError`, keeping the last good checkpoint; a
+  checkpoint that cannot be read raises :class:`CorruptFileError`, which names it.
 * **Extensible.** :class:`Callback` hooks see every step and epoch and may add a loss
   term (NAM's sparsity penalty) or change the model (DynamicConv's temperature).
 * **Several processes.** Under ``torchrun`` (see :mod:`attnlib.distributed`) the model is
@@ -25,13 +26,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import os
+import pickle
 import sys
 import tempfile
+import textwrap
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +45,8 @@ from torch import nn
 from . import distributed
 from .callbacks import Callback
 from .data import DeviceLoader, ImageDataset
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,18 +77,67 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "check_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
-        self.milestones = tuple(self.milestones)
+        for name in _WHOLE_FIELDS:
+            _check_whole(name, getattr(self, name))
+        for name in _FLAG_FIELDS:
+            _check_flag(name, getattr(self, name))
+        for name, (ok, allowed) in _NUMBER_FIELDS.items():
+            _check_number(name, getattr(self, name), ok, allowed)
+        self.milestones = _checked_milestones(self.milestones)
 
     def replace(self, **changes) -> TrainConfig:
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
         return TrainConfig(**{**asdict(self), **changes})
+
+
+_WHOLE_FIELDS = ("epochs", "batch_size", "eval_batch_size", "check_every")
+_FLAG_FIELDS = ("nesterov", "channels_last", "augment")
+#: field -> (test of a finite number, what is allowed, in words)
+_NUMBER_FIELDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v > 0, "a finite number > 0 (the peak learning rate)"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "warmup_epochs": (lambda v: v >= 0, "a finite number of epochs >= 0 (0: no warm-up)"),
+    "gamma": (lambda v: 0 < v <= 1, "a number in (0, 1], the factor of the learning rate at each milestone"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _refuse(name: str, value: object, allowed: str) -> None:
+    raise ValueError(f"TrainConfig.{name}={value!r} is not allowed: {name} must be {allowed}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_whole(name: str, value: object) -> None:
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0):
+        _refuse(name, value, "a whole number >= 1 (an int such as 10)")
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        _refuse(name, value, "True or False")
+
+
+def _check_number(name: str, value: object, ok: Callable[[float], bool], allowed: str) -> None:
+    if not (_is_number(value) and math.isfinite(value) and ok(value)):
+        _refuse(name, value, allowed)
+
+
+def _checked_milestones(value: object) -> tuple[float, ...]:
+    """``value`` as a tuple, if it is increasing fractions of the training in (0, 1)."""
+    allowed = "increasing fractions of all steps, each in (0, 1), e.g. (0.5, 0.75)"
+    if not isinstance(value, (tuple, list)):
+        _refuse("milestones", value, allowed)
+    if not all(_is_number(m) and 0 < m < 1 for m in value):
+        _refuse("milestones", value, allowed)
+    if any(a >= b for a, b in zip(value, value[1:])):
+        _refuse("milestones", value, allowed)
+    return tuple(value)
 
 
 @dataclass
@@ -133,6 +189,15 @@ class TrainState:
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped."""
+
+
+class CorruptFileError(ValueError):
+    """A checkpoint, record or weights file exists but cannot be read; the message names it and
+    says what to do (delete it, then run again)."""
+
+
+#: What ``torch.load`` raises on an empty, truncated or otherwise damaged file.
+LOAD_ERRORS = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
 
 
 # ----------------------------------------------------------------------------- devices and precision
@@ -366,7 +431,7 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
 
     start_epoch = 0
     if resume and checkpoint is not None:
-        ckpt = distributed.from_main(_read_checkpoint(checkpoint) if distributed.is_main() else None)
+        ckpt = read_on_main(lambda: _read_checkpoint(checkpoint))
         if ckpt is not None:
             start_epoch = _load_checkpoint(ckpt, checkpoint, state, scheduler, scaler, callbacks, config)
     for cb in callbacks:
@@ -495,7 +560,44 @@ def _save_checkpoint(path, state: TrainState, scheduler, scaler, callbacks) -> N
 
 
 def _read_checkpoint(path) -> dict | None:
-    return torch.load(path, map_location="cpu", weights_only=False) if Path(path).exists() else None
+    """The checkpoint at ``path``, None if there is none; :class:`CorruptFileError` if unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except LOAD_ERRORS as err:
+        raise CorruptFileError(_unreadable_checkpoint(path, load_error_reason(err))) from err
+    if not isinstance(ckpt, dict) or not {"epoch", "model", "config"} <= ckpt.keys():
+        raise CorruptFileError(_unreadable_checkpoint(path, "not a training checkpoint of attnlib.train.fit"))
+    return ckpt
+
+
+def load_error_reason(err: BaseException) -> str:
+    """``err`` in a few words for a message about an unreadable file (torch's own texts run long)."""
+    text = textwrap.shorten(str(err), 100, placeholder=" ...")
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _unreadable_checkpoint(path: Path, reason: str) -> str:
+    size = path.stat().st_size if path.exists() else 0
+    return (f"the checkpoint {path} ({size} bytes) cannot be read ({reason}). It is damaged or "
+            "incomplete; delete it to restart that run from scratch (its finished epochs are lost).")
+
+
+def read_on_main(read: Callable[[], T]) -> T | None:
+    """``read()`` on rank 0 (None on the others), its result on every rank. A
+    :class:`CorruptFileError` it raises is raised on every rank, so no rank is left waiting."""
+    found = None
+    if distributed.is_main():
+        try:
+            found = read()
+        except CorruptFileError as err:
+            found = err
+    found = distributed.from_main(found)
+    if isinstance(found, CorruptFileError):
+        raise found
+    return found
 
 
 def _load_checkpoint(ckpt: dict, path, state: TrainState, scheduler, scaler, callbacks,

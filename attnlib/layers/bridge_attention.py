@@ -129,9 +129,18 @@ class BridgeAttention(nn.Module):
             raise ValueError(f"{type(self).__name__} bridges {q} features, got {len(bridges)}")
         return list(bridges[len(bridges) - q:])
 
+    def _check_shapes(self, features: list[torch.Tensor]) -> None:
+        """Each feature (bridges oldest first, then ``x``) must be (N, C_i, H, W) with this module's C_i."""
+        names = [f"bridge {i}" for i in range(len(features) - 1)] + ["x"]
+        for name, f, c in zip(names, features, [*self.prev_channels, self.channels]):
+            if f.dim() != 4 or f.shape[1] != c:
+                raise ValueError(f"{type(self).__name__}({self.channels}, prev_channels={self.prev_channels}) "
+                                 f"expects {name} of shape (N, {c}, H, W), got {tuple(f.shape)}")
+
     def gate(self, x: torch.Tensor, bridges: list[torch.Tensor]) -> torch.Tensor:
         """The (N, C) channel weights in (0, 1) for ``x`` and its block's ``bridges``."""
         features = [*self.bridged(bridges), x]
+        self._check_shapes(features)
         squeezed = (norm(F.linear(global_avg_pool(f), weight))
                     for f, weight, norm in zip(features, self.squeeze_weights, self.squeeze_norms))
         fused = functools.reduce(torch.add, squeezed)

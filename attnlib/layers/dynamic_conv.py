@@ -195,15 +195,33 @@ class DynamicConv2d(nn.Module):
                     nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
                     nn.init.zeros_(layer.bias)
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"DynamicConv2d({self.in_channels}, {self.out_channels}) expects (N, "
+                             f"{self.in_channels}, H, W) input, got shape {tuple(x.shape)}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Refuse a temperature that is not positive (the setter's rule) before it is loaded."""
+        value = state_dict.get(prefix + "_temperature")
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not float(value) > 0:
+            error_msgs.append(f"{prefix}_temperature: a DynamicConv2d's softmax temperature must be positive, "
+                              f"the state dict holds {float(value)} (the attention divides its logits by it); "
+                              "this layer was left as it was. Check where that state dict came from.")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """pi(x), shape (B, K): a softmax over the experts for each sample (at least fp32)."""
+        self._check_input(x)
         logits = self.attention(x)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return torch.softmax(logits / self._temperature, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pi = self.attention_weights(x)
-        if self._uses_branches(x):
+        if self._uses_branches(x) or x.shape[0] == 0:  # the grouped form needs a sample (groups = B * g)
             return self._forward_branches(x, pi)
         return self._forward_grouped(x, pi)
 

@@ -107,6 +107,9 @@ class IEBN2d(nn.BatchNorm2d):
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
                  **kwargs) -> None:
         # kwargs: keyword-only BatchNorm2d options of newer torch (``bias=False`` in 2.14).
+        if not eps > 0:  # rsqrt(var + eps) of a constant channel would be inf, then NaN
+            raise ValueError(f"IEBN2d eps={eps!r}: eps must be > 0 (it keeps 1 / sqrt(var + eps) finite); "
+                             "the default is 1e-5")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype,
                          **kwargs)
         factory = {"device": device, "dtype": dtype}
@@ -133,6 +136,11 @@ class IEBN2d(nn.BatchNorm2d):
         weight = self.weight_readjust.view(1, -1, 1, 1)
         bias = self.bias_readjust.view(1, -1, 1, 1)
         return torch.sigmoid(torch.addcmul(bias, x.sum((2, 3), keepdim=True), weight, value=1.0 / (h * w)))
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"IEBN2d({self.num_features}) expects (N, {self.num_features}, H, W) input, "
+                             f"got shape {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)

@@ -294,6 +294,10 @@ class MABN2d(nn.Module):
         if not self.training:
             zero = torch.zeros_like(self.running_var)
             return F.batch_norm(x, zero, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if x.numel() == 0:  # BN's backward kernel divides by zero on it: SIGFPE, not an exception
+            raise ValueError(f"MABN2d({self.num_features}) got an empty input of shape {tuple(x.shape)} in "
+                             "training mode: its statistics need at least one value per channel. Skip empty "
+                             "batches, or call the layer in eval mode (.eval()).")
         self.iters.add_(1)
         return MABNFunction.apply(x, self.weight, self.bias, self)
 

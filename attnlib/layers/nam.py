@@ -106,6 +106,13 @@ def reference_nam_channel(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tens
     return torch.sigmoid(w[:, None, None] * bn) * x                               # Eq. (2): sigmoid(W_γ(BN(x))) ⊙ x
 
 
+def _check_input(module: nn.Module, x: torch.Tensor) -> None:
+    """``x`` must be (N, C, H, W) with the C ``module`` was built for."""
+    if x.dim() != 4 or x.shape[1] != module.channels:
+        raise ValueError(f"{type(module).__name__}({module.channels}) expects (N, {module.channels}, H, W) "
+                         f"inputs, got shape {tuple(x.shape)}")
+
+
 class NAMChannelAttention(nn.Module):
     """``sigmoid(w * BN(x)) * x`` with ``w = |gamma| / sum |gamma|`` from the BN's own gamma."""
 
@@ -129,6 +136,7 @@ class NAMChannelAttention(nn.Module):
         self.bn.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x)
         bn, w = self.bn, self.weights()
         if bn.training:
             bn.num_batches_tracked.add_(1)  # as nn.BatchNorm2d does; momentum is fixed
@@ -203,9 +211,7 @@ class NAMSpatialAttention(LazyModuleMixin, nn.Module):
         """Called by the lazy-module hook on the first forward: size everything as x's (H, W)."""
         if not self.has_uninitialized_params():  # already loaded from a state dict
             return
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"{type(self).__name__}({self.channels}) expects (N, {self.channels}, H, W) "
-                             f"inputs, got shape {tuple(x.shape)}")
+        _check_input(self, x)
         size = x.shape[-2:]
         with torch.no_grad():
             for tensor in (self.weight, self.bias, self.running_mean, self.running_var):
@@ -231,6 +237,7 @@ class NAMSpatialAttention(LazyModuleMixin, nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x)
         if x.shape[-2:] != self.weight.shape:
             raise ValueError(f"{type(self).__name__} was sized for {tuple(self.weight.shape)} positions "
                              f"on its first input; got a {tuple(x.shape[-2:])} map")
