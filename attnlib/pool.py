@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import multiprocessing
 import os
 import signal
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .data import ImageDataset
-from .experiment import Variant, find_record, record_stem, run_config, run_key, run_one
+from .experiment import Variant, find_record, read_record, record_stem, run_config, run_key, run_one
 from .profiles import Profile
 from .train import TrainConfig, resolve_device
 
@@ -173,7 +172,7 @@ def queue_status(jobs: Sequence[Job], results_dir: str | Path) -> list[str]:
         found = find_record(results_dir, stem, job.seed, job.key)
         ckpt = stem.with_suffix(".ckpt")
         if found is not None:
-            record = json.loads(found.read_text())
+            record = read_record(found)
             state = f"done: {100 * record['final_test_acc']:.2f} % ({record['run_card']['wall_time_s'] / 60:.0f} min)"
         else:
             with claim(results_dir, job) as free:
