@@ -231,3 +231,11 @@ def test_the_teacher_page_links_every_lab_and_its_measured_time():
 def test_every_lab_has_three_exercises_one_graded_by_hand(source: Path):
     items = teachers.exercises(source)
     assert len(items) >= 3 and sum(item["manual"] for item in items) >= 1, items
+
+
+def test_labs_default_to_the_quick_profile():
+    """Chapters default to `book` (hours on a CPU); a lab must run in class time."""
+    for path in sorted(build.STUDENT_DIR.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert f'profile = "{build.LAB_PROFILE}"' in params.source and build.LAB_PROFILE == "quick", path.name

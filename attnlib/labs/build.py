@@ -211,7 +211,7 @@ def build_lab(source: Path, student_dir: Path = STUDENT_DIR, build_dir: Path = B
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     master = work / f"{name}-master.ipynb"
-    nbformat.write(otter_master(nbformat.read(source, as_version=4), name), master)
+    nbformat.write(otter_master(with_lab_profile(nbformat.read(source, as_version=4)), name), master)
     result = _otter("assign", "--no-pdfs", str(master), str(work / "dist"))
     if result.returncode != 0:
         raise RuntimeError(f"otter assign failed for {name}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -225,6 +225,17 @@ def build_lab(source: Path, student_dir: Path = STUDENT_DIR, build_dir: Path = B
     shutil.copy(work / "dist" / "autograder" / master.name, paths["solution"])
     shutil.copy(next((work / "dist" / "autograder").glob("*.zip")), paths["autograder"])
     return paths
+
+
+LAB_PROFILE = "quick"
+"""A lab's default profile: minutes on a CPU (the chapters default to ``book``, hours on a CPU)."""
+
+
+def with_lab_profile(nb):
+    """``nb`` with its parameters cell's ``profile = "..."`` set to :data:`LAB_PROFILE` (comment kept)."""
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = re.sub(r'^profile = "[a-z]+"', f'profile = "{LAB_PROFILE}"', cell.source, flags=re.M)
+    return nb
 
 
 def set_parameter(notebook: Path, out: Path, **values) -> Path:
