@@ -45,6 +45,16 @@ def history_values(history) -> dict:
     return {k: v for k, v in history.to_dict().items() if k not in TIMING_FIELDS}
 
 
+def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
+    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
+    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
+    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
+    for name, a, b in zip(wrt, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
+
+
 @pytest.fixture(scope="session")
 def synthetic() -> ImageDataset:
     """256 train / 128 test 1x16x16 images, 10 classes."""

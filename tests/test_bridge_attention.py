@@ -10,6 +10,7 @@ from attnlib.layers import bridge_attention, se
 from attnlib.layers.bridge_attention import BridgeAttention, DiscardedBridgeAttention, attention_gates
 from attnlib.layers.se import SqueezeExcitation, hidden_channels
 from attnlib.models import build_model, count_parameters
+from conftest import assert_same_values_and_gradients
 
 
 
@@ -337,16 +338,6 @@ def test_se_under_bf16_autocast_makes_no_full_size_copy():
 
 
 # ----------------------------------------------------------------------------- the layers' reference functions
-
-def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
-    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
-    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
-    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
-    for name, a, b in zip(wrt, got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
-
 
 def test_se_equals_reference_se_in_float64_forward_and_gradients():
     """The hand-written backward against autograd of the one-equation-a-line reference (SE has no

@@ -17,6 +17,7 @@ from attnlib.layers.dynamic_conv import (DynamicConv2d, TemperatureAnnealing, ex
                                          reference_dynamic_conv, reference_expert_attention)
 from attnlib.models.alexnet import ConvUnit
 from attnlib.train import History, TrainState
+from conftest import assert_same_values_and_gradients
 
 MODES = ("grouped", "branches", "auto")
 
@@ -55,16 +56,6 @@ def test_grouped_and_branch_forward_equal_the_per_sample_reference(batch, groups
     for mode in MODES:
         m.mode = mode
         torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-10, msg=mode)
-
-
-def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
-    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
-    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
-    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
-    for name, a, b in zip(wrt, got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 @pytest.mark.parametrize("mode,bias", [("grouped", True), ("branches", True), ("grouped", False)])

@@ -11,6 +11,7 @@ from torch import nn
 from attnlib.layers import norm_spec
 from attnlib.layers.iebn import IEBN2d, iebn_gates, reference_iebn
 from attnlib.models import build_model, count_parameters
+from conftest import assert_same_values_and_gradients
 
 C = 6
 SIG_M1 = 1 / (1 + math.exp(1))  # sigmoid(-1), every gate at initialisation
@@ -197,16 +198,6 @@ def test_fused_cpu_path_matches_the_composed_formula():
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(m.running_mean, 0.9 * mean_before + 0.1 * x.detach().mean((0, 2, 3)))
-
-
-def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
-    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
-    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
-    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
-    for name, a, b in zip(wrt, got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

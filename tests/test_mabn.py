@@ -12,6 +12,7 @@ import attnlib
 from attnlib.layers import norm_spec
 from attnlib.layers.mabn import (MABN_NORMS, R_MAX, CenConv2d, MABN2d, MABNFunction, reference_cenconv,
                                  reference_mabn, reference_mabn_input_grad)
+from conftest import assert_same_values_and_gradients
 
 EPS = 1e-5
 DIMS = (0, 2, 3)
@@ -294,16 +295,6 @@ def test_cenconv_init_and_defaults():
     assert isinstance(conv, nn.Conv2d) and conv.bias is None
     std = math.sqrt(2 / (128 * 9))  # He normal, fan_out (not the official std-1 draw)
     assert abs(conv.weight.std().item() / std - 1) < 0.05
-
-
-def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
-    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
-    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
-    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
-    for name, a, b in zip(wrt, got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 def test_cenconv_equals_reference_cenconv_in_float64_forward_and_gradients():

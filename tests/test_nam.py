@@ -14,6 +14,7 @@ from attnlib.layers.nam import (NAMAttention, NAMChannelAttention, NAMSparsityPe
                                 reference_nam_spatial)
 from attnlib.models import build_model, count_parameters
 from attnlib.train import TrainConfig, fit
+from conftest import assert_same_values_and_gradients
 
 EPS = 1e-5
 NAM_NAMES = ("nam", "nam_spatial", "nam_both")
@@ -173,16 +174,6 @@ def test_weight_gradient_path(kind, detach):
         grads[as_constant] = leaf.grad
     torch.testing.assert_close(scale.grad, grads[detach])
     assert not torch.allclose(grads[True], grads[False], rtol=1e-3, atol=1e-6)  # the choice matters
-
-
-def assert_same_values_and_gradients(y: torch.Tensor, expected: torch.Tensor, wrt: dict[str, torch.Tensor]) -> None:
-    """y == expected and, for a random weighted sum of each, the same gradient w.r.t. every tensor in wrt."""
-    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
-    got = torch.autograd.grad((y * weights).sum(), list(wrt.values()))
-    want = torch.autograd.grad((expected * weights).sum(), list(wrt.values()))
-    for name, a, b in zip(wrt, got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"d/d{name}: {m}")
 
 
 @pytest.mark.parametrize("detach", [True, False])
