@@ -158,13 +158,13 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     if record is not None:
         record["label"], record["variant"] = variant.label, variant.spec()  # this chapter's name for it
         return record, False
-    text = _train_and_record(variant, data, config, seed, profile=profile, stem=stem, device=device,
+    text = _train_and_record(variant, data, config, seed, profile=profile, stem=stem, key=key, device=device,
                              progress=progress)
     return json.loads(distributed.from_main(text)), True  # exactly what a later call loads
 
 
 def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *,
-                      profile: str, stem: Path, device: torch.device, progress: bool) -> str | None:
+                      profile: str, stem: Path, key: str, device: torch.device, progress: bool) -> str | None:
     """Train; rank 0 writes the weights and the record and returns the record's JSON text."""
     record_path, weights_path = stem.with_suffix(".json"), stem.with_suffix(".pt")
     model = variant.build(data, seed)
@@ -179,6 +179,12 @@ def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig,
     wall = time.perf_counter() - start
     if not distributed.is_main():
         return None
+    if (other := find_record(stem.parent, stem, seed, key)) is not None:
+        # another process or machine finished the same run meanwhile (a GPU queue's records
+        # unpacked here): keep the record that came first, with its weights
+        print(f"{variant.label} seed {seed}: {other.name} appeared while this run trained; keeping it")
+        stem.with_suffix(".ckpt").unlink(missing_ok=True)
+        return json.dumps(read_record(other))
     predictions = predict(model, data, device=device, amp=config.amp)
     atomic_save(model.state_dict(), weights_path)
     record = {

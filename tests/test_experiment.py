@@ -1,10 +1,11 @@
 """attnlib.experiment, attnlib.profiles and attnlib.plots: compare() records, reloads and reports."""
 from __future__ import annotations
 
+import json
 import math
 import signal
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,7 +18,7 @@ from attnlib import load_dataset, plots
 from attnlib.experiment import (Comparison, Variant, compare, convergence_check, difference, flops_per_image,
                                 permutation_p_value, run_key, smallest_p_value)
 from attnlib.profiles import PROFILES, resolve_profile
-from attnlib.train import TrainConfig, predict
+from attnlib.train import Callback, TrainConfig, predict
 
 VARIANTS = [Variant("BN baseline"), Variant("AlexNet", model="alexnet", model_kwargs={"width_mult": 0.5},
                                             train={"lr": 0.02})]
@@ -372,3 +373,27 @@ def test_book_profile_is_all_of_fashion_mnist_with_five_seeds():
     book = PROFILES["book"]
     assert (book.dataset, book.train_subset, book.test_subset, len(book.seeds)) == ("fashion_mnist", None, None, 5)
     assert smallest_p_value(len(book.seeds), len(book.seeds)) < 0.05
+
+
+
+@dataclass(frozen=True)
+class _OtherMachineFinishes(Callback):
+    """In the run's last epoch, drops a finished record of this very run (found by the key in
+    its checkpoint's name) into the results folder, as unpacking a GPU queue's archive beside
+    a running CPU queue would."""
+
+    folder: str
+
+    def on_epoch_end(self, state):
+        if state.epoch == state.config.epochs - 1:
+            stem = next(Path(self.folder).glob("*.ckpt")).stem
+            other = Path(self.folder) / stem.replace("first-", "elsewhere-", 1)
+            other.with_suffix(".json").write_text(json.dumps(
+                {"label": "elsewhere", "final_test_acc": 0.123, "run_card": {"wall_time_s": 1.0}}))
+
+
+def test_a_record_that_appears_while_training_is_kept(tmp_path):
+    variant = Variant("first", model_kwargs={"width_mult": 0.5}, callbacks=(_OtherMachineFinishes(str(tmp_path)),))
+    cmp = compare([variant], "smoke", epochs=2, seeds=(0,), results_dir=tmp_path, device="cpu", progress=False)
+    assert cmp.records[0]["final_test_acc"] == 0.123, "the record that came first is kept"
+    assert not list(tmp_path.glob("first-*")), "nothing of the second copy is written, its checkpoint is gone"
