@@ -172,11 +172,10 @@ def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig,
     params = count_parameters(model)
     callbacks = [copy.deepcopy(cb) for cb in variant.callbacks]
     card = environment(device)  # the code and machine that start the run
-    start = time.perf_counter()
     history = fit(model, data, config, seed=seed, device=device, callbacks=callbacks,
                   checkpoint=stem.with_suffix(".ckpt"), resume=True, progress=progress,
                   desc=f"{variant.label} s{seed}")
-    wall = time.perf_counter() - start
+    wall = sum(history.epoch_time)  # every epoch's training and evaluation, across interruptions
     if not distributed.is_main():
         return None
     if (other := find_record(stem.parent, stem, seed, key)) is not None:
