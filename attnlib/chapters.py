@@ -13,6 +13,7 @@ parameters, with the notebook's defaults, and returns its comparisons in noteboo
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,7 +37,9 @@ class Experiment:
         """The chapter's data for this comparison, cut from the profile's as the notebook does."""
         if self.train_subset is None and self.test_subset is None:
             return data
-        return data.subset(train=self.train_subset, test=self.test_subset)
+        # at_most: the smoke profile's synthetic data is smaller than the chapters' subsets and is
+        # kept whole; for real data, check_parameters has refused a subset larger than the data.
+        return data.subset(train=self.train_subset, test=self.test_subset, at_most=True)
 
 
 def _linear_lr(batch: int, setup: Profile) -> dict:
@@ -97,7 +100,8 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
 
 def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, small_subset: int | None = 3000,
                  small_test: int | None = 5000) -> list[Experiment]:
-    anneal = TemperatureAnnealing(start=30.0, end=1.0, epochs=anneal_epochs or max(1, setup.epochs // 2))
+    anneal_epochs = max(1, setup.epochs // 2) if anneal_epochs is None else anneal_epochs
+    anneal = TemperatureAnnealing(start=30.0, end=1.0, epochs=anneal_epochs)
     no_anneal = TemperatureAnnealing(start=1.0, end=1.0, epochs=1)
     main = (Variant("ResNet-20", model="resnet20"),
             Variant("DY-ResNet-20", model="resnet20", conv="dynamic", callbacks=(anneal,)))
@@ -140,8 +144,56 @@ def chapter_parameters(name: str) -> dict[str, object]:
 def experiments(name: str, setup: Profile, **parameters) -> list[Experiment]:
     """The comparisons of chapter ``name`` for the profile ``setup`` and notebook parameters."""
     stem = chapter_name(name)
-    unknown = set(parameters) - set(chapter_parameters(stem))
-    if unknown:
-        known = ", ".join(chapter_parameters(stem)) or "none"
-        raise ValueError(f"chapter {stem} has no parameter {sorted(unknown)}; its parameters: {known}")
+    check_parameters(stem, setup, **parameters)
     return CHAPTERS[stem](setup, **parameters)
+
+
+def _positive_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _non_negative_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+#: What each chapter parameter may be: (test, what is allowed). Subsets are also checked
+#: against the profile's data size in :func:`check_parameters`.
+PARAMETER_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "subset": (lambda v: v is None or _positive_whole(v), "a whole number of images >= 1, or None for all"),
+    "small_batch": (_positive_whole, "a batch size, a whole number >= 1"),
+    "bn_batches": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(map(_positive_whole, v)),
+                   "a non-empty tuple of batch sizes, e.g. (2, 4, 8, 32)"),
+    "mabn_batches": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(b in MABN_NORM_FOR_BATCH for b in v),
+                     f"a non-empty tuple of batch sizes from {tuple(MABN_NORM_FOR_BATCH)}, e.g. (2, 4)"),
+    "penalty": (_non_negative_number, "a finite number >= 0"),
+    "anneal_epochs": (lambda v: v is None or _positive_whole(v),
+                      "a whole number of epochs >= 1, or None for half the training"),
+}
+
+
+def _rule(parameter: str) -> tuple[Callable[[object], bool], str]:
+    if parameter.endswith(("_subset", "_test")):
+        return PARAMETER_RULES["subset"]
+    return PARAMETER_RULES[parameter.removeprefix("strong_")]
+
+
+def check_parameters(name: str, setup: Profile, **parameters) -> None:
+    """Refuse, before anything trains, a chapter parameter that is unknown, of the wrong kind,
+    impossible, or a subset larger than the profile's data; the message says what is allowed."""
+    stem = chapter_name(name)
+    known = chapter_parameters(stem)
+    if unknown := set(parameters) - set(known):
+        raise ValueError(f"chapter {stem} has no parameter {sorted(unknown)}; its parameters: "
+                         f"{', '.join(known) or 'none'}")
+    train, test = setup.image_counts()
+    for parameter, value in parameters.items():
+        allowed, what = _rule(parameter)
+        if not allowed(value):
+            raise ValueError(f"{stem}: {parameter}={value!r} is not allowed; {parameter} must be {what} "
+                             f"(default {known[parameter]!r})")
+        limit = test if parameter.endswith("_test") else train
+        if parameter.endswith(("_subset", "_test")) and value is not None and setup.dataset != "synthetic" \
+                and value > limit:
+            raise ValueError(f"{stem}: {parameter}={value} is more than the {limit} "
+                             f"{'test' if parameter.endswith('_test') else 'training'} images of the {setup.name} "
+                             f"profile's {setup.dataset}; give at most {limit}, or None for all of them")

@@ -39,6 +39,8 @@ FASHION_MNIST_FILES = {
 }
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
+#: Training and test images of each real dataset.
+DATASET_SIZES = {"fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}
 
 
 class DatasetError(RuntimeError):
@@ -68,25 +70,32 @@ class ImageDataset:
     def image_size(self) -> int:
         return self.train_images.shape[-1]
 
-    def subset(self, train: int | None = None, test: int | None = None) -> ImageDataset:
+    def subset(self, train: int | None = None, test: int | None = None, *, at_most: bool = False) -> ImageDataset:
         """The first ``train``/``test`` samples of a fixed permutation (seed 0).
 
         Every run and seed sees the same subset, so seeds vary the initialisation and
-        the batch order, never the data.
+        the batch order, never the data. Asking for more samples than there are is an
+        error, unless ``at_most=True``: then a smaller dataset (the smoke profile's
+        synthetic one) is kept whole.
         """
-        return replace(self, **_take(self.train_images, self.train_labels, train, "train"),
-                       **_take(self.test_images, self.test_labels, test, "test"))
+        return replace(self, **_take(self.train_images, self.train_labels, train, "train", at_most),
+                       **_take(self.test_images, self.test_labels, test, "test", at_most))
 
     def describe(self) -> str:
         return (f"{self.name}: {len(self.train_labels)} train / {len(self.test_labels)} test images, "
                 f"{self.in_channels}x{self.image_size}x{self.image_size}, {self.num_classes} classes")
 
 
-def _take(images: torch.Tensor, labels: torch.Tensor, n: int | None, split: str) -> dict:
-    if n is None or n >= len(labels):
+def _take(images: torch.Tensor, labels: torch.Tensor, n: int | None, split: str, at_most: bool) -> dict:
+    if n is None:
         return {}
-    if n <= 0:
-        raise DatasetError(f"{split} subset size must be positive, got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise DatasetError(f"{split} subset size must be a positive whole number or None, got {n!r}")
+    if n > len(labels) and not at_most:
+        raise DatasetError(f"{split} subset of {n} images asked for, but the data has {len(labels)}; "
+                           f"give at most {len(labels)}, or None for all of them")
+    if n >= len(labels):
+        return {}
     idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:n]
     return {f"{split}_images": images[idx], f"{split}_labels": labels[idx]}
 

@@ -14,8 +14,10 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -312,6 +314,26 @@ def _steady(record: dict, key: str) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
+class ResultsFolderError(OSError):
+    """The results folder cannot be created or written."""
+
+
+def writable_folder(folder: str | Path) -> Path:
+    """``folder``, created if missing, once a file could be written in it: a results folder
+    that cannot take a record fails here, before hours of training, not after the first run."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ResultsFolderError(f"results folder {folder} cannot be written ({err.strerror or err}); "
+                                 "choose another folder (results_dir / --results-dir) or fix its "
+                                 "permissions") from err
+    return folder
+
+
 def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, recipe: TrainConfig | None = None,
             dataset: str | None = None, epochs: int | None = None, seeds=None, data: ImageDataset | None = None,
             results_dir: str | Path = "results", device: str = "auto", progress: bool = True) -> Comparison:
@@ -325,8 +347,7 @@ def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, re
         raise ValueError(f"variant labels must be unique, got {labels}")
     profile = resolve_profile(profile, dataset=dataset, epochs=epochs, seeds=seeds)
     data = data if data is not None else profile.load()
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = writable_folder(results_dir)
     device = resolve_device(device)
     records, trained, start = [], 0, time.perf_counter()
     for variant in variants:

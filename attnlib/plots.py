@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,6 +16,9 @@ from matplotlib.ticker import MaxNLocator
 
 from .data import ImageDataset, random_crop_flip
 from .experiment import Comparison
+
+if TYPE_CHECKING:
+    from IPython.display import Markdown
 
 plt.rcParams.update({"figure.facecolor": "white", "savefig.facecolor": "white", "figure.dpi": 110,
                      "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
@@ -180,8 +184,8 @@ def cost_table(cmp: Comparison) -> str:
     eval images per second, and each of those relative to the first variant."""
     rows = cmp.summary()
     base = rows[0]
-    lines = [f"| variant | params | MFLOPs/img | train img/s | eval img/s | params vs first | "
-             f"train speed vs first | eval speed vs first |", "|" + "---|" * 8]
+    lines = ["| variant | params | MFLOPs/img | train img/s | eval img/s | params vs first | "
+             "train speed vs first | eval speed vs first |", "|" + "---|" * 8]
     for r in rows:
         lines.append(f"| {r['label']} | {r['params']:,d} | {r['flops_per_image'] / 1e6:.2f} "
                      f"| {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} "
@@ -231,7 +235,7 @@ def confusion_matrix(cmp: Comparison, label: str):
     return fig
 
 
-def show_source(*objects) -> "IPython.display.Markdown":
+def show_source(*objects) -> Markdown:
     """The real source of attnlib functions or classes, as a highlighted code block."""
     import inspect
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from .data import ImageDataset
-from .experiment import Variant, find_record, read_record, record_stem, run_config, run_key, run_one
+from .experiment import (Variant, find_record, read_record, record_stem, run_config, run_key, run_one,
+                         writable_folder)
 from .profiles import Profile
 from .train import TrainConfig, resolve_device
 
@@ -137,8 +138,7 @@ def train_queue(experiments: Sequence, setup: Profile, recipe: TrainConfig, resu
     """Train every missing run of ``experiments`` with ``workers`` processes of ``threads``
     threads each. Returns 0 when every run has its record, 1 when some failed (each failure
     is printed with its traceback; the other runs go on)."""
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = writable_folder(results_dir)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(i, experiments, setup, recipe, results_dir, device, threads))
                  for i in range(workers)]

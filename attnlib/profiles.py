@@ -15,10 +15,11 @@ run card records what was actually used.
 """
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass, field, replace
 
-from .data import ImageDataset, load_dataset
+from .data import DATASET_SIZES, DATASETS, ImageDataset, load_dataset, synthetic_dataset
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,14 @@ class Profile:
     test_subset: int | None = None
     dataset_options: dict = field(default_factory=dict)  # for the synthetic dataset
     description: str = ""
+
+    def image_counts(self) -> tuple[int, int]:
+        """How many training and test images the profile's data has (before a chapter's subsets)."""
+        if self.dataset == "synthetic":
+            defaults = inspect.signature(synthetic_dataset).parameters
+            return tuple(self.dataset_options.get(split, defaults[split].default) for split in ("train", "test"))
+        train, test = DATASET_SIZES[self.dataset]
+        return self.train_subset or train, self.test_subset or test
 
     def load(self, root=None, *, download: bool | None = None) -> ImageDataset:
         """The profile's data. ``download=None`` downloads a missing dataset only on Colab
@@ -67,18 +76,42 @@ def resolve_profile(profile: str | Profile, *, dataset: str | None = None, epoch
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
         profile = PROFILES[profile]
+    _check_whole("epochs", epochs, profile.epochs)
+    _check_whole("batch_size", batch_size, profile.batch_size)
+    if seeds is not None:
+        _check_seeds(seeds, profile.seeds)
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}, or None for the "
+                         f"profile's {profile.dataset}")
     changes: dict = {}
     if dataset is not None and dataset != profile.dataset:
         changes.update(dataset=dataset, dataset_options={})
     if epochs is not None:
-        changes["epochs"] = int(epochs)
+        changes["epochs"] = epochs
     if seeds is not None:
-        changes["seeds"] = tuple(int(s) for s in seeds)
+        changes["seeds"] = tuple(seeds)
     if batch_size is not None:
-        changes["batch_size"] = int(batch_size)
-    if changes.get("seeds") == ():
-        raise ValueError("seeds must name at least one seed")
-    if len(set(changes.get("seeds", ()))) != len(changes.get("seeds", ())):
-        raise ValueError(f"seeds {changes['seeds']} repeat a seed: a repeated seed loads the same run again and "
-                         "fakes agreement between seeds; give distinct seeds, e.g. (0, 1, 2)")
+        changes["batch_size"] = batch_size
     return replace(profile, **changes)
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_whole(name: str, value: object, default: int) -> None:
+    if value is not None and not (_is_whole(value) and value >= 1):
+        raise ValueError(f"{name}={value!r}: {name} must be a whole number >= 1, or None for the profile's {default}")
+
+
+def _check_seeds(seeds: object, default: tuple[int, ...]) -> None:
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__") or \
+            not all(_is_whole(s) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds={seeds!r}: give distinct whole numbers >= 0, e.g. (0, 1, 2), or None for the "
+                         f"profile's {default}")
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeat a seed: a repeated seed loads the same run again and "
+                         "fakes agreement between seeds; give distinct seeds, e.g. (0, 1, 2)")

@@ -19,7 +19,9 @@ import torch
 
 from . import distributed
 from .chapters import CHAPTERS, Experiment, chapter_name, chapter_parameters, experiments
-from .experiment import BOOK_RECIPE, SYNC_BN, Comparison, Variant, compare
+from .data import DatasetError
+from .experiment import (BOOK_RECIPE, SYNC_BN, Comparison, ResultsFolderError, Variant, compare,
+                         writable_folder)
 from .pool import make_jobs, queue_status, train_queue
 from .profiles import PROFILES, resolve_profile
 
@@ -148,18 +150,15 @@ def list_chapters() -> str:
 def chapter_experiments(chapter: str, names: Sequence[str], only: Sequence[str], setup,
                         params: dict) -> list[Experiment]:
     """A chapter's comparisons, only those named in ``names`` and the variants in ``only`` (if given)."""
-    try:
-        chosen = experiments(chapter_name(chapter), setup, **params)
-    except ValueError as err:
-        raise SystemExit(str(err)) from err
+    chosen = experiments(chapter_name(chapter), setup, **params)
     all_names = [e.name for e in chosen]
     if missing := set(names) - set(all_names):
-        raise SystemExit(f"chapter {chapter} has no comparison {sorted(missing)}; it has {all_names}")
+        raise ValueError(f"chapter {chapter} has no comparison {sorted(missing)}; it has {all_names}")
     chosen = [e for e in chosen if not names or e.name in names]
     if only:
         labels = {v.label for e in chosen for v in e.variants}
         if missing := set(only) - labels:
-            raise SystemExit(f"no variant labelled {sorted(missing)}; the labels are {sorted(labels)}")
+            raise ValueError(f"no variant labelled {sorted(missing)}; the labels are {sorted(labels)}")
         chosen = [Experiment(e.name, tuple(v for v in e.variants if v.label in only), e.train_subset,
                              e.test_subset) for e in chosen]
         chosen = [e for e in chosen if e.variants]
@@ -179,19 +178,19 @@ def plan_experiments(items: Sequence[str], setup, params: dict) -> list[Experime
 def chosen_experiments(args: argparse.Namespace, setup) -> list[Experiment]:
     """The comparisons the arguments ask for, with --experiment and --only applied."""
     if sum(map(bool, (args.variant, args.chapter, args.plan))) > 1:
-        raise SystemExit("say what to train one way: --chapter, --plan or --variant")
+        raise ValueError("say what to train one way: --chapter, --plan or --variant")
     if args.variant:
         if args.experiment or args.param or args.only:
-            raise SystemExit("--variant trains your own variants; it does not combine with --experiment, "
+            raise ValueError("--variant trains your own variants; it does not combine with --experiment, "
                              "--only or --param")
         return [Experiment("variants", tuple(args.variant))]
     if args.plan:
         if args.experiment or args.only:
-            raise SystemExit("--plan names the comparisons and variants itself; drop --experiment and --only")
+            raise ValueError("--plan names the comparisons and variants itself; drop --experiment and --only")
         return plan_experiments(args.plan, setup, dict(args.param))
     if args.chapter:
         return chapter_experiments(args.chapter, args.experiment, args.only, setup, dict(args.param))
-    raise SystemExit("say what to train: --chapter NAME, --plan ITEM or --variant SPEC (see --help, --list)")
+    raise ValueError("say what to train: --chapter NAME, --plan ITEM or --variant SPEC (see --help, --list)")
 
 
 def summary_lines(name: str, cmp: Comparison) -> list[str]:
@@ -204,26 +203,43 @@ def summary_lines(name: str, cmp: Comparison) -> list[str]:
     return lines
 
 
+#: Errors that mean the command line asked for something wrong or impossible (a bad value, a
+#: missing or damaged file, an unwritable folder): printed as one line, without a traceback.
+USER_ERRORS = (ValueError, DatasetError, ResultsFolderError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except USER_ERRORS as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.list:
         print(list_chapters())
         return 0
     setup = resolve_profile(args.profile, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds,
                             batch_size=args.batch_size)
     chosen = chosen_experiments(args, setup)
+    data = setup.load()
+    for exp in chosen:  # a subset the data cannot give or an unknown part fails here, before anything trains
+        for variant in exp.variants:
+            variant.build(exp.data(data), seed=0)
+    writable_folder(args.results_dir)
     if args.status:
-        print("\n".join(queue_status(make_jobs(chosen, setup, BOOK_RECIPE, setup.load()), args.results_dir)))
+        print("\n".join(queue_status(make_jobs(chosen, setup, BOOK_RECIPE, data), args.results_dir)))
         return 0
     if args.workers > 1 or args.threads:
         if distributed.launched_by_torchrun():
-            raise SystemExit("--workers and --threads start processes of their own; do not combine them "
+            raise ValueError("--workers and --threads start processes of their own; do not combine them "
                              "with torchrun")
         return train_queue(chosen, setup, BOOK_RECIPE, args.results_dir, workers=args.workers,
                            threads=args.threads or torch.get_num_threads(), device=args.device)
     device = distributed.init_from_env(args.device)
     try:
-        data = setup.load()
         report = [f"profile {setup.name}: {setup.epochs} epochs, global batch {setup.batch_size}, "
                   f"{distributed.world_size()} process(es), seeds {setup.seeds}"]
         for exp in chosen:

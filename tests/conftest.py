@@ -146,12 +146,17 @@ class BookBuild:
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory) -> BookBuild:
     """``jupyter-book build`` of the repository with warnings as errors (-W -n), run once and shared
-    by the book's tests and the browser test."""
+    by the book's tests and the browser test. ``ATTNLIB_BUILD_OUTPUT=FOLDER`` builds into FOLDER
+    and, when FOLDER already holds a build, reuses it (to repeat the browser test without
+    rebuilding: ``ATTNLIB_BUILD_OUTPUT=build/once pytest tests/test_browser.py`` in a loop)."""
     exe = Path(sys.executable).parent / "jupyter-book"
     if not exe.exists():
         pytest.skip("jupyter-book is not installed (pip install -e .[book])")
-    out = tmp_path_factory.mktemp("book")
+    out = Path(os.environ.get("ATTNLIB_BUILD_OUTPUT") or tmp_path_factory.mktemp("book"))
+    html = out / "_build" / "html"
+    if (html / "index.html").exists() and os.environ.get("ATTNLIB_BUILD_OUTPUT"):
+        return BookBuild(html, subprocess.CompletedProcess(["reused", str(out)], 0, "", ""), 0.0)
     start = time.perf_counter()
     result = subprocess.run([str(exe), "build", str(REPO), "--path-output", str(out), "-W", "-n", "--keep-going"],
                             capture_output=True, text=True, timeout=900)
-    return BookBuild(out / "_build" / "html", result, time.perf_counter() - start)
+    return BookBuild(html, result, time.perf_counter() - start)

@@ -300,3 +300,149 @@ def test_one_damaged_record_does_not_break_the_overview(content: bytes, tmp_path
     with pytest.warns(UserWarning, match=r"bad-seed0-bbbbbbbbbb\.json cannot be read .*delete it.*Left out"):
         records = load_records(tmp_path)
     assert [r["label"] for r in records] == ["R"]
+
+
+# ----------------------------------------------------------------------------- command lines
+
+A_FILE = Path(__file__)  # a folder below a file cannot be created, not even by root
+CLI_CASES = [
+    # (arguments of `python -m attnlib.run`, the one-line error must match)
+    (["--chapter", "99_nothing"], r"unknown chapter '99_nothing'; choose one of 00_setup_and_baseline"),
+    (["--chapter", "04", "--param", "strenght=1"], r"chapter 04_nam has no parameter \['strenght'\]; its parameters: penalty"),
+    (["--chapter", "04", "--only", "Nope"], r"no variant labelled \['Nope'\]; the labels are"),
+    (["--chapter", "04", "--experiment", "nope"], r"chapter 04 has no comparison \['nope'\]"),
+    (["--chapter", "03", "--param", "mabn_batches=(3,)"],
+     r"03_mabn: mabn_batches=\(3,\) is not allowed; mabn_batches must be a non-empty tuple of batch sizes from \(2, 4"),
+    (["--chapter", "03", "--param", "mabn_batches=2"], r"mabn_batches=2 is not allowed; .* e\.g\. \(2, 4\)"),
+    (["--chapter", "03", "--param", "bn_batches=()"], r"bn_batches=\(\) is not allowed; .*non-empty tuple"),
+    (["--chapter", "04", "--param", "penalty=abc"], r"04_nam: penalty='abc' is not allowed; penalty must be a finite number >= 0 \(default 0\.0001\)"),
+    (["--chapter", "04", "--param", "penalty=-1"], r"penalty=-1 is not allowed"),
+    (["--chapter", "04", "--param", "strong_penalty=nan"], r"strong_penalty='nan' is not allowed"),
+    (["--chapter", "05", "--param", "anneal_epochs=0"],
+     r"05_dynamic_conv: anneal_epochs=0 is not allowed; anneal_epochs must be a whole number of epochs >= 1, or None"),
+    (["--chapter", "05", "--param", "anneal_epochs=2.5"], r"anneal_epochs=2\.5 is not allowed"),
+    (["--chapter", "01", "--param", "small_batch=0"], r"01_iebn: small_batch=0 is not allowed; small_batch must be a batch size"),
+    (["--chapter", "02", "--param", "small_subset=0"], r"small_subset=0 is not allowed; .*whole number of images >= 1"),
+    (["--chapter", "04", "--param", "small_subset=10000000", "--profile", "quick"],
+     r"04_nam: small_subset=10000000 is more than the 12000 training images of the quick profile's fashion_mnist; "
+     r"give at most 12000, or None"),
+    (["--chapter", "04", "--param", "small_test=20000", "--profile", "book"],
+     r"small_test=20000 is more than the 10000 test images of the book profile's fashion_mnist"),
+    (["--variant", "R:model=resnet20", "--epochs", "-1"], r"epochs=-1: epochs must be a whole number >= 1, or None"),
+    (["--variant", "R:model=resnet20", "--seeds", "0", "0"], r"seeds \(0, 0\) repeat a seed"),
+    (["--variant", "R:model=resnet20", "--batch-size", "0"], r"batch_size=0: batch_size must be a whole number >= 1"),
+    (["--variant", "R:attention=foo"], r"unknown attention 'foo'; registered attentions: ba"),
+    (["--variant", "R:model=resnet21"], r"unknown model 'resnet21'; registered models"),
+    (["--variant", "R:model=resnet20", "--results-dir", str(A_FILE / "results")],
+     r"results folder \S+ cannot be written \(Not a directory\); choose another folder"),
+    (["--plan", "04", "--status", "--results-dir", str(A_FILE / "results")], r"results folder \S+ cannot be written"),
+    (["--variant", "R:model=resnet20", "--chapter", "04"], r"say what to train one way"),
+    (["--plan", "04", "--only", "NAM"], r"--plan names the comparisons and variants itself"),
+    (["--plan", "00:nothing", "--status"], r"chapter 00 has no comparison \['nothing'\]; it has \['main', 'convergence'\]"),
+    (["--plan", "00:main:Nope", "--status"], r"no variant labelled \['Nope'\]"),
+    (["--plan", "00", "--chapter", "00", "--status"], r"say what to train one way"),
+]
+
+
+@pytest.mark.parametrize("argv, pattern", CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
+def test_command_line_error_is_one_line_before_training(argv: list[str], pattern: str, capsys, tmp_path: Path):
+    from attnlib.run import main
+
+    if "--results-dir" not in argv:
+        argv = [*argv, "--results-dir", str(tmp_path)]
+    if "--profile" not in argv:
+        argv = [*argv, "--profile", "smoke"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.startswith("python -m attnlib.run: error: ") and err.count("\n") == 1, err
+    assert re.search(pattern, err), err
+    assert "Traceback" not in err and not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.parametrize("argv, built, pattern", [
+    (["grade", "--lab", "99", str(A_FILE)], True, r"no lab '99'; the labs are 00_setup_and_baseline, 01_iebn"),
+    (["grade", "--lab", "01", "no-such.ipynb"], True, r"no such notebook: no-such\.ipynb"),
+    (["grade", "--lab", "01", str(A_FILE)], False, r"the autograder of lab 01_iebn is not built .*run `make labs`"),
+], ids=["unknown lab", "missing notebook", "autograder not built"])
+def test_labs_grade_says_what_is_missing(argv: list[str], built: bool, pattern: str, capsys, monkeypatch,
+                                         tmp_path: Path):
+    from attnlib.labs import build
+
+    monkeypatch.setattr(build, "BUILD_DIR", tmp_path)
+    if built:
+        _write(tmp_path / "01_iebn" / "autograder.zip", b"")
+    with pytest.raises(SystemExit) as exit_info:
+        build.main(argv)
+    message = str(exit_info.value.code) if isinstance(exit_info.value.code, str) else capsys.readouterr().err
+    assert re.search(pattern, message), message
+
+
+# ----------------------------------------------------------------------------- notebook parameters
+
+PROFILE_CASES = [
+    # (resolve_profile keywords, the message must match): the setup cell right after `parameters`
+    ({"epochs": -1}, r"epochs=-1: epochs must be a whole number >= 1, or None for the profile's 3"),
+    ({"epochs": 2.5}, r"epochs=2\.5: epochs must be a whole number"),
+    ({"epochs": "10"}, r"epochs='10': epochs must be a whole number"),
+    ({"batch_size": 0}, r"batch_size=0: batch_size must be a whole number >= 1"),
+    ({"seeds": 3}, r"seeds=3: give distinct whole numbers >= 0, e\.g\. \(0, 1, 2\)"),
+    ({"seeds": "012"}, r"seeds='012': give distinct whole numbers"),
+    ({"seeds": [0, -1]}, r"seeds=\[0, -1\]: give distinct whole numbers >= 0"),
+    ({"seeds": []}, r"seeds must name at least one seed"),
+    ({"seeds": [1, 1]}, r"seeds \(1, 1\) repeat a seed"),
+    ({"dataset": "mnist"}, r"unknown dataset 'mnist'; choose one of fashion_mnist, cifar10"),
+]
+
+
+@pytest.mark.parametrize("changes, pattern", PROFILE_CASES, ids=[repr(c[0]) for c in PROFILE_CASES])
+def test_bad_profile_override_is_refused(changes: dict, pattern: str):
+    with pytest.raises(ValueError, match=pattern):
+        resolve_profile("smoke", **changes)
+
+
+def test_every_chapter_parameter_has_a_rule_and_its_default_passes():
+    from attnlib.chapters import CHAPTERS, chapter_parameters, check_parameters
+
+    for stem in CHAPTERS:
+        for setup in (resolve_profile("smoke"), resolve_profile("quick"), resolve_profile("book")):
+            check_parameters(stem, setup, **chapter_parameters(stem))
+
+
+@pytest.mark.parametrize("stem", ["01_iebn", "02_ba_net", "03_mabn", "04_nam", "05_dynamic_conv"])
+def test_notebook_checks_its_parameters_in_the_setup_cell(stem: str):
+    """The cell after `parameters` resolves the profile and checks the chapter's parameters, so a
+    wrong papermill `-p` stops there, not after minutes of earlier cells."""
+    import nbformat
+
+    from attnlib.chapters import chapter_parameters
+
+    cells = [c for c in nbformat.read(REPO / "notebooks" / f"{stem}.ipynb", as_version=4).cells if c.cell_type == "code"]
+    after = cells[[i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])][0] + 1].source
+    assert "resolve_profile(profile" in after and f'check_parameters("{stem}", setup' in after
+    for name in chapter_parameters(stem):
+        assert f"{name}={name}" in after, name
+    assert after.index("check_parameters(") < after.index("setup.load()")
+
+
+def test_anneal_epochs_none_means_half_the_run_and_a_number_is_kept():
+    from attnlib.chapters import experiments
+
+    def annealing(**params) -> int:
+        return experiments("05", resolve_profile("smoke", epochs=10), **params)[0].variants[1].callbacks[0].epochs
+
+    assert annealing() == 5 and annealing(anneal_epochs=None) == 5 and annealing(anneal_epochs=1) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_nam_pixel_module_trains_in_half_and_double_precision(dtype: torch.dtype):
+    nam = NAMES["NAMAttention"](8, spatial=True).to(dtype)
+    x = torch.randn(2, 8, 5, 5, dtype=dtype)
+    nam(x)  # materialises the lazy parameters
+    optimizer = torch.optim.SGD(nam.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in nam.parameters()]
+    (nam(x) * torch.randn_like(x)).sum().backward()
+    optimizer.step()
+    assert all(p.dtype == dtype and p.grad is not None and torch.isfinite(p.grad).all() for p in nam.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, nam.parameters()))

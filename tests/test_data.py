@@ -107,7 +107,16 @@ def test_subset_keeps_image_label_pairs_without_repeats(synthetic):
 
 def test_subset_edge_cases(synthetic):
     assert synthetic.subset() is not None and torch.equal(synthetic.subset().train_images, synthetic.train_images)
-    assert len(synthetic.subset(train=10_000).train_labels) == len(synthetic.train_labels)
+    n = len(synthetic.train_labels)
+    with pytest.raises(DatasetError, match=rf"train subset of 10000 images asked for, but the data has {n}; "
+                                           rf"give at most {n}, or None"):
+        synthetic.subset(train=10_000)
+    with pytest.raises(DatasetError, match=r"test subset of 10000 images .*"):
+        synthetic.subset(test=10_000)
+    assert len(synthetic.subset(train=10_000, at_most=True).train_labels) == n
+    assert len(synthetic.subset(train=n).train_labels) == n
+    with pytest.raises(DatasetError, match=r"positive whole number or None, got 2\.5"):
+        synthetic.subset(train=2.5)
     with pytest.raises(DatasetError, match="positive"):
         synthetic.subset(train=0)
 

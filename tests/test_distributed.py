@@ -332,14 +332,3 @@ def test_torchrun_writes_the_records_compare_loads(tmp_path):
     loaded = compare([v for v in main.variants if v.label == "ResNet-20"], setup, recipe=BOOK_RECIPE,
                      results_dir=tmp_path, device="cpu", progress=False)
     assert loaded.trained_now == 0 and len(loaded.records) == 1
-
-
-def test_cli_rejects_unknown_names():
-    from attnlib.run import main
-
-    with pytest.raises(SystemExit, match="unknown chapter"):
-        main(["--chapter", "99_nothing"])
-    with pytest.raises(SystemExit, match="no parameter"):
-        main(["--chapter", "04", "--param", "strenght=1"])
-    with pytest.raises(SystemExit, match="no variant labelled"):
-        main(["--chapter", "04", "--only", "Nope"])

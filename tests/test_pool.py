@@ -122,15 +122,6 @@ def test_status_lines(tmp_path):
         assert mine and "training now" in queue_status(jobs, tmp_path)[0]
 
 
-def test_plan_errors_name_what_is_wrong():
-    with pytest.raises(SystemExit, match="has no comparison"):
-        run_main(["--plan", "00:nothing", "--profile", "smoke", "--status"])
-    with pytest.raises(SystemExit, match="no variant labelled"):
-        run_main(["--plan", "00:main:Nope", "--profile", "smoke", "--status"])
-    with pytest.raises(SystemExit, match="one way"):
-        run_main(["--plan", "00", "--chapter", "00", "--profile", "smoke", "--status"])
-
-
 def test_records_archive_carries_new_records_and_never_overwrites(tmp_path):
     results, out, home = tmp_path / "results", tmp_path / "out", tmp_path / "home"
     run_main(["--plan", "00:main:ResNet-20", "--profile", "smoke", "--epochs", "1", "--seeds", "0", "1",

@@ -293,6 +293,24 @@ def time_solution(name: str, profile: str) -> dict:
                        f"{os.cpu_count()} cores"}
 
 
+def built_autograder(lab: str) -> Path:
+    """The autograder of ``lab`` (a chapter's notebook name, number or title), once built."""
+    from ..chapters import chapter_name
+
+    labs = sorted(p.stem for p in STUDENT_DIR.glob("*.ipynb"))
+    try:
+        name = chapter_name(lab)
+    except ValueError:
+        raise SystemExit(f"no lab {lab!r}; the labs are {', '.join(labs)} (a number such as 01 also works)") from None
+    autograder = BUILD_DIR / name / "autograder.zip"
+    if name not in labs:
+        raise SystemExit(f"chapter {name} has no lab; the labs are {', '.join(labs)}")
+    if not autograder.exists():
+        raise SystemExit(f"the autograder of lab {name} is not built ({autograder} is missing): run `make labs` "
+                         "(or `python -m attnlib.labs build`) first")
+    return autograder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnlib.labs", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--profile", default="quick")
     args = parser.parse_args(argv)
     if args.command == "grade":
+        autograder = built_autograder(args.lab)
+        if missing := [str(n) for n in args.notebooks if not n.is_file()]:
+            parser.error(f"no such notebook: {', '.join(missing)}")
         for notebook in args.notebooks:
-            results = grade(notebook, BUILD_DIR / args.lab / "autograder.zip")
+            results = grade(notebook, autograder)
             got, total = score(results)
             questions = ", ".join(f"{t['name']} {t['score']:g}/{t['max_score']:g}" for t in results["tests"]
                                   if "max_score" in t)

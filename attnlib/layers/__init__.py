@@ -1,4 +1,10 @@
-"""Layers and the registries that plug them into models.
+"""The book's layers, and the registries that plug them into the book's models.
+
+Each layer is a drop-in ``torch.nn`` module::
+
+    from attnlib.layers import IEBN2d, MABN2d, SqueezeExcitation, NAMAttention
+    torchvision.models.resnet18(norm_layer=IEBN2d)                       # a norm for torchvision
+    timm.create_model("resnet18", block_args=dict(attn_layer=NAMAttention))  # an attention for timm
 
 Every module in this package is imported here, and each registers its layers by name
 (``register_norm`` / ``register_conv`` / ``register_attention``) at import time, so a
@@ -13,5 +19,13 @@ from .registry import (ATTENTIONS, CONVS, NORMS, attention_factory, conv_spec, n
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["ATTENTIONS", "CONVS", "NORMS", "attention_factory", "conv_spec", "norm_spec",
-           "register_attention", "register_conv", "register_norm"]
+from .bridge_attention import BridgeAttention  # noqa: E402  (after the registrations above)
+from .dynamic_conv import DynamicConv2d  # noqa: E402
+from .iebn import IEBN2d  # noqa: E402
+from .mabn import CenConv2d, MABN2d  # noqa: E402
+from .nam import NAMAttention, NAMChannelAttention, NAMSpatialAttention  # noqa: E402
+from .se import SqueezeExcitation  # noqa: E402
+
+__all__ = ["ATTENTIONS", "CONVS", "NORMS", "BridgeAttention", "CenConv2d", "DynamicConv2d", "IEBN2d", "MABN2d",
+           "NAMAttention", "NAMChannelAttention", "NAMSpatialAttention", "SqueezeExcitation",
+           "attention_factory", "conv_spec", "norm_spec", "register_attention", "register_conv", "register_norm"]

@@ -105,14 +105,15 @@ class BridgeAttention(nn.Module):
     """
 
     def __init__(self, channels: int, prev_channels: list[int], reduction: int = 16,
-                 min_hidden: int = 8) -> None:
+                 min_hidden: int = 8, device=None, dtype=None) -> None:
         super().__init__()
         self.channels, self.prev_channels, self.reduction = channels, list(prev_channels), reduction
         self.hidden = hidden_channels(channels, reduction, min_hidden)
         in_channels = [*self.prev_channels, channels]
-        self.squeeze_weights = nn.ParameterList(torch.empty(self.hidden, c) for c in in_channels)
-        self.squeeze_norms = nn.ModuleList(nn.BatchNorm1d(self.hidden) for _ in in_channels)
-        self.excite_weight = nn.Parameter(torch.empty(channels, self.hidden))
+        factory = {"device": device, "dtype": dtype}
+        self.squeeze_weights = nn.ParameterList(torch.empty(self.hidden, c, **factory) for c in in_channels)
+        self.squeeze_norms = nn.ModuleList(nn.BatchNorm1d(self.hidden, **factory) for _ in in_channels)
+        self.excite_weight = nn.Parameter(torch.empty(channels, self.hidden, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

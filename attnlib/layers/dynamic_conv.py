@@ -146,7 +146,7 @@ class DynamicConv2d(nn.Module):
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
                  num_experts: int = 4, temperature: float = 30.0, reduction: float = 0.25,
-                 mode: Mode = "auto") -> None:
+                 mode: Mode = "auto", device=None, dtype=None) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must both "
@@ -159,14 +159,15 @@ class DynamicConv2d(nn.Module):
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.groups, self.num_experts, self.mode = groups, num_experts, mode
+        factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_experts * out_channels, in_channels // groups,
-                                               *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(num_experts, out_channels)) if bias else None
+                                               *self.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_channels, **factory)) if bias else None
         hidden = max(4, int(reduction * in_channels))
         self.attention = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, num_experts, 1), nn.Flatten())
-        self.register_buffer("_temperature", torch.tensor(1.0))
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, hidden, 1, **factory), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_experts, 1, **factory), nn.Flatten())
+        self.register_buffer("_temperature", torch.tensor(1.0, **factory))
         self.temperature = temperature
         self.reset_parameters()
 

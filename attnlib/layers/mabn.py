@@ -257,7 +257,7 @@ class MABN2d(nn.Module):
     rank_local_buffers = True  # DDP must not broadcast them (module docstring, distributed training)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.98, B: int = 2,
-                 real_B: int = 32, warmup_iters: int = 100) -> None:
+                 real_B: int = 32, warmup_iters: int = 100, device=None, dtype=None) -> None:
         super().__init__()
         if B <= 0 or real_B <= 0 or real_B % B:
             raise ValueError(f"real_B must be a positive multiple of B, got B={B}, real_B={real_B}")
@@ -268,12 +268,13 @@ class MABN2d(nn.Module):
         self.window = real_B // B
         self.first_average_iter = max(self.window + 1, warmup_iters)
         self.frozen_r_iters = max(R_FROZEN_ITERS, warmup_iters)
-        self.weight = nn.Parameter(torch.empty(num_features))
-        self.bias = nn.Parameter(torch.empty(num_features))
-        self.register_buffer("running_var", torch.empty(num_features))
-        self.register_buffer("iters", torch.zeros((), dtype=torch.long))
-        self.register_buffer("buffer_x2", torch.empty(self.window, num_features))
-        self.register_buffer("buffer_gz", torch.empty(self.window, num_features))
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(num_features, **factory))
+        self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        self.register_buffer("running_var", torch.empty(num_features, **factory))
+        self.register_buffer("iters", torch.zeros((), dtype=torch.long, device=device))
+        self.register_buffer("buffer_x2", torch.empty(self.window, num_features, **factory))
+        self.register_buffer("buffer_gz", torch.empty(self.window, num_features, **factory))
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:

@@ -117,11 +117,11 @@ class NAMChannelAttention(nn.Module):
     """``sigmoid(w * BN(x)) * x`` with ``w = |gamma| / sum |gamma|`` from the BN's own gamma."""
 
     def __init__(self, channels: int, detach_weights: bool = True, eps: float = 1e-5,
-                 momentum: float = 0.1) -> None:
+                 momentum: float = 0.1, device=None, dtype=None) -> None:
         super().__init__()
         self.channels = channels
         self.detach_weights = detach_weights
-        self.bn = nn.BatchNorm2d(channels, eps=eps, momentum=momentum, affine=True)
+        self.bn = nn.BatchNorm2d(channels, eps=eps, momentum=momentum, affine=True, device=device, dtype=dtype)
 
     @property
     def scale(self) -> nn.Parameter:
@@ -187,16 +187,17 @@ class NAMSpatialAttention(LazyModuleMixin, nn.Module):
     cls_to_become = None  # stays this class after materialisation
 
     def __init__(self, channels: int, detach_weights: bool = True, eps: float = 1e-5,
-                 momentum: float = 0.1) -> None:
+                 momentum: float = 0.1, device=None, dtype=None) -> None:
         super().__init__()
         self.channels = channels
         self.detach_weights = detach_weights
         self.eps = eps
         self.momentum = momentum
-        self.weight = UninitializedParameter()
-        self.bias = UninitializedParameter()
-        self.register_buffer("running_mean", _UninitializedBuffer())
-        self.register_buffer("running_var", _UninitializedBuffer())
+        factory = {"device": device, "dtype": dtype}
+        self.weight = UninitializedParameter(**factory)
+        self.bias = UninitializedParameter(**factory)
+        self.register_buffer("running_mean", _UninitializedBuffer(**factory))
+        self.register_buffer("running_var", _UninitializedBuffer(**factory))
 
     @property
     def scale(self) -> nn.Parameter:
@@ -274,16 +275,18 @@ class NAMSpatialAttention(LazyModuleMixin, nn.Module):
 class NAMAttention(nn.Module):
     """NAM as a block attention: channel module, then pixel module (either may be off).
 
-    Called as ``module(x, bridges)``; ``bridges`` are ignored.
+    Called as ``module(x)`` (timm's ``attn_layer(channels)`` convention) or, inside the
+    book's ResNet, ``module(x, bridges)``; ``bridges`` are ignored.
     """
 
     def __init__(self, channels: int, channel: bool = True, spatial: bool = False,
-                 detach_weights: bool = True) -> None:
+                 detach_weights: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         if not (channel or spatial):
             raise ValueError("NAMAttention needs the channel module, the spatial module, or both")
-        self.channel = NAMChannelAttention(channels, detach_weights) if channel else None
-        self.spatial = NAMSpatialAttention(channels, detach_weights) if spatial else None
+        factory = {"device": device, "dtype": dtype}
+        self.channel = NAMChannelAttention(channels, detach_weights, **factory) if channel else None
+        self.spatial = NAMSpatialAttention(channels, detach_weights, **factory) if spatial else None
 
     def forward(self, x: torch.Tensor, bridges: list[torch.Tensor] | None = None) -> torch.Tensor:
         if self.channel is not None:

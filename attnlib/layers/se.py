@@ -130,14 +130,15 @@ class SqueezeExcitation(nn.Module):
         min_hidden: floor on the bottleneck width.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8) -> None:
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8, device=None, dtype=None) -> None:
         super().__init__()
         self.channels, self.reduction = channels, reduction
         self.hidden = hidden_channels(channels, reduction, min_hidden)
-        self.squeeze_weight = nn.Parameter(torch.empty(self.hidden, channels))
-        self.squeeze_bias = nn.Parameter(torch.empty(self.hidden))
-        self.excite_weight = nn.Parameter(torch.empty(channels, self.hidden))
-        self.excite_bias = nn.Parameter(torch.empty(channels))
+        factory = {"device": device, "dtype": dtype}
+        self.squeeze_weight = nn.Parameter(torch.empty(self.hidden, channels, **factory))
+        self.squeeze_bias = nn.Parameter(torch.empty(self.hidden, **factory))
+        self.excite_weight = nn.Parameter(torch.empty(channels, self.hidden, **factory))
+        self.excite_bias = nn.Parameter(torch.empty(channels, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
