@@ -1,7 +1,10 @@
 """attnlib: the tested code behind the book *Attention and normalisation layers for CNNs*.
 
-Import direction, bottom to top: ``data`` and ``layers`` -> ``models`` -> ``train``
--> ``experiment`` -> ``plots`` and ``book``.
+Import direction, bottom to top (nothing imports upward, no circles):
+``data``, ``layers`` -> ``models`` -> ``train`` -> ``callbacks`` -> ``experiment`` ->
+``chapters``, ``pool``, ``plots``, ``overview`` -> ``run`` -> ``book`` -> ``labs``.
+The layers know nothing of training: the callbacks that schedule or penalise them use the
+layers' plain functions (``set_temperature``, ``nam_scale_sum``).
 """
 from . import layers  # noqa: F401  (registers every layer)
 from .data import DatasetError, ImageDataset, load_dataset

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .arguments import positive_int
 from .benchmark import fit_overhead, measure
 from .models import build_model
 from .runinfo import REPO, environment
@@ -187,30 +188,38 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", metavar="NAME", default=labels,
                    help="which methods to time (default: all)")
     p.add_argument("--model", default="resnet20", help="network (default resnet20)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--image-shape", default="3,32,32", help="C,H,W of the synthetic images (default 3,32,32)")
     p.add_argument("--amp", default="bf16", choices=("auto", "bf16", "fp16", "off"),
                    help="autocast dtype (default bf16; off = fp32)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile every network (slow to start)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 gives steadier "
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice; 1 gives steadier "
                                                "ratios on a shared machine)")
-    p.add_argument("--steps", type=int, default=3, help="steps per timed round (default 3)")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is reported (default 5)")
+    p.add_argument("--steps", type=positive_int, default=3, help="steps per timed round (default 3)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds; the median is reported (default 5)")
     p.add_argument("--out", type=Path, help="JSON file to write (default book/benchmark/<device>-<model>-....json)")
     args = p.parse_args(argv)
     unknown = set(args.methods) - set(labels)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {labels}")
+    try:
+        args.shape = tuple(int(v) for v in args.image_shape.split(","))
+    except ValueError:
+        args.shape = ()
+    if len(args.shape) != 3 or min(args.shape) < 1:
+        p.error(f"--image-shape must be C,H,W (three whole numbers >= 1), got {args.image_shape!r}")
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        p.error(f"argument --device: {err}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    shape = tuple(int(v) for v in args.image_shape.split(","))
-    if len(shape) != 3:
-        raise SystemExit(f"--image-shape must be C,H,W, got {args.image_shape!r}")
+    shape = args.shape
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     methods = tuple(m for m in METHODS if m.label in args.methods)

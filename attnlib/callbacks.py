@@ -1,33 +1,82 @@
-"""The hook interface of :func:`attnlib.train.fit`.
+"""The book's training callbacks: the schedules and loss terms that chapters add to :func:`fit`.
 
-It lives at the bottom of the package so that layer files (NAM's sparsity penalty,
-DynamicConv's temperature schedule) can define callbacks without importing the training
-loop.
+They sit above the training loop (they subclass :class:`attnlib.train.Callback`) and use the
+layers only through plain functions, so the layers know nothing of training:
+
+* :class:`TemperatureAnnealing` (chapter 5) sets DynamicConv2d's softmax temperature with
+  :func:`attnlib.layers.dynamic_conv.set_temperature`;
+* :class:`NAMSparsityPenalty` (chapter 4) adds ``strength * sum |s|`` from
+  :func:`attnlib.layers.nam.nam_scale_sum` to the loss.
+
+Their dataclass ``repr`` is part of an experiment's record key: keep it stable.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .train import TrainState
+from .layers.dynamic_conv import dynamic_layers, set_temperature
+from .layers.nam import nam_scale_sum
+from .train import Callback, TrainState
 
 
-class Callback:
-    """Hooks into :func:`fit`. Override what you need; keep state in ``state_dict``."""
+@dataclass
+class TemperatureAnnealing(Callback):
+    """Anneal every DynamicConv2d's temperature linearly from ``start`` to ``end`` over the
+    first ``epochs`` epochs, then hold ``end`` (the paper: 30 -> 1 in 10 epochs).
 
-    def on_fit_start(self, state: TrainState) -> None: ...
-    def on_epoch_start(self, state: TrainState) -> None: ...
-    def on_step_end(self, state: TrainState) -> None: ...
-    def on_epoch_end(self, state: TrainState) -> None: ...
+    ``per_step=True`` changes T after every optimiser step; ``False`` once per epoch. The
+    value is a function of the global step alone, and T is a buffer in the model's
+    state_dict, so a resumed run continues with the uninterrupted run's temperatures.
+    """
 
-    def loss_term(self, model: nn.Module) -> torch.Tensor | None:
-        """An extra term added to the loss of every step (e.g. a sparsity penalty)."""
-        return None
+    start: float = 30.0
+    end: float = 1.0
+    epochs: int = 10
+    per_step: bool = True
 
-    def state_dict(self) -> dict:
-        return {}
+    def __post_init__(self) -> None:
+        if not (self.start > 0 and self.end > 0 and self.epochs > 0):
+            raise ValueError(f"start, end and epochs must be positive: {self!r}")
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def temperature_at(self, step: int, steps_per_epoch: int) -> float:
+        """T for the optimiser step ``step`` (0-based, global)."""
+        done = step if self.per_step else step // steps_per_epoch * steps_per_epoch
+        progress = min(1.0, done / (self.epochs * steps_per_epoch))
+        return self.start + (self.end - self.start) * progress
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if not dynamic_layers(state.model):
+            raise ValueError("TemperatureAnnealing: the model has no DynamicConv2d layer")
+        self._apply(state)
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self._apply(state)
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self.per_step:
+            self._apply(state)
+
+    def _apply(self, state: TrainState) -> None:
+        set_temperature(state.model, self.temperature_at(state.step, state.steps_per_epoch))
+
+
+@dataclass
+class NAMSparsityPenalty(Callback):
+    """Adds ``strength * sum |s|`` over the scale factors ``s`` of every NAM module
+    (gamma of channel modules, lambda of pixel modules) to the loss of every step; the
+    network's other BN layers are not penalised."""
+
+    strength: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.strength < 0:
+            raise ValueError(f"NAMSparsityPenalty.strength must be >= 0, got {self.strength}")
+
+    def loss_term(self, model: nn.Module) -> torch.Tensor:
+        total = nam_scale_sum(model)
+        if total is None:
+            raise ValueError("NAMSparsityPenalty: the model has no NAM modules, the penalty would do nothing")
+        return self.strength * total

@@ -17,10 +17,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .callbacks import NAMSparsityPenalty, TemperatureAnnealing
 from .data import ImageDataset
 from .experiment import BOOK_RECIPE, Variant
-from .layers.dynamic_conv import TemperatureAnnealing
-from .layers.nam import NAMSparsityPenalty
 from .profiles import Profile
 
 

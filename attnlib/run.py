@@ -18,11 +18,13 @@ from collections.abc import Sequence
 import torch
 
 from . import distributed
+from .arguments import positive_int
 from .chapters import CHAPTERS, Experiment, chapter_name, chapter_parameters, experiments
 from .data import DatasetError
 from .experiment import (BOOK_RECIPE, SYNC_BN, Comparison, ResultsFolderError, Variant, compare,
                          writable_folder)
 from .pool import make_jobs, queue_status, train_queue
+from .train import resolve_device
 from .profiles import PROFILES, resolve_profile
 
 VARIANT_FIELDS = ("model", "norm", "conv", "attention")
@@ -117,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "full: CIFAR-10, for GPUs (default: quick)")
     how.add_argument("--dataset", help="another dataset than the profile's: fashion_mnist, cifar10, "
                                        "cifar100 or synthetic")
-    how.add_argument("--epochs", type=int, help="epochs (default: the profile's)")
+    how.add_argument("--epochs", type=positive_int, help="epochs (default: the profile's)")
     how.add_argument("--seeds", type=int, nargs="+", help="seeds, e.g. --seeds 0 1 2 (default: the profile's)")
-    how.add_argument("--batch-size", type=int, help="the GLOBAL batch per optimiser step (default: the "
+    how.add_argument("--batch-size", type=positive_int, help="the GLOBAL batch per optimiser step (default: the "
                                                     "profile's); under torchrun each process takes batch/N")
     how.add_argument("--results-dir", default="results",
                      help="folder of the records (default: ./results; the book reads book/results)")
@@ -127,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto: GPU LOCAL_RANK if there is one, else the CPU (default: auto)")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     queue = parser.add_argument_group("a queue of runs, several at a time")
-    queue.add_argument("--workers", type=int, default=1,
+    queue.add_argument("--workers", type=positive_int, default=1,
                        help="train this many runs at a time, one process each (default: 1, in this process)")
-    queue.add_argument("--threads", type=int, help="torch threads per worker (default: torch's own; "
+    queue.add_argument("--threads", type=positive_int, help="torch threads per worker (default: torch's own; "
                                                    "on a 2-core CPU --workers 2 --threads 1 is fastest)")
     queue.add_argument("--status", action="store_true", help="show each run's state (done with its accuracy, "
                                                              "training now, checkpointed epoch, pending) and exit")
@@ -223,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     setup = resolve_profile(args.profile, dataset=args.dataset, epochs=args.epochs, seeds=args.seeds,
                             batch_size=args.batch_size)
+    resolve_device(args.device)  # a missing GPU fails here, not in each worker
     chosen = chosen_experiments(args, setup)
     data = setup.load()
     for exp in chosen:  # a subset the data cannot give or an unknown part fails here, before anything trains

@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .callbacks import Callback
 from .data import DeviceLoader, ImageDataset
 
 T = TypeVar("T")
@@ -187,6 +186,27 @@ class TrainState:
         return self.steps_per_epoch * self.config.epochs
 
 
+class Callback:
+    """Hooks into :func:`fit`. Override what you need; keep state in ``state_dict``.
+
+    The book's own callbacks (DynamicConv's temperature schedule, NAM's sparsity penalty)
+    are in :mod:`attnlib.callbacks`."""
+
+    def on_fit_start(self, state: TrainState) -> None: ...
+    def on_epoch_start(self, state: TrainState) -> None: ...
+    def on_step_end(self, state: TrainState) -> None: ...
+    def on_epoch_end(self, state: TrainState) -> None: ...
+
+    def loss_term(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra term added to the loss of every step (e.g. a sparsity penalty)."""
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped."""
 
@@ -207,7 +227,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but no CUDA GPU is visible; use device='auto' or 'cpu'")
+        raise ValueError("device='cuda' was asked for but no CUDA GPU is visible; use device='auto' or 'cpu'")
     return device
 
 

@@ -328,9 +328,9 @@ CLI_CASES = [
      r"give at most 12000, or None"),
     (["--chapter", "04", "--param", "small_test=20000", "--profile", "book"],
      r"small_test=20000 is more than the 10000 test images of the book profile's fashion_mnist"),
-    (["--variant", "R:model=resnet20", "--epochs", "-1"], r"epochs=-1: epochs must be a whole number >= 1, or None"),
+    (["--variant", "R:model=resnet20", "--epochs", "-1"], r"argument --epochs: -1 must be >= 1"),
     (["--variant", "R:model=resnet20", "--seeds", "0", "0"], r"seeds \(0, 0\) repeat a seed"),
-    (["--variant", "R:model=resnet20", "--batch-size", "0"], r"batch_size=0: batch_size must be a whole number >= 1"),
+    (["--variant", "R:model=resnet20", "--batch-size", "0"], r"argument --batch-size: 0 must be >= 1"),
     (["--variant", "R:attention=foo"], r"unknown attention 'foo'; registered attentions: ba"),
     (["--variant", "R:model=resnet21"], r"unknown model 'resnet21'; registered models"),
     (["--variant", "R:model=resnet20", "--results-dir", str(A_FILE / "results")],
@@ -341,6 +341,11 @@ CLI_CASES = [
     (["--plan", "00:nothing", "--status"], r"chapter 00 has no comparison \['nothing'\]; it has \['main', 'convergence'\]"),
     (["--plan", "00:main:Nope", "--status"], r"no variant labelled \['Nope'\]"),
     (["--plan", "00", "--chapter", "00", "--status"], r"say what to train one way"),
+    (["--variant", "R:model=resnet20", "--epochs", "0"], r"argument --epochs: 0 must be >= 1"),
+    (["--plan", "00", "--workers", "0", "--status"], r"argument --workers: 0 must be >= 1"),
+    (["--plan", "00", "--threads", "x", "--status"], r"argument --threads: 'x' is not a whole number"),
+    *([(["--variant", "R:model=resnet20", "--device", "cuda"], r"device='cuda' was asked for but no CUDA GPU")]
+      if not torch.cuda.is_available() else []),
 ]
 
 
@@ -355,10 +360,32 @@ def test_command_line_error_is_one_line_before_training(argv: list[str], pattern
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     err = capsys.readouterr().err
+    last = err.rstrip("\n").splitlines()[-1]  # argparse's own errors print the usage above it
     assert exit_info.value.code == 2, err
-    assert err.startswith("python -m attnlib.run: error: ") and err.count("\n") == 1, err
-    assert re.search(pattern, err), err
+    assert last.startswith("python -m attnlib.run: error: ") and re.search(pattern, last), err
     assert "Traceback" not in err and not list(tmp_path.glob("*.json"))
+
+
+BENCH_CASES = [
+    (["--device", "xyz"], r"argument --device: .*device string: xyz"),
+    (["--threads", "0"], r"argument --threads: 0 must be >= 1"),
+    (["--batch-size", "-1"], r"argument --batch-size: -1 must be >= 1"),
+    (["--repeats", "two"], r"argument --repeats: 'two' is not a whole number"),
+    (["--image-shape", "3,x"], r"--image-shape must be C,H,W \(three whole numbers >= 1\), got '3,x'"),
+    (["--image-shape", "3,32"], r"--image-shape must be C,H,W"),
+    (["--methods", "Nope"], r"unknown methods \['Nope'\]"),
+]
+
+
+@pytest.mark.parametrize("argv, pattern", BENCH_CASES, ids=[" ".join(c[0]) for c in BENCH_CASES])
+def test_bench_command_line_error_is_one_line(argv: list[str], pattern: str, capsys):
+    from attnlib.bench import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and err.startswith("python -m attnlib.bench: error: ")
+    assert re.search(pattern, err), err
 
 
 @pytest.mark.parametrize("argv, built, pattern", [
@@ -368,13 +395,13 @@ def test_command_line_error_is_one_line_before_training(argv: list[str], pattern
 ], ids=["unknown lab", "missing notebook", "autograder not built"])
 def test_labs_grade_says_what_is_missing(argv: list[str], built: bool, pattern: str, capsys, monkeypatch,
                                          tmp_path: Path):
-    from attnlib.labs import build
+    from attnlib.labs import build, cli
 
     monkeypatch.setattr(build, "BUILD_DIR", tmp_path)
     if built:
         _write(tmp_path / "01_iebn" / "autograder.zip", b"")
     with pytest.raises(SystemExit) as exit_info:
-        build.main(argv)
+        cli.main(argv)
     message = str(exit_info.value.code) if isinstance(exit_info.value.code, str) else capsys.readouterr().err
     assert re.search(pattern, message), message
 

@@ -19,16 +19,16 @@ import torch
 from torch import nn
 
 from attnlib import distributed
-from attnlib.callbacks import Callback
+from attnlib.callbacks import NAMSparsityPenalty, TemperatureAnnealing
 from attnlib.chapters import CHAPTERS, chapter_parameters, experiments
 from attnlib.data import load_dataset
 from attnlib.experiment import BOOK_RECIPE, Variant, compare, flops_per_image
-from attnlib.layers.dynamic_conv import DynamicConv2d, TemperatureAnnealing, dynamic_layers
+from attnlib.layers.dynamic_conv import DynamicConv2d, dynamic_layers
 from attnlib.layers.mabn import CenConv2d, MABN2d
-from attnlib.layers.nam import NAMSparsityPenalty, nam_scale_factors
+from attnlib.layers.nam import nam_scale_factors
 from attnlib.profiles import resolve_profile
 from attnlib.runinfo import REPO
-from attnlib.train import NonFiniteLossError, TrainConfig, fit
+from attnlib.train import Callback, NonFiniteLossError, TrainConfig, fit
 
 WORLD = 2
 PER_RANK_BATCH = 8
@@ -292,7 +292,6 @@ def _notebook_cells(stem: str) -> tuple[str, list[str]]:
 def test_chapter_registry_matches_the_notebook(stem):
     """The notebook's own cells, run with compare() recorded, ask for exactly the registry's runs."""
     import attnlib.experiment as experiment_module
-    from attnlib.layers import dynamic_conv, nam
 
     params_cell, compare_cells = _notebook_cells(stem)
     namespace: dict = {}
@@ -303,7 +302,7 @@ def test_chapter_registry_matches_the_notebook(stem):
     data = setup.load()
     asked = []
     namespace.update(vars(experiment_module), setup=setup, data=data, BOOK_RECIPE=BOOK_RECIPE,
-                     NAMSparsityPenalty=nam.NAMSparsityPenalty, TemperatureAnnealing=dynamic_conv.TemperatureAnnealing,
+                     NAMSparsityPenalty=NAMSparsityPenalty, TemperatureAnnealing=TemperatureAnnealing,
                      compare=lambda variants, *a, data, **kw: asked.append((variants, data)))
     for cell in compare_cells:
         exec(cell, namespace)

@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attnlib import Callback, TrainConfig, build_model, count_parameters, fit, load_dataset
 from attnlib.layers import CONVS
-from attnlib.layers.dynamic_conv import (DynamicConv2d, TemperatureAnnealing, expert_attention,
+from attnlib.callbacks import TemperatureAnnealing
+from attnlib.layers.dynamic_conv import (DynamicConv2d, expert_attention,
                                          reference_dynamic_conv, reference_expert_attention)
 from attnlib.models.alexnet import ConvUnit
 from attnlib.train import History, TrainState

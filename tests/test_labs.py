@@ -1,15 +1,15 @@
 """Course labs: the self-checks' messages, and the labs generated from every chapter with otter-grader.
 
-The grading tests run the solution and the student notebook of every chapter through the
-autograder on the smoke profile (synthetic images): the solution scores full marks, the
-student notebook as generated scores zero with the checks' messages, and no solution line
-appears in the student notebook.
+The grading tests grade a class of four for every chapter on the smoke profile (synthetic
+images): the solution scores full marks, the student notebook as generated scores zero with
+the checks' messages, a truncated and an empty notebook score zero with the reason; and no
+solution line appears in the student notebook.
 """
 from __future__ import annotations
 
+import csv
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from attnlib import book
-from attnlib.labs import build, checks, teachers
+from attnlib.labs import build, checks, gradebook, teachers
 
 CHAPTERS = book.source_notebooks()
 HAS_OTTER = (Path(sys.executable).parent / "otter").exists()
@@ -179,22 +179,71 @@ def test_no_solution_text_is_in_the_student_notebook(labs, source: Path):
     assert not leaked, f"solution text in the student notebook: {leaked}"
 
 
+def _class_folder(paths: dict[str, Path], folder: Path) -> Path:
+    """A class of four: the solution (ada), the untouched student notebook (bob), a truncated
+    copy of the solution (cy) and an empty file (dee), all on the smoke profile."""
+    folder.mkdir()
+    build.set_parameter(paths["solution"], folder / "ada.ipynb", profile="smoke")
+    build.set_parameter(paths["student"], folder / "bob.ipynb", profile="smoke")
+    text = (folder / "ada.ipynb").read_text()
+    (folder / "cy.ipynb").write_text(text[: len(text) // 2])
+    (folder / "dee.ipynb").write_text("")
+    return folder
+
+
 @needs_otter
 @pytest.mark.slow
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
-def test_the_solution_scores_full_marks_and_the_student_notebook_zero(labs, source: Path, tmp_path: Path):
+def test_class_grading_gives_the_solution_full_marks_the_stubs_zero_and_broken_files_a_reason(
+        labs, source: Path, tmp_path: Path):
     paths = labs[source.stem]
-    solution = build.set_parameter(paths["solution"], tmp_path / "solution.ipynb", profile="smoke")
-    student = build.set_parameter(paths["student"], tmp_path / "student.ipynb", profile="smoke")
-    with ThreadPoolExecutor(2) as pool:  # two otter processes: most of a run is waiting on its kernel
-        graded = pool.map(build.grade, [solution, student], [paths["autograder"]] * 2)
-        solution_results, results = list(graded)
-    got, total = build.score(solution_results)
-    assert total >= 7 and got == total, f"the solution scores {got} / {total}"
-    assert build.score(results) == (0, total)
-    messages = " ".join(t.get("output", "") for t in results["tests"] if "max_score" in t)
-    assert "returned None" in messages and "the stub `...` returns None" in messages
-    assert "results is Ellipsis: run your experiment" in messages
+    results = gradebook.grade_class(_class_folder(paths, tmp_path / "class"), paths["autograder"], jobs=2,
+                                    timeout=900)
+    lab = gradebook.LabQuestions.of(source)
+    out = tmp_path / "grades"
+    with gradebook.write_gradebook(results, lab, out).open(newline="") as fh:
+        rows = {row["student"]: row for row in csv.DictReader(fh)}
+    auto = sum(lab.auto.values())
+    assert auto >= 7 and lab.hand == 3 and set(rows) == {"ada", "bob", "cy", "dee"}
+    assert float(rows["ada"]["total"]) == auto and not rows["ada"]["error"], rows["ada"]
+    assert float(rows["bob"]["total"]) == 0 and not rows["bob"]["error"], rows["bob"]
+    assert all(float(rows["bob"][q]) == 0 for q in lab.auto) and rows["ada"]["max"] == f"{auto + 3:g}"
+    for broken in ("cy", "dee"):
+        assert float(rows[broken]["total"]) == 0 and rows[broken]["error"].startswith("not a readable notebook")
+    feedback = (out / "feedback" / "bob.md").read_text()
+    assert "returned None" in feedback and "the stub `...` returns None" in feedback
+    assert "results is Ellipsis: run your experiment" in feedback
+    assert "Not graded: not a readable notebook" in (out / "feedback" / "dee.md").read_text()
+    answers = (out / "open-answers.md").read_text()
+    assert "## bob\n\n> **Exercise 3" in answers and "_Type your answer here" in answers
+    assert "## dee\n\n(no answer found: not a readable notebook" in answers
+
+    (tmp_path / "hand.csv").write_text("student,points\nada,2.5\nbob,1\n")
+    with gradebook.merge_hand_grades(out, tmp_path / "hand.csv").open(newline="") as fh:
+        merged = {row["student"]: row for row in csv.DictReader(fh)}
+    assert merged["ada"]["total"] == f"{auto + 2.5:g}" and merged["ada"]["hand-graded"] == "2.5"
+    assert merged["bob"]["total"] == "1" and merged["cy"]["hand-graded"] == ""
+
+
+@needs_otter
+def test_a_notebook_that_runs_too_long_scores_zero_with_the_reason(labs, tmp_path: Path):
+    paths = labs["00_setup_and_baseline"]
+    nb = nbformat.read(paths["student"], as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_code_cell("import time\ntime.sleep(600)"))
+    nbformat.write(nb, tmp_path / "slow.ipynb")
+    graded = gradebook.grade_submission(tmp_path / "slow.ipynb", paths["autograder"], timeout=30)
+    assert graded.error == "grading took longer than 30 s (an endless loop, or training far too long)"
+    assert not graded.points
+
+
+def test_merging_hand_grades_refuses_unknown_students_and_missing_columns(tmp_path: Path):
+    (tmp_path / "gradebook.csv").write_text("student,q1,hand-graded,total,max,error\nada,4,,4,10,\n")
+    (tmp_path / "hand.csv").write_text("student,points\neve,3\n")
+    with pytest.raises(SystemExit, match="names students not in the gradebook: eve"):
+        gradebook.merge_hand_grades(tmp_path, tmp_path / "hand.csv")
+    (tmp_path / "hand.csv").write_text("name,score\nada,3\n")
+    with pytest.raises(SystemExit, match="needs the columns student and points"):
+        gradebook.merge_hand_grades(tmp_path, tmp_path / "hand.csv")
 
 
 def test_colab_links_use_the_configured_repository():

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnlib.layers import ATTENTIONS
-from attnlib.layers.nam import (NAMAttention, NAMChannelAttention, NAMSparsityPenalty, NAMSpatialAttention,
+from attnlib.callbacks import NAMSparsityPenalty
+from attnlib.layers.nam import (NAMAttention, NAMChannelAttention, NAMSpatialAttention,
                                 nam_channel_weights, nam_scale_factors, reference_nam_channel,
                                 reference_nam_spatial)
 from attnlib.models import build_model, count_parameters

@@ -1,3 +1,3 @@
 """Course labs: self-checks for students (``checks``), the generator of student notebooks and
-autograders from the chapters (``build``, ``python -m attnlib.labs``), and the generated table
-of the teacher page (``teachers``)."""
+autograders from the chapters (``build``), the generated table of the teacher page
+(``teachers``), and their command line (``cli``: ``python -m attnlib.labs``)."""

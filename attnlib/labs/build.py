@@ -1,8 +1,6 @@
 """Course labs generated from the chapter notebooks with otter-grader.
 
-    python -m attnlib.labs build [chapters]      # student notebooks -> book/labs/, autograders -> build/labs/
-    python -m attnlib.labs grade NOTEBOOK... --lab 01_iebn   # score submissions (otter run, no Docker)
-    python -m attnlib.labs time [chapters] [--profile smoke]   # time the solution notebooks: book/labs/timings.json
+The command line (``python -m attnlib.labs build | grade | time``) is in :mod:`attnlib.labs.cli`.
 
 The chapter notebook is the single source. Its lab cells carry a ``lab`` entry in their
 metadata, invisible on the book page:
@@ -23,7 +21,6 @@ the answer to the first exercise; they stay on the book page.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import re
@@ -37,7 +34,6 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from ..book import source_notebooks
 from ..runinfo import REPO
 
 STUDENT_DIR = REPO / "book" / "labs"
@@ -197,11 +193,16 @@ def _lab_note(name: str) -> str:
             "fast run on synthetic images.")
 
 
-def _otter(*args: str) -> subprocess.CompletedProcess:
+def otter_command(*args: str) -> list[str]:
+    """The command line of otter-grader, from this environment."""
     exe = Path(sys.executable).parent / "otter"
     if not exe.exists():
         raise SystemExit("otter-grader is not installed: pip install -e '.[labs]'")
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, check=False)
+    return [str(exe), *args]
+
+
+def _otter(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(otter_command(*args), capture_output=True, text=True, check=False)
 
 
 def build_lab(source: Path, student_dir: Path = STUDENT_DIR, build_dir: Path = BUILD_DIR) -> dict[str, Path]:
@@ -250,14 +251,20 @@ def set_parameter(notebook: Path, out: Path, **values) -> Path:
     return out
 
 
+def read_results(out: Path) -> dict | None:
+    """otter's ``results.json`` in ``out`` as a dict, or None when otter wrote none."""
+    report = out / "results.json"
+    return json.loads(report.read_text()) if report.exists() else None
+
+
 def grade(notebook: Path, autograder: Path) -> dict:
     """Run the autograder on one notebook (``otter run``, no Docker); otter's results.json as a dict."""
     with tempfile.TemporaryDirectory() as out:
         result = _otter("run", "--no-logo", "-a", str(autograder), "-o", out, str(notebook))
-        report = Path(out) / "results.json"
-        if not report.exists():
-            raise RuntimeError(f"otter run failed on {notebook}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-        return json.loads(report.read_text())
+        results = read_results(Path(out))
+    if results is None:
+        raise RuntimeError(f"otter run failed on {notebook}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return results
 
 
 def score(results: dict) -> tuple[float, float]:
@@ -291,61 +298,3 @@ def time_solution(name: str, profile: str) -> dict:
             "score": got, "max_score": total, "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.system()} {platform.machine()}, {device_name(torch.device('cpu'))}, "
                        f"{os.cpu_count()} cores"}
-
-
-def built_autograder(lab: str) -> Path:
-    """The autograder of ``lab`` (a chapter's notebook name, number or title), once built."""
-    from ..chapters import chapter_name
-
-    labs = sorted(p.stem for p in STUDENT_DIR.glob("*.ipynb"))
-    try:
-        name = chapter_name(lab)
-    except ValueError:
-        raise SystemExit(f"no lab {lab!r}; the labs are {', '.join(labs)} (a number such as 01 also works)") from None
-    autograder = BUILD_DIR / name / "autograder.zip"
-    if name not in labs:
-        raise SystemExit(f"chapter {name} has no lab; the labs are {', '.join(labs)}")
-    if not autograder.exists():
-        raise SystemExit(f"the autograder of lab {name} is not built ({autograder} is missing): run `make labs` "
-                         "(or `python -m attnlib.labs build`) first")
-    return autograder
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnlib.labs", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="student notebooks (book/labs/) and autograders (build/labs/)")
-    b.add_argument("chapters", nargs="*")
-    g = sub.add_parser("grade", help="score submissions with a lab's autograder (runs their code: see book/teachers.md)")
-    g.add_argument("notebooks", type=Path, nargs="+")
-    g.add_argument("--lab", required=True, help="chapter name, e.g. 01_iebn")
-    t = sub.add_parser("time", help="run the solution notebooks and record their time and score")
-    t.add_argument("chapters", nargs="*")
-    t.add_argument("--profile", default="quick")
-    args = parser.parse_args(argv)
-    if args.command == "grade":
-        autograder = built_autograder(args.lab)
-        if missing := [str(n) for n in args.notebooks if not n.is_file()]:
-            parser.error(f"no such notebook: {', '.join(missing)}")
-        for notebook in args.notebooks:
-            results = grade(notebook, autograder)
-            got, total = score(results)
-            questions = ", ".join(f"{t['name']} {t['score']:g}/{t['max_score']:g}" for t in results["tests"]
-                                  if "max_score" in t)
-            print(f"{notebook}: {got:g} / {total:g} auto-graded points ({questions})")
-        return 0
-    from .teachers import load_timings, write_lab_table
-
-    chapters = source_notebooks(args.chapters or None)
-    if args.command == "build":
-        for source in chapters:
-            paths = build_lab(source)
-            print(f"{source.stem}: {paths['student'].relative_to(REPO)}, {paths['autograder'].relative_to(REPO)}")
-    else:
-        timings = load_timings()
-        for source in chapters:
-            timings.setdefault(source.stem, {})[args.profile] = time_solution(source.stem, args.profile)
-            print(source.stem, timings[source.stem][args.profile], flush=True)
-        TIMINGS.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {write_lab_table().relative_to(REPO)}")
-    return 0

@@ -16,7 +16,8 @@ is no BatchNorm in the attention branch (the paper's text has none): a BN there 
 each sample's attention depend on the rest of its batch in training, and the attention is
 meant to be a function of the sample alone. The softmax temperature ``T`` starts high
 (30: near-uniform attention, so every expert is trained early) and is annealed linearly
-to 1 over the first 10 epochs (:class:`TemperatureAnnealing`).
+to 1 over the first 10 epochs (:class:`attnlib.callbacks.TemperatureAnnealing`, which calls
+:func:`set_temperature`).
 
 Two forward paths, equal because convolution is linear in its kernel
 (``conv(x, sum_k pi_k W_k) = sum_k pi_k conv(x, W_k)``):
@@ -87,19 +88,15 @@ images, for looking inside a trained network.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..callbacks import Callback
 from .registry import register_conv
 
-if TYPE_CHECKING:
-    from ..train import TrainState
 
 Mode = Literal["auto", "grouped", "branches"]
 _MODES = get_args(Mode)
@@ -296,47 +293,12 @@ def dynamic_layers(model: nn.Module) -> dict[str, DynamicConv2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, DynamicConv2d)}
 
 
-@dataclass
-class TemperatureAnnealing(Callback):
-    """Anneal every DynamicConv2d's temperature linearly from ``start`` to ``end`` over the
-    first ``epochs`` epochs, then hold ``end`` (the paper: 30 -> 1 in 10 epochs).
-
-    ``per_step=True`` changes T after every optimiser step; ``False`` once per epoch. The
-    value is a function of the global step alone, and T is a buffer in the model's
-    state_dict, so a resumed run continues with the uninterrupted run's temperatures.
-    """
-
-    start: float = 30.0
-    end: float = 1.0
-    epochs: int = 10
-    per_step: bool = True
-
-    def __post_init__(self) -> None:
-        if not (self.start > 0 and self.end > 0 and self.epochs > 0):
-            raise ValueError(f"start, end and epochs must be positive: {self!r}")
-
-    def temperature_at(self, step: int, steps_per_epoch: int) -> float:
-        """T for the optimiser step ``step`` (0-based, global)."""
-        done = step if self.per_step else step // steps_per_epoch * steps_per_epoch
-        progress = min(1.0, done / (self.epochs * steps_per_epoch))
-        return self.start + (self.end - self.start) * progress
-
-    def on_fit_start(self, state: TrainState) -> None:
-        if not dynamic_layers(state.model):
-            raise ValueError("TemperatureAnnealing: the model has no DynamicConv2d layer")
-        self._apply(state)
-
-    def on_epoch_start(self, state: TrainState) -> None:
-        self._apply(state)
-
-    def on_step_end(self, state: TrainState) -> None:
-        if self.per_step:
-            self._apply(state)
-
-    def _apply(self, state: TrainState) -> None:
-        value = self.temperature_at(state.step, state.steps_per_epoch)
-        for layer in dynamic_layers(state.model).values():
-            layer.temperature = value
+def set_temperature(model: nn.Module, value: float) -> int:
+    """Set the softmax temperature of every DynamicConv2d in ``model``; returns how many."""
+    layers = dynamic_layers(model).values()
+    for layer in layers:
+        layer.temperature = value
+    return len(layers)
 
 
 @torch.no_grad()
@@ -373,7 +335,7 @@ def expert_attention(model: nn.Module, images: torch.Tensor, batch_size: int = 2
 @register_conv("dynamic", stem=False, shortcut=True)
 def dynamic_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, bias: bool = False) -> nn.Module:
-    """DynamicConv2d with K=4 experts at T=30 (anneal it with TemperatureAnnealing)."""
+    """DynamicConv2d with K=4 experts at T=30 (anneal it with attnlib.callbacks.TemperatureAnnealing)."""
     return DynamicConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, num_experts=4)
 
 

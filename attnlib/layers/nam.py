@@ -22,7 +22,8 @@ swapped. Every position ``p = (h, w)`` is one "channel" of a BN over pixels::
     out         = sigmoid(w * BN_s(x)) * x
 
 Loss with the sparsity penalty (paper eq. 4): ``loss + p * sum |gamma| + p * sum |lambda|``,
-over the NAM scale factors only (:class:`NAMSparsityPenalty`, ``p = 1e-4`` as in the paper).
+over the NAM scale factors only (:class:`attnlib.callbacks.NAMSparsityPenalty` over
+:func:`nam_scale_sum`, ``p = 1e-4`` as in the paper).
 
 What differs from the paper text and from the official code:
 
@@ -51,7 +52,7 @@ What differs from the paper text and from the official code:
 * **Penalty.** The official script adds ``s * sign(gamma)`` to the gradients of modules
   it finds by attribute name (``layer1`` ... ``layer4``) on the top-level module. The
   model is wrapped in ``DataParallel`` first, so the lookup matches nothing and the
-  penalty silently does nothing. :class:`NAMSparsityPenalty` is a loss term (gradient
+  penalty silently does nothing. :class:`attnlib.callbacks.NAMSparsityPenalty` is a loss term (gradient
   ``strength * sign(gamma)``, the same update) that finds the modules by type, and fails
   loudly when there are none.
 * **Init.** gamma = lambda = 1, so ``w = 1/C`` (or ``1/(H*W)``) and ``z = BN(x) / C``: the
@@ -67,7 +68,6 @@ network's; about half of that is the extra BN, the rest the gate's sigmoid and p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,6 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-from ..callbacks import Callback
 from .registry import register_attention
 
 
@@ -318,26 +317,14 @@ def _nam_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, _NAM_MODULES)]
 
 
-@dataclass
-class NAMSparsityPenalty(Callback):
-    """Adds ``strength * sum |s|`` over the scale factors ``s`` of every NAM module
-    (gamma of channel modules, lambda of pixel modules) to the loss of every step.
+def nam_scale_sum(model: nn.Module) -> torch.Tensor | None:
+    """``sum |s|`` over the scale factors ``s`` of every NAM module in ``model`` (gamma of
+    channel modules, lambda of pixel modules), with gradients; ``None`` if it has none.
 
     Modules are found by type, so any wrapper (``DataParallel``, DDP, ``torch.compile``)
-    works; the network's other BN layers are not penalised.
-    """
-
-    strength: float = 1e-4
-
-    def __post_init__(self) -> None:
-        if self.strength < 0:
-            raise ValueError(f"NAMSparsityPenalty.strength must be >= 0, got {self.strength}")
-
-    def loss_term(self, model: nn.Module) -> torch.Tensor:
-        scales = [m.scale.reshape(-1) for _, m in _nam_modules(model)]
-        if not scales:
-            raise ValueError("NAMSparsityPenalty: the model has no NAM modules, the penalty would do nothing")
-        return self.strength * torch.cat(scales).abs().sum()
+    works; the network's other BN layers are not included."""
+    scales = [m.scale.reshape(-1) for _, m in _nam_modules(model)]
+    return torch.cat(scales).abs().sum() if scales else None
 
 
 def nam_scale_factors(model: nn.Module) -> dict[str, torch.Tensor]:
