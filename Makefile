@@ -21,22 +21,22 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 book: venv
-	$(PY) -m attnlib.book check
+	$(PY) -m booktools.book check
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
 
 test: venv
 	rm -rf build/smoke
-	$(PY) -m attnlib.book execute --profile smoke --out build/smoke
+	$(PY) -m booktools.book execute --profile smoke --out build/smoke
 	$(PY) -m pytest tests build/smoke --nbval-lax -p no:cacheprovider
 
 # Run the source notebooks into the executed copies under book/ (book profile: loads the queue's
 # records from book/results and trains what is missing, hours on a CPU; PROFILE=quick for minutes).
 execute: venv
-	$(PY) -m attnlib.book execute --profile $(PROFILE) $(NOTEBOOKS)
+	$(PY) -m booktools.book execute --profile $(PROFILE) $(NOTEBOOKS)
 
 check: venv
-	$(PY) -m attnlib.book check
+	$(PY) -m booktools.book check
 
 # The book profile's runs, in order of need, trained by a queue that resumes where it stopped
 # (hours per run on a 2-core CPU: run it in the background, never beside `make bench`).
@@ -50,13 +50,13 @@ queue-status: venv
 
 # Course labs from the chapters: student notebooks -> book/labs/ (commit them), autograders -> build/labs/.
 labs: venv
-	$(PY) -m attnlib.labs build
+	$(PY) -m booktools.labs build
 
 # Every chapter's layer against the plain network (2-core CPU: 76 s with 2 threads, 122 s with --threads 1); BENCH_ARGS e.g. "--device cuda --compile".
 BENCH_ARGS ?=
 bench: venv
-	$(PY) -m attnlib.bench $(BENCH_ARGS)
-	$(PY) -m attnlib.book overview
+	$(PY) -m attnlib.bench --out-dir book/benchmark $(BENCH_ARGS)
+	$(PY) -m booktools.book overview
 
 clean:
 	rm -rf _build build

@@ -10,7 +10,7 @@ interleaved with :func:`attnlib.benchmark.measure` (train step, eval forward, me
 FLOPs), then the training loop's own overhead with :func:`attnlib.benchmark.fit_overhead`.
 It prints a table of absolute figures and of ratios against the plain network (ratios
 hold on a noisy machine; absolute figures do not), checks each step-time ratio against
-its target, and writes everything as JSON (``--out``). ``python -m attnlib.book overview``
+its target, and writes everything as JSON (``--out``). ``python -m booktools.book overview``
 renders the JSON files in ``book/benchmark/`` into the book's benchmark page.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,12 +28,10 @@ from torch import nn
 
 from .arguments import positive_int
 from .benchmark import fit_overhead, measure
+from .files import atomic_write_text
 from .models import build_model
-from .runinfo import REPO, environment
+from .runinfo import environment
 from .train import autocast_dtype, resolve_device
-
-BENCH_DIR = REPO / "book" / "benchmark"
-
 
 @dataclass(frozen=True)
 class Method:
@@ -109,73 +106,13 @@ def loop_line(result: dict) -> str:
             f"{100 * loop['overhead']:+.1f} % (target ≤ 10 %).")
 
 
-def load_results(bench_dir: Path = BENCH_DIR) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(bench_dir).glob("*.json"))]
-
-
-#: Why a method misses its target, from torch.profiler (shown on the page when it does).
-WHY_MISSED = {
-    "NAM": "NAM adds a whole BatchNorm (statistics, normalisation and their backward), a sigmoid, "
-           "a product and, in the backward, the sum of the two gradients of its input: about six "
-           "passes over every residual branch's output, each a memory-bound kernel in eager PyTorch. "
-           "A hand-written backward does not remove any of them (the BN backward is already one "
-           "kernel); only fusing the elementwise chain into one kernel would, which is what "
-           "`torch.compile` generates (not measured on a GPU here).",
-    "DynamicConv (K=4)": "Every dynamic convolution mixes K kernels per image and runs a grouped "
-                         "convolution with one group per image; on this CPU oneDNN's forward for that grouped "
-                         "convolution took about 2.7x the plain convolution's in an earlier profiling run of this project, "
-                         "and the backward adds the gradients of the K experts. The K-branch form (K plain convolutions weighted "
-                         "per image, see the chapter) is slower still here.",
-}
-
-
-def page(results: list[dict]) -> str:
-    """The book's benchmark page (markdown) from the benchmark's JSON records."""
-    sections = []
-    for r in results:
-        s, env = r["settings"], r["environment"]
-        missed = [row["label"] for row in r["rows"] if row["meets_target"] is False]
-        verdict = (f"Targets missed: {', '.join(missed)}." if missed else "Every method meets its target.")
-        flags = ["channels_last" if s["channels_last"] else "NCHW", "torch.compile" if s["compile"] else "eager"]
-        threads = f"{s['threads']} thread" + ("s" if s["threads"] > 1 else "")
-        machine = env["device"].split(",")[0] + (f", {threads}" if env["device"].startswith("CPU") else "")
-        sections.append(f"""## {machine}
-
-{s['model']}, batch {s['batch_size']}, images {'x'.join(map(str, s['image_shape']))}, {s['dtype']},
-{', '.join(flags)}; median of {s['repeats']} interleaved rounds of {s['steps']} steps. torch {env['torch']},
-commit `{env['git_commit']}`, {env['date']}; the run took {r['wall_s']:.0f} s.
-
-{table(r)}
-
-{loop_line(r)} {verdict}
-""" + "".join(f"\n*{label}:* {WHY_MISSED[label]}\n" for label in missed if label in WHY_MISSED))
-    body = "\n".join(sections) if sections else "No benchmark record yet: run `make bench`.\n"
-    return f"""# Benchmark: what each layer costs
-
-`python -m attnlib.bench` (or `make bench`) builds the same network once per chapter's layer and
-times all of them in one run, interleaved, on synthetic batches already on the device: a
-training step (forward, cross-entropy, backward, SGD step) and an inference forward. It
-reports absolute figures and, more robust on a shared machine, ratios to the plain network;
-the *target* is the largest step-time ratio we accept for each layer. Activation memory
-counts the tensors autograd saves for one fp32 step; peak memory is the allocator's peak
-of a step, measured on GPUs only. The last line of each section times the training loop
-itself: `fit` (device-resident data, augmentation, optimiser, schedule, bookkeeping)
-against the bare step on pre-made tensors. Everything below is rendered from the JSON
-files in `book/benchmark/` by `python -m attnlib.book overview`; nothing is typed.
-
-No GPU was available for the runs on this page: GPU figures (and the H100 epoch times the
-benchmark issue asks for) are not measured yet. `python -m attnlib.bench --device cuda --compile`
-on a GPU writes a record that this page then shows.
-
-{body}"""
-
-
-def default_out(result: dict) -> Path:
+def default_out(result: dict, folder: Path) -> Path:
+    """``folder/<cpu|gpu>-<model>-b<batch>-<dtype>[-compiled][-Nthread].json``."""
     s, env = result["settings"], result["environment"]
     kind = "gpu" if not env["device"].startswith("CPU") else "cpu"
     name = f"{kind}-{s['model']}-b{s['batch_size']}-{s['dtype']}" + ("-compiled" if s["compile"] else "")
     name += f"-{s['threads']}thread" if kind == "cpu" else ""
-    return BENCH_DIR / f"{name}.json"
+    return folder / f"{name}.json"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -199,7 +136,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                                "ratios on a shared machine)")
     p.add_argument("--steps", type=positive_int, default=3, help="steps per timed round (default 3)")
     p.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds; the median is reported (default 5)")
-    p.add_argument("--out", type=Path, help="JSON file to write (default book/benchmark/<device>-<model>-....json)")
+    p.add_argument("--out", type=Path, help="JSON file to write (default: OUT_DIR/<device>-<model>-....json)")
+    p.add_argument("--out-dir", type=Path, default=Path("benchmark"),
+                   help="folder of the JSON records (default ./benchmark; `make bench` writes to the book's "
+                        "book/benchmark/, which its benchmark page shows)")
     args = p.parse_args(argv)
     unknown = set(args.methods) - set(labels)
     if unknown:
@@ -226,11 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(methods, model=args.model, batch_size=args.batch_size, image_shape=shape, amp=args.amp,
                  channels_last=args.channels_last, compile=args.compile, device=args.device, steps=args.steps,
                  repeats=args.repeats)
-    out = args.out or default_out(result)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    out = args.out or default_out(result, args.out_dir)
+    atomic_write_text(out, json.dumps(result, indent=1))
     print(f"{result['environment']['device']}; {result['settings']}")
     print(table(result))
     print(loop_line(result))

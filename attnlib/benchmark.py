@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import synthetic_dataset
+from .files import atomic_write_text
 from .runinfo import environment
 from .train import TrainConfig, autocast, autocast_dtype, fit, make_optimizer, resolve_device
 
@@ -193,12 +194,9 @@ def measure(models: dict[str, Callable[[], nn.Module]], batch_size: int, image_s
     rows = _measure_rows(models, batch_size, image_shape, steps=steps, warmup=warmup, repeats=repeats, amp=amp,
                          channels_last=channels_last, compile=compile, device=resolve_device(device))
     if record is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
         blob = {"format": BENCH_FORMAT, "settings": settings, "environment": environment(resolve_device(device)),
                 "rows": rows}
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(blob, indent=1))
-        tmp.replace(record)
+        atomic_write_text(record, json.dumps(blob, indent=1))
     return rows
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from .benchmark import count_flops
 from . import distributed
 from .data import ImageDataset
+from .files import atomic_write_text
 from .models import build_model, count_parameters
 from .profiles import Profile, resolve_profile
 from .runinfo import environment
@@ -199,9 +200,7 @@ def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig,
                      "wall_time_s": round(wall, 1), "processes": distributed.world_size()},
     }
     text = json.dumps(record)
-    tmp = record_path.with_suffix(".json.tmp")
-    tmp.write_text(text)
-    tmp.replace(record_path)
+    atomic_write_text(record_path, text)
     stem.with_suffix(".ckpt").unlink(missing_ok=True)
     return text
 

@@ -289,7 +289,7 @@ def augmentation_examples(data: ImageDataset, n: int = 8, versions: int = 4, see
 
 def gain_vs_speed(rows: list[dict]):
     """Accuracy difference to the baseline (± one standard error) against the training speed
-    relative to the baseline, one point per row of :func:`attnlib.overview.method_rows`.
+    relative to the baseline, one point per row of :func:`booktools.overview.method_rows`.
 
     Points are numbered and named in a legend under the plot, never on the data, so labels
     cannot overlap however close the points are."""

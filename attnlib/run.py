@@ -37,7 +37,7 @@ loaded, not trained again; an interrupted run resumes from its last epoch.
 The options mirror the notebook's `parameters` cell: --profile, --dataset, --epochs,
 --seeds, --device and --results-dir, plus the chapter's own parameters with --param.
 The book's executed notebooks read book/results; train into it and re-execute a chapter
-(python -m attnlib.book execute --profile quick 04_nam) to see your runs in the book
+(python -m booktools.book execute --profile quick 04_nam) to see your runs in the book
 without retraining.
 
 A queue of many runs: --plan lists them in order (repeatable), and --workers N trains N at

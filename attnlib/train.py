@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import math
 import numbers
-import os
 import pickle
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,6 +43,7 @@ from torch import nn
 
 from . import distributed
 from .data import DeviceLoader, ImageDataset
+from .files import atomic_write_bytes
 
 T = TypeVar("T")
 
@@ -296,20 +296,9 @@ def lr_factor(step: int, total_steps: int, config: TrainConfig, steps_per_epoch:
 
 def atomic_save(obj: object, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- evaluation

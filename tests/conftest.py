@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from attnlib.data import ImageDataset, load_dataset  # noqa: E402
-from attnlib.runinfo import REPO  # noqa: E402
+from booktools.paths import REPO  # noqa: E402
 
 # The tests use tiny models and batches, where intra-op threads cost more than they give,
 # and a second busy process (a notebook training) makes spinning OpenMP threads stall:

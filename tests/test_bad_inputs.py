@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from attnlib.experiment import Comparison, Variant, read_record, record_stem, run_key, run_one
-from attnlib.overview import load_records
+from booktools.overview import load_records
 from attnlib.profiles import resolve_profile
-from attnlib.runinfo import REPO
+from booktools.paths import REPO
 from attnlib.train import CorruptFileError, TrainConfig, _read_checkpoint, fit
 
 # ----------------------------------------------------------------------------- TrainConfig
@@ -395,7 +395,7 @@ def test_bench_command_line_error_is_one_line(argv: list[str], pattern: str, cap
 ], ids=["unknown lab", "missing notebook", "autograder not built"])
 def test_labs_grade_says_what_is_missing(argv: list[str], built: bool, pattern: str, capsys, monkeypatch,
                                          tmp_path: Path):
-    from attnlib.labs import build, cli
+    from booktools.labs import build, cli
 
     monkeypatch.setattr(build, "BUILD_DIR", tmp_path)
     if built:

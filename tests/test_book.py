@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import yaml
 
-from attnlib import book
+from booktools import book
 
 REPO = book.REPO
 SECTIONS = ["Idea", "Math", "Implementation", "Sanity checks", "Experiment", "Results", "Discussion",
@@ -24,7 +24,7 @@ def test_there_are_source_notebooks():
 def test_source_is_stored_without_outputs(path: Path):
     nb = nbformat.read(path, as_version=4)
     dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
-    assert not dirty, f"{path.name}: cells {dirty} have outputs; run `python -m attnlib.book strip`"
+    assert not dirty, f"{path.name}: cells {dirty} have outputs; run `python -m booktools.book strip`"
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
@@ -45,6 +45,28 @@ def test_colab_cell_installs_from_the_configured_repository(path: Path):
     first_code = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
     assert '"google.colab" in sys.modules' in first_code.source
     assert f"git+{url}" in first_code.source, "the Colab install cell must use _config.yml's repository.url"
+
+
+def test_set_repository_points_config_and_every_install_cell_at_a_fork(tmp_path: Path):
+    import shutil
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "book").mkdir()
+    shutil.copy(REPO / "_config.yml", tmp_path / "_config.yml")
+    shutil.copy(SOURCES[0], tmp_path / "notebooks" / SOURCES[0].name)
+    shutil.copy(REPO / "book" / SOURCES[0].name, tmp_path / "book" / SOURCES[0].name)
+    fork = "https://github.com/a-teacher/our-course"
+    changed = book.set_repository(fork, "spring", root=tmp_path)
+    assert len(changed) == 3
+    config = yaml.safe_load((tmp_path / "_config.yml").read_text())["repository"]
+    assert config["url"] == fork and config["branch"] == "spring"
+    for folder in ("notebooks", "book"):
+        cell = next(c for c in nbformat.read(tmp_path / folder / SOURCES[0].name, as_version=4).cells
+                    if c.cell_type == "code")
+        assert f'"attnlib @ git+{fork}@spring"' in cell.source
+    assert book.set_repository(fork, "spring", root=tmp_path) == []  # already there
+    with pytest.raises(SystemExit, match="not a GitHub repository URL"):
+        book.set_repository("github.com/x", root=tmp_path)
 
 
 BIB_KEYS = set(re.findall(r"^@\w+\{([^,\s]+),", (REPO / "references.bib").read_text(), re.MULTILINE))
@@ -104,16 +126,16 @@ def test_book_builds_without_warnings(built_book):
 
 def test_results_overview_is_current():
     assert book.OVERVIEW.read_text() == book.overview_page(), \
-        "book/results.md is stale: run `python -m attnlib.book overview`"
+        "book/results.md is stale: run `python -m booktools.book overview`"
     assert book.OVERVIEW_FIGURE.exists()
 
 
 def test_benchmark_page_is_current():
     assert book.BENCHMARK.read_text() == book.benchmark_page(), \
-        "book/benchmark.md is stale: run `python -m attnlib.book overview`"
+        "book/benchmark.md is stale: run `python -m booktools.book overview`"
 
 
 def test_generated_pages_are_current():
     for path, text in book.generated_pages().items():
         assert path.exists() and path.read_text() == text, \
-            f"{path.relative_to(REPO)} is stale: run `python -m attnlib.book overview`"
+            f"{path.relative_to(REPO)} is stale: run `python -m booktools.book overview`"

@@ -27,7 +27,7 @@ from urllib.parse import urldefrag, urljoin
 import pytest
 import yaml
 
-from attnlib.runinfo import REPO
+from booktools.paths import REPO
 
 SCREENSHOTS = REPO / "build" / "screenshots"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -27,7 +27,7 @@ from attnlib.layers.dynamic_conv import DynamicConv2d, dynamic_layers
 from attnlib.layers.mabn import CenConv2d, MABN2d
 from attnlib.layers.nam import nam_scale_factors
 from attnlib.profiles import resolve_profile
-from attnlib.runinfo import REPO
+from booktools.paths import REPO
 from attnlib.train import Callback, NonFiniteLossError, TrainConfig, fit
 
 WORLD = 2

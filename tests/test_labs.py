@@ -16,8 +16,9 @@ import nbformat
 import pytest
 import torch
 
-from attnlib import book
-from attnlib.labs import build, checks, gradebook, teachers
+from booktools import book
+from attnlib.labs import checks
+from booktools.labs import build, gradebook, teachers
 
 CHAPTERS = book.source_notebooks()
 HAS_OTTER = (Path(sys.executable).parent / "otter").exists()
@@ -273,7 +274,7 @@ def test_the_teacher_page_links_every_lab_and_its_measured_time():
     assert all((build.REPO / path).exists() for path in linked), linked
     timings = teachers.load_timings()
     unmeasured = [source.stem for source in CHAPTERS if "quick" not in timings.get(source.stem, {})]
-    assert not unmeasured, f"no measured run time for {unmeasured}: run `python -m attnlib.labs time`"
+    assert not unmeasured, f"no measured run time for {unmeasured}: run `python -m booktools.labs time`"
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)

@@ -1,11 +1,11 @@
-"""attnlib.overview: methods paired with their plain baseline from the records alone."""
+"""booktools.overview: methods paired with their plain baseline from the records alone."""
 from __future__ import annotations
 
 import pytest
 
 from attnlib import plots
 from attnlib.experiment import Variant, compare, difference
-from attnlib.overview import load_records, markdown_table, method_rows
+from booktools.overview import load_records, markdown_table, method_rows
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attnlib.reproducibility import (METADATA_KEY, NOT_RECORDED, TOOLS, environment_table, execution_metadata,
+from booktools.reproducibility import (METADATA_KEY, NOT_RECORDED, TOOLS, environment_table, execution_metadata,
                                      run_cards, tool_versions, training_time, wall_times_table)
 
 CARD = """| run card | |

@@ -1,3 +1,2 @@
-"""Course labs: self-checks for students (``checks``), the generator of student notebooks and
-autograders from the chapters (``build``), the generated table of the teacher page
-(``teachers``), and their command line (``cli``: ``python -m attnlib.labs``)."""
+"""Course labs: the self-checks that students run (``checks``). The labs are built and graded
+by the book's tooling, ``booktools.labs``, in the repository."""

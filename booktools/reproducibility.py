@@ -1,10 +1,10 @@
 """What produced the book's pages: versions, hardware and wall times, read from the executed notebooks.
 
-``python -m attnlib.book execute`` stores the versions of the book's tools and the notebook's
+``python -m booktools.book execute`` stores the versions of the book's tools and the notebook's
 execution time in each executed copy's metadata (:func:`execution_metadata`); every
 chapter's results print one or more run cards (training device, versions, training wall
 time). The markdown tables here are generated from those two sources and included by
-``book/running.md`` and ``book/reproducibility.md``; ``python -m attnlib.book overview``
+``book/running.md`` and ``book/reproducibility.md``; ``python -m booktools.book overview``
 writes them, and a test fails when they are stale. Nothing in them is typed.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 
-#: The executed copies' metadata key written by ``attnlib.book.execute``.
+#: The executed copies' metadata key written by ``booktools.book.execute``.
 METADATA_KEY = "attnlib"
 #: Distributions whose versions an executed copy records (besides Python itself).
 TOOLS = ("torch", "torchvision", "numpy", "matplotlib", "attnlib", "papermill", "nbval", "ipykernel",
@@ -39,7 +39,7 @@ def tool_versions() -> dict[str, str]:
 
 def execution_metadata(profile: str, seconds: float) -> dict:
     """What ``execute`` stores in an executed copy: profile, time taken, machine, versions."""
-    from .runinfo import device_name
+    from attnlib.runinfo import device_name
 
     import torch
 

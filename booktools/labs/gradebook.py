@@ -1,6 +1,6 @@
 """Grade a class: every notebook of a folder, in parallel, into a gradebook.
 
-    python -m attnlib.labs grade-class SUBMISSIONS/ --lab 01 --out grades/ [--jobs 2] [--timeout 1200]
+    python -m booktools.labs grade-class SUBMISSIONS/ --lab 01 --out grades/ [--jobs 2] [--timeout 1200]
 
 writes, in ``grades/``:
 
@@ -13,7 +13,7 @@ writes, in ``grades/``:
 * ``open-answers.md``: every student's answer to the question graded by hand, one after
   another, for grading with the rubric of the teacher page.
 
-``python -m attnlib.labs merge-hand-grades grades/ HAND.csv`` adds the hand-graded points
+``python -m booktools.labs merge-hand-grades grades/ HAND.csv`` adds the hand-graded points
 (a CSV with the columns ``student`` and ``points``) to ``gradebook.csv`` and its totals.
 
 A notebook that cannot be read (truncated, empty, not JSON), that runs longer than the
@@ -22,7 +22,7 @@ timeout or that crashes the grader scores 0 with the reason, and never stops the
 from __future__ import annotations
 
 import csv
-import os
+import io
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+
+from attnlib.files import atomic_write_text
 
 from .build import lab_cells, otter_command, read_results
 
@@ -123,10 +125,10 @@ def write_gradebook(results: list[Graded], lab: LabQuestions, out: Path) -> Path
         rows.append({"student": graded.student, **{q: f"{p:g}" for q, p in points.items()}, HAND_GRADED: "",
                      "total": f"{sum(points.values()):g}", "max": f"{sum(questions.values()) + lab.hand:g}",
                      "error": graded.error})
-        _atomic_write(out / "feedback" / f"{graded.student}.md", _feedback(graded, questions))
+        atomic_write_text(out / "feedback" / f"{graded.student}.md", _feedback(graded, questions))
     csv_path = out / "gradebook.csv"
     _write_csv(csv_path, rows)
-    _atomic_write(out / "open-answers.md", _open_answers(results))
+    atomic_write_text(out / "open-answers.md", _open_answers(results))
     return csv_path
 
 
@@ -179,16 +181,8 @@ def merge_hand_grades(out: Path, hand: Path) -> Path:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())

@@ -1,10 +1,10 @@
 """Book tooling: run the source notebooks into executed copies under ``book/``.
 
-    python -m attnlib.book execute --profile quick            # every notebook
-    python -m attnlib.book execute --profile smoke --out build/smoke 00_setup_and_baseline
-    python -m attnlib.book check                               # executed copies match sources?
-    python -m attnlib.book strip                               # clear outputs of the sources
-    python -m attnlib.book overview                            # results page, wall times, versions
+    python -m booktools.book execute --profile quick            # every notebook
+    python -m booktools.book execute --profile smoke --out build/smoke 00_setup_and_baseline
+    python -m booktools.book check                               # executed copies match sources?
+    python -m booktools.book strip                               # clear outputs of the sources
+    python -m booktools.book overview                            # results page, wall times, versions
 
 Sources (``notebooks/*.ipynb``) are stored without outputs. ``execute`` runs each with
 papermill, with the working directory set to the output folder (so records land in
@@ -15,15 +15,18 @@ or text no longer matches its source, i.e. the copy is stale and must be execute
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
 
 import nbformat
 
+from attnlib.files import atomic_write_text
+from attnlib.profiles import PROFILES
+
+from .paths import REPO
 from .reproducibility import METADATA_KEY, environment_table, execution_metadata, wall_times_table
-from .profiles import PROFILES
-from .runinfo import REPO
 
 SOURCES = REPO / "notebooks"
 BOOK = REPO / "book"
@@ -111,7 +114,7 @@ def overview_page(results_dir: Path = BOOK / "results") -> str:
     return f"""# Results overview
 
 Every method of the book against its plain baseline, gathered from the experiment records
-in `book/results/` by `python -m attnlib.book overview`: nothing on this page is typed.
+in `book/results/` by `python -m booktools.book overview`: nothing on this page is typed.
 A row pairs a network with the plain network of the same architecture trained on the same
 data with the same recipe and seeds (BN, plain convolutions, no attention); the
 chapters explain each experiment. Accuracies are final-epoch test accuracies, mean ± std
@@ -146,17 +149,18 @@ comparisons; {sum(r["within_noise"] for r in smaller)} of them are within two st
 
 def benchmark_page() -> str:
     """The benchmark page (markdown), generated from ``book/benchmark/*.json``."""
-    from .bench import load_results, page
+    from .benchmark_page import load_results, page
 
     return page(load_results())
 
 
 def write_overview() -> None:
-    from .overview import is_headline, load_records, method_rows
-    from .plots import gain_vs_speed
+    from attnlib.plots import gain_vs_speed
 
-    OVERVIEW.write_text(overview_page())
-    BENCHMARK.write_text(benchmark_page())
+    from .overview import is_headline, load_records, method_rows
+
+    atomic_write_text(OVERVIEW, overview_page())
+    atomic_write_text(BENCHMARK, benchmark_page())
     OVERVIEW_FIGURE.parent.mkdir(parents=True, exist_ok=True)
     rows = method_rows(load_records(BOOK / "results"))
     headline = [r for r in rows if is_headline(r)]
@@ -178,7 +182,7 @@ def generated_pages() -> dict[Path, str]:
 def write_generated_pages() -> None:
     GENERATED.mkdir(exist_ok=True)
     for path, text in generated_pages().items():
-        path.write_text(text)
+        atomic_write_text(path, text)
 
 
 def strip(paths: list[Path]) -> None:
@@ -191,8 +195,38 @@ def strip(paths: list[Path]) -> None:
         nbformat.write(nb, path)
 
 
+INSTALL = re.compile(r'("attnlib @ git\+)([^"@]+)(@[^"]+)?(")')
+REPOSITORY_URL = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+")
+
+
+def set_repository(url: str, branch: str = "main", root: Path = REPO) -> list[Path]:
+    """Point the book at another repository (a teacher's fork): ``repository.url`` and
+    ``branch`` in ``_config.yml`` (launch buttons, lab links) and the Colab install cell of
+    every source notebook and executed copy. Returns the files changed; the labs follow with
+    ``make labs``."""
+    if not REPOSITORY_URL.fullmatch(url):
+        raise SystemExit(f"{url!r} is not a GitHub repository URL like https://github.com/OWNER/NAME")
+    if not re.fullmatch(r"[\w./-]+", branch):
+        raise SystemExit(f"{branch!r} is not a branch name")
+    config = root / "_config.yml"
+    text = re.sub(r"(?m)^(  url: ).*$", rf"\g<1>{url}", config.read_text(), count=1)
+    text = re.sub(r"(?m)^(  branch: ).*$", rf"\g<1>{branch}", text, count=1)
+    changed = [config] if text != config.read_text() else []
+    atomic_write_text(config, text)
+    pin = "" if branch == "main" else f"@{branch}"
+    for path in sorted([*(root / "notebooks").glob("*.ipynb"), *(root / "book").glob("*.ipynb")]):
+        nb = nbformat.read(path, as_version=4)
+        cell = next(c for c in nb.cells if c.cell_type == "code")
+        source = INSTALL.sub(lambda m: f"{m[1]}{url}{pin}{m[4]}", cell.source)
+        if source != cell.source:
+            cell.source = source
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnlib.book", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m booktools.book", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="run source notebooks with papermill into executed copies")
     ex.add_argument("notebooks", nargs="*", help="names like 00_setup_and_baseline (default: all)")
@@ -200,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", type=Path, default=BOOK, help="folder for executed copies (default: book/)")
     sub.add_parser("check", help="fail if an executed copy is missing or differs from its source")
     sub.add_parser("overview", help="write the results overview page from the experiment records")
+    rp = sub.add_parser("set-repository", help="point the book at your fork: _config.yml and every notebook's "
+                                               "Colab install cell (then run `make labs`)")
+    rp.add_argument("url", help="https://github.com/OWNER/NAME")
+    rp.add_argument("--branch", default="main")
     st = sub.add_parser("strip", help="clear outputs and execution counts of source notebooks")
     st.add_argument("notebooks", nargs="*")
     args = parser.parse_args(argv)
@@ -211,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {WALL_TIMES.relative_to(REPO)} and {ENVIRONMENT.relative_to(REPO)}")
         print(f"wrote {OVERVIEW.relative_to(REPO)}, {OVERVIEW_FIGURE.relative_to(REPO)} and "
               f"{BENCHMARK.relative_to(REPO)}")
+    elif args.command == "set-repository":
+        changed = set_repository(args.url, args.branch)
+        print(f"changed {len(changed)} files; now run `make labs` for the student notebooks")
     elif args.command == "check":
         problems = stale_copies()
         for p in problems:

@@ -15,8 +15,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from .experiment import permutation_p_value, read_record, smallest_p_value
-from .train import CorruptFileError
+from attnlib.experiment import permutation_p_value, read_record, smallest_p_value
+from attnlib.train import CorruptFileError
 
 FULL_TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 

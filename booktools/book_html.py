@@ -9,7 +9,7 @@
   (``const THEBE_JS_URL = ...``) twice to every page, and the second copy throws
   "Identifier 'THEBE_JS_URL' has already been declared"; repeated inline scripts are dropped.
 
-``_config.yml`` loads it with ``sphinx: extra_extensions: [attnlib.book_html]``.
+``_config.yml`` loads it with ``sphinx: extra_extensions: [booktools.book_html]``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Course labs generated from the chapter notebooks with otter-grader.
 
-The command line (``python -m attnlib.labs build | grade | time``) is in :mod:`attnlib.labs.cli`.
+The command line (``python -m booktools.labs build | grade | time``) is in :mod:`booktools.labs.cli`.
 
 The chapter notebook is the single source. Its lab cells carry a ``lab`` entry in their
 metadata, invisible on the book page:
@@ -34,7 +34,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from ..runinfo import REPO
+from ..paths import REPO
 
 STUDENT_DIR = REPO / "book" / "labs"
 BUILD_DIR = REPO / "build" / "labs"
@@ -78,7 +78,7 @@ def lab_cells(nb) -> list:
         if not skipping:
             kept.append(cell)
     if not any(_lab(c).get("question") for c in kept):
-        raise ValueError("the chapter has no lab questions: mark its exercises (see attnlib/labs/build.py)")
+        raise ValueError("the chapter has no lab questions: mark its exercises (see booktools/labs/build.py)")
     return kept
 
 
@@ -282,7 +282,7 @@ def time_solution(name: str, profile: str) -> dict:
 
     import torch
 
-    from ..runinfo import device_name
+    from attnlib.runinfo import device_name
 
     def cpu_seconds() -> float:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # otter run and its kernel, once finished

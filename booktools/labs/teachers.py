@@ -1,7 +1,7 @@
 """The generated part of the teacher page: one row per lab, from the chapters and the timings.
 
-``book/teachers.md`` includes :data:`LAB_TABLE`; ``python -m attnlib.labs build`` and
-``python -m attnlib.labs time`` rewrite it, and a test fails when it is stale. The
+``book/teachers.md`` includes :data:`LAB_TABLE`; ``python -m booktools.labs build`` and
+``python -m booktools.labs time`` rewrite it, and a test fails when it is stale. The
 exercises and their points come from the lab cells of the chapter notebooks, the times
 from ``book/labs/timings.json`` (written by ``time``): nothing in the table is typed.
 """
@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 import nbformat
+
+from attnlib.files import atomic_write_text
 
 from ..book import source_notebooks
 from .build import STUDENT_DIR, TIMINGS, colab_url, lab_cells
@@ -72,7 +74,7 @@ def lab_table(sources: list[Path] | None = None) -> str:
     measured = f"on {', '.join(sorted(machines))}" if machines else "not yet measured"
     return "\n".join(lines) + (
         f"\n\nSolution runs: the whole lab notebook with the solutions, run and graded by its autograder "
-        f"(`python -m attnlib.labs time`), {measured}. The wall time grows when the machine runs other work; "
+        f"(`python -m booktools.labs time`), {measured}. The wall time grows when the machine runs other work; "
         "the CPU time (of the notebook's processes, summed over cores) does not, and the load average at the "
         f"start of each run is in `book/labs/timings.json`. No GPU was available for these measurements, so "
         f"the time on Colab's GPU is {NOT_MEASURED}.\n")
@@ -80,5 +82,5 @@ def lab_table(sources: list[Path] | None = None) -> str:
 
 def write_lab_table() -> Path:
     LAB_TABLE.parent.mkdir(parents=True, exist_ok=True)
-    LAB_TABLE.write_text(lab_table())
+    atomic_write_text(LAB_TABLE, lab_table())
     return LAB_TABLE

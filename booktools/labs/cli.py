@@ -1,10 +1,10 @@
-"""The command line of the labs: ``python -m attnlib.labs build | grade | time``.
+"""The command line of the labs: ``python -m booktools.labs build | grade | time``.
 
-    python -m attnlib.labs build [chapters]      # student notebooks -> book/labs/, autograders -> build/labs/
-    python -m attnlib.labs grade NOTEBOOK... --lab 01_iebn   # score submissions (otter run, no Docker)
-    python -m attnlib.labs grade-class FOLDER --lab 01 --out grades/   # a class: gradebook.csv, feedback
-    python -m attnlib.labs merge-hand-grades grades/ HAND.csv   # add the hand-graded points
-    python -m attnlib.labs time [chapters] [--profile smoke]   # time the solution notebooks: book/labs/timings.json
+    python -m booktools.labs build [chapters]      # student notebooks -> book/labs/, autograders -> build/labs/
+    python -m booktools.labs grade NOTEBOOK... --lab 01_iebn   # score submissions (otter run, no Docker)
+    python -m booktools.labs grade-class FOLDER --lab 01 --out grades/   # a class: gradebook.csv, feedback
+    python -m booktools.labs merge-hand-grades grades/ HAND.csv   # add the hand-graded points
+    python -m booktools.labs time [chapters] [--profile smoke]   # time the solution notebooks: book/labs/timings.json
 """
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ..arguments import positive_float, positive_int
+from attnlib.arguments import positive_float, positive_int
+from attnlib.chapters import chapter_name
+from attnlib.files import atomic_write_text
+
 from ..book import source_notebooks
-from ..chapters import chapter_name
-from ..runinfo import REPO
+from ..paths import REPO
 from . import build, gradebook
 from .teachers import load_timings, write_lab_table
 
@@ -32,12 +34,12 @@ def built_autograder(lab: str) -> Path:
         raise SystemExit(f"chapter {name} has no lab; the labs are {', '.join(labs)}")
     if not autograder.exists():
         raise SystemExit(f"the autograder of lab {name} is not built ({autograder} is missing): run `make labs` "
-                         "(or `python -m attnlib.labs build`) first")
+                         "(or `python -m booktools.labs build`) first")
     return autograder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnlib.labs", description=build.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m booktools.labs", description=build.__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="student notebooks (book/labs/) and autograders (build/labs/)")
     b.add_argument("chapters", nargs="*")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         for source in chapters:
             timings.setdefault(source.stem, {})[args.profile] = build.time_solution(source.stem, args.profile)
             print(source.stem, timings[source.stem][args.profile], flush=True)
-        build.TIMINGS.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(build.TIMINGS, json.dumps(timings, indent=1, sort_keys=True) + "\n")
     print(f"wrote {write_lab_table().relative_to(REPO)}")
     return 0
 
