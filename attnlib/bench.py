@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .arguments import positive_int
-from .benchmark import fit_overhead, measure
+from .benchmark import fit_overhead, machine_load, measure
 from .files import atomic_write_text
 from .models import build_model
 from .runinfo import environment
@@ -69,20 +69,21 @@ def run(methods: tuple[Method, ...] = METHODS, *, model: str = "resnet20", batch
     start = time.perf_counter()
     resolved = resolve_device(device)
     nets = {m.label: functools.partial(build, m, model, image_shape) for m in (BASELINE, *methods)}
-    rows = measure(nets, batch_size, image_shape, steps=steps, warmup=2, repeats=repeats, amp=amp,
-                   channels_last=channels_last, compile=compile, device=resolved)
+    with machine_load() as load:
+        rows = measure(nets, batch_size, image_shape, steps=steps, warmup=2, repeats=repeats, amp=amp,
+                       channels_last=channels_last, compile=compile, device=resolved)
+        loop = fit_overhead(nets[BASELINE.label], batch_size, image_shape, steps=loop_steps, amp=amp,
+                            channels_last=channels_last, device=resolved)
     targets = {m.label: m.target for m in methods}
     for row in rows:
         row["target"] = targets.get(row["label"])
         row["meets_target"] = None if row["target"] is None else row["train_step_ms_vs_first"] <= row["target"]
-    loop = fit_overhead(nets[BASELINE.label], batch_size, image_shape, steps=loop_steps, amp=amp,
-                        channels_last=channels_last, device=resolved)
     settings = dict(model=model, batch_size=batch_size, image_shape=list(image_shape), amp=amp,
                     dtype=str(autocast_dtype(amp, resolved) or "float32").replace("torch.", ""),
                     channels_last=channels_last, compile=compile, steps=steps, repeats=repeats,
                     threads=torch.get_num_threads())
     return {"settings": settings, "environment": environment(resolved), "methods": [asdict(m) for m in methods],
-            "rows": rows, "loop": loop, "wall_s": time.perf_counter() - start}
+            "rows": rows, "loop": loop, "machine_load": load, "wall_s": time.perf_counter() - start}
 
 
 def table(result: dict) -> str:
@@ -104,6 +105,18 @@ def loop_line(result: dict) -> str:
     return (f"Training loop: `fit` trains the plain network at {loop['fit_images_per_s']:,.0f} img/s against "
             f"{loop['bare_images_per_s']:,.0f} img/s for the bare step on pre-made tensors: the loop adds "
             f"{100 * loop['overhead']:+.1f} % (target ≤ 10 %).")
+
+
+def load_line(result: dict) -> str:
+    """How loaded the machine was during the measurement (records before it was kept: unknown)."""
+    load = result.get("machine_load")
+    if not load or load.get("other_processes_cpu_share") is None:
+        return "Machine load during the run: not recorded."
+    share = 100 * load["other_processes_cpu_share"]
+    verdict = "a quiet machine" if load["quiet"] else "**under load**: the ratios are diluted, do not compare them"
+    return (f"Machine load during the run: other processes took {share:.0f} % of the {load['cpus']} CPUs' time "
+            f"(load average {load['load_average_start']:.1f} at the start, {load['load_average_end']:.1f} at "
+            f"the end): {verdict}.")
 
 
 def default_out(result: dict, folder: Path) -> Path:
@@ -171,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['environment']['device']}; {result['settings']}")
     print(table(result))
     print(loop_line(result))
+    print(load_line(result))
     print(f"wrote {out} ({result['wall_s']:.0f} s)")
     return 0
 

@@ -15,11 +15,14 @@ against the bare step of the same model and optimiser on pre-made tensors.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -260,3 +263,50 @@ def fit_overhead(build: Callable[[], nn.Module], batch_size: int, image_shape: S
     bare_rate = batch_size / seconds["bare"]
     return {"batch_size": batch_size, "fit_images_per_s": fit_rate, "bare_images_per_s": bare_rate,
             "overhead": bare_rate / fit_rate - 1}
+
+
+# ----------------------------------------------------------------------------- machine load
+
+#: Above this share of the machine's CPU time taken by other processes, a measurement is
+#: marked as taken under load (its ratios shrink: see the book's benchmark page).
+QUIET_SHARE = 0.10
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds every process of the machine has spent busy since boot (Linux), else None."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in (fields + ["0"] * 8)[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def other_processes_share(busy: float, own: float, wall: float, cpus: int) -> float:
+    """The share of the machine's CPU time (``wall * cpus``) that other processes took: busy CPU
+    seconds of the whole machine minus this process's own, over the capacity; in [0, 1]."""
+    return min(1.0, max(0.0, (busy - own) / (wall * cpus))) if wall > 0 else 0.0
+
+
+@contextlib.contextmanager
+def machine_load() -> Iterator[dict]:
+    """Record how loaded the machine was while the block ran: load averages at its start and
+    end, and the share of the CPU time that other processes took (``None`` where /proc/stat
+    is missing); ``quiet`` is that share <= :data:`QUIET_SHARE`. The dict is filled on exit."""
+    state: dict = {"load_average_start": round(os.getloadavg()[0], 2)}
+    busy, own, start = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+    try:
+        yield state
+    finally:
+        wall, busy_end = time.perf_counter() - start, _busy_cpu_seconds()
+        share = None if busy is None or busy_end is None else other_processes_share(
+            busy_end - busy, _own_cpu_seconds() - own, wall, os.cpu_count() or 1)
+        state.update(load_average_end=round(os.getloadavg()[0], 2), cpus=os.cpu_count(),
+                     other_processes_cpu_share=None if share is None else round(share, 3),
+                     quiet=None if share is None else share <= QUIET_SHARE)

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import time
 
 import pytest
 
 from attnlib import bench
+from attnlib.benchmark import machine_load, other_processes_share
 
 
 def test_cli_writes_rows_targets_and_loop_overhead(tmp_path, capsys):
@@ -22,6 +27,9 @@ def test_cli_writes_rows_targets_and_loop_overhead(tmp_path, capsys):
     assert result["settings"]["dtype"] == "float32" and result["loop"]["fit_images_per_s"] > 0
     printed = capsys.readouterr().out
     assert "| SE |" in printed and "Training loop" in printed and str(out) in printed
+    assert "Machine load during the run: other processes took" in printed
+    load = result["machine_load"]
+    assert 0 <= load["other_processes_cpu_share"] <= 1 and load["quiet"] == (load["other_processes_cpu_share"] <= 0.1)
 
 
 def test_cli_refuses_an_unknown_method(capsys):
@@ -30,6 +38,32 @@ def test_cli_refuses_an_unknown_method(capsys):
     assert "unknown methods ['CBAM']" in capsys.readouterr().err
 
 
-def test_every_chapter_layer_is_benchmarked_with_its_target():
-    assert {m.label: m.target for m in bench.METHODS} == {
-        "IEBN": 1.10, "SE": 1.10, "BA": 1.15, "MABN + CenConv": 1.30, "NAM": 1.10, "DynamicConv (K=4)": 1.60}
+def test_other_processes_share_is_the_busy_time_not_ours_over_the_capacity():
+    assert other_processes_share(busy=10.0, own=4.0, wall=5.0, cpus=2) == pytest.approx(0.6)
+    assert other_processes_share(busy=3.0, own=4.0, wall=5.0, cpus=2) == 0.0  # clock granularity
+    assert other_processes_share(busy=30.0, own=0.0, wall=5.0, cpus=2) == 1.0
+
+
+def test_machine_load_sees_another_process_spinning():
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)  # let it start
+        with machine_load() as load:
+            time.sleep(2.0)  # this process is idle: the busy time is the spinner's (and anything else's)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    cpus = load["cpus"]
+    assert load["other_processes_cpu_share"] >= 0.8 / cpus and load["quiet"] is (cpus > 10)
+
+
+@pytest.mark.parametrize("load, expected", [
+    (None, "not recorded"),
+    ({"other_processes_cpu_share": 0.02, "quiet": True, "cpus": 2, "load_average_start": 0.1,
+      "load_average_end": 0.3}, re.escape("other processes took 2 % of the 2 CPUs' time (load average 0.1 at "
+                                          "the start, 0.3 at the end): a quiet machine.")),
+    ({"other_processes_cpu_share": 0.55, "quiet": False, "cpus": 2, "load_average_start": 2.0,
+      "load_average_end": 2.1}, "took 55 % .*\\*\\*under load\\*\\*"),
+])
+def test_the_page_says_under_what_load_a_run_was_taken(load, expected):
+    assert re.search(expected, bench.load_line({"machine_load": load}))
