@@ -106,8 +106,13 @@ def run_key(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     folded into ``config``, so both are left out: chapters that train the same network the
     same way share one record."""
     spec = {k: v for k, v in variant.spec().items() if k not in ("label", "train")}
-    blob = json.dumps({"format": RECORD_FORMAT, "variant": spec, "data": _dataset_spec(data),
-                       "config": asdict(config), "seed": seed}, sort_keys=True, default=str)
+    fields = {"format": RECORD_FORMAT, "variant": spec, "data": _dataset_spec(data), "config": asdict(config),
+              "seed": seed}
+    if variant.attention not in (None, "none"):
+        # attention modules are initialised on their own random stream since 2026-11-30, which
+        # changed these networks' initial weights: their earlier records are another run
+        fields["attention_init"] = "side-stream"
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 

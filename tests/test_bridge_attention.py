@@ -9,7 +9,9 @@ from attnlib.layers import ATTENTIONS
 from attnlib.layers import bridge_attention, se
 from attnlib.layers.bridge_attention import BridgeAttention, DiscardedBridgeAttention, attention_gates
 from attnlib.layers.se import SqueezeExcitation, hidden_channels
+from attnlib.experiment import Variant
 from attnlib.models import build_model, count_parameters
+from attnlib.train import TrainConfig, fit
 from conftest import assert_same_values_and_gradients
 
 
@@ -150,6 +152,37 @@ def test_discarded_returns_x_and_costs_the_same_parameters():
     assert all(p.grad is None for p in discarded.parameters())
     models = [build_model("resnet20", attention=a, in_channels=1) for a in ("ba", "ba_discarded")]
     assert count_parameters(models[0]) == count_parameters(models[1])
+
+
+@pytest.mark.parametrize("model", ["resnet20", "alexnet"])
+@pytest.mark.parametrize("attention", ["se", "ba", "ba_discarded", "nam"])
+def test_attention_leaves_every_other_initial_weight_of_the_seed_alone(model: str, attention: str, synthetic):
+    """A network with attention and the plain one of the same seed differ by the attention alone
+    (attention modules are initialised on a side stream); the attention's own weights follow
+    the seed."""
+    def build(attention: str | None, seed: int) -> dict[str, torch.Tensor]:
+        variant = Variant("x", model=model, attention=attention, model_kwargs={"width_mult": 0.5})
+        return variant.build(synthetic, seed).state_dict()
+
+    plain, gated = build(None, 3), build(attention, 3)
+    assert set(plain) < set(gated)
+    assert all(torch.equal(plain[k], gated[k]) for k in plain), [k for k in plain if not torch.equal(plain[k], gated[k])]
+    own = [k for k in gated if k not in plain and gated[k].is_floating_point() and gated[k].numel() > 1]
+    again, other_seed = build(attention, 3), build(attention, 4)
+    assert all(torch.equal(gated[k], again[k]) for k in own)
+    if attention in ("se", "ba", "ba_discarded"):  # NAM starts from constants
+        assert any(not torch.equal(gated[k], other_seed[k]) for k in own)
+
+
+def test_ba_with_its_gate_discarded_trains_exactly_like_the_plain_network(synthetic):
+    """The post's "identical function" control is an exact null: same seed, same history."""
+    config = TrainConfig(epochs=2, batch_size=64, eval_batch_size=128, lr=0.05)
+    histories = []
+    for attention in (None, "ba_discarded"):
+        model = Variant("x", attention=attention, model_kwargs={"width_mult": 0.5}).build(synthetic, 0)
+        histories.append(fit(model, synthetic, config, device="cpu", progress=False).to_dict())
+    assert histories[0]["test_loss"] == histories[1]["test_loss"]
+    assert histories[0]["train_loss"] == histories[1]["train_loss"]
 
 
 # ----------------------------------------------------------------------------- inside the models
@@ -369,3 +402,19 @@ def test_ba_equals_reference_ba_gate_in_float64_forward_and_gradients(training):
     wrt = {"x": x, **{f"bridges.{i}": b for i, b in enumerate(bridges)}, **dict(m.named_parameters())}
     assert len(wrt) == 3 + 3 + 3 * 2 + 1  # inputs, squeeze_weights, squeeze_norms' weight and bias, excite_weight
     assert_same_values_and_gradients(y, x * gate[:, :, None, None], wrt)
+
+
+def test_the_side_stream_keeps_the_keys_of_networks_without_attention():
+    """The book's queue trains ResNet-20 under these keys (book/results/resnet-20-seed0-f5d6a8749d.ckpt):
+    the change of the attention's initialisation must not orphan them."""
+    from attnlib.chapters import experiments
+    from attnlib.experiment import BOOK_RECIPE, run_config, run_key
+    from attnlib.profiles import resolve_profile
+
+    setup = resolve_profile("book")
+    data = setup.load()
+    resnet = next(v for v in experiments("00", setup)[0].variants if v.label == "ResNet-20")
+    keys = [run_key(resnet, data, run_config(BOOK_RECIPE, setup, resnet), seed) for seed in (0, 1)]
+    assert keys == ["f5d6a8749d", "1e08c021bc"]
+    se = Variant("SE", attention="se")
+    assert run_key(se, data, run_config(BOOK_RECIPE, setup, se), 0) != keys[0]

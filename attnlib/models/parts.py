@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..layers import attention_factory, conv_spec, norm_spec
+
+
+#: Salt of the random stream that attention modules are initialised from (see make_attention).
+ATTENTION_STREAM = 0x5EED_A77E
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,15 @@ class Parts:
         return conv_spec(name).factory(cin, cout, 1, stride, 0, bias=False)
 
     def make_attention(self, channels: int, bridge_channels: list[int]) -> nn.Module:
-        return attention_factory(self.attention)(channels, bridge_channels)
+        """The block's attention, built on a side stream of random numbers: the global stream
+        is left where it was, so every other layer of the network gets the initial weights it
+        gets in the plain network of the same seed (a network with attention differs from its
+        baseline by the attention alone, and an attention whose output is discarded trains
+        exactly like the baseline). The side stream is seeded from the global one, so the
+        attention's own initial weights still follow the run's seed."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2 ** 62, ())) ^ ATTENTION_STREAM)
+            return attention_factory(self.attention)(channels, bridge_channels)
 
 
 def init_weights(model: nn.Module) -> None:
