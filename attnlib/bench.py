@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from .arguments import positive_int
-from .benchmark import fit_overhead, machine_load, measure
+from .benchmark import epoch_seconds, fit_overhead, machine_load, measure
 from .files import atomic_write_text
-from .models import build_model
+from .models import MODELS, build_model
 from .runinfo import environment
 from .train import autocast_dtype, resolve_device
 
@@ -64,7 +64,7 @@ def build(method: Method, model: str, image_shape: tuple[int, int, int], num_cla
 def run(methods: tuple[Method, ...] = METHODS, *, model: str = "resnet20", batch_size: int = 128,
         image_shape: tuple[int, int, int] = (3, 32, 32), amp: str = "bf16", channels_last: bool = True,
         compile: bool = False, device: str = "auto", steps: int = 3, repeats: int = 5,
-        loop_steps: int = 10) -> dict:
+        loop_steps: int = 10, epoch_models: tuple[str, ...] = (), epoch_images: int = 50_000) -> dict:
     """The benchmark's record: settings, environment, one row per network, the loop overhead."""
     start = time.perf_counter()
     resolved = resolve_device(device)
@@ -74,6 +74,10 @@ def run(methods: tuple[Method, ...] = METHODS, *, model: str = "resnet20", batch
                        channels_last=channels_last, compile=compile, device=resolved)
         loop = fit_overhead(nets[BASELINE.label], batch_size, image_shape, steps=loop_steps, amp=amp,
                             channels_last=channels_last, device=resolved)
+        epochs = {name: epoch_seconds(functools.partial(build_model, name, in_channels=image_shape[0]),
+                                      images=epoch_images, image_shape=image_shape, batch_size=batch_size, amp=amp,
+                                      channels_last=channels_last, device=resolved)
+                  for name in epoch_models}
     targets = {m.label: m.target for m in methods}
     for row in rows:
         row["target"] = targets.get(row["label"])
@@ -83,7 +87,7 @@ def run(methods: tuple[Method, ...] = METHODS, *, model: str = "resnet20", batch
                     channels_last=channels_last, compile=compile, steps=steps, repeats=repeats,
                     threads=torch.get_num_threads())
     return {"settings": settings, "environment": environment(resolved), "methods": [asdict(m) for m in methods],
-            "rows": rows, "loop": loop, "machine_load": load, "wall_s": time.perf_counter() - start}
+            "rows": rows, "loop": loop, "epoch_times": epochs, "machine_load": load, "wall_s": time.perf_counter() - start}
 
 
 def table(result: dict) -> str:
@@ -105,6 +109,13 @@ def loop_line(result: dict) -> str:
     return (f"Training loop: `fit` trains the plain network at {loop['fit_images_per_s']:,.0f} img/s against "
             f"{loop['bare_images_per_s']:,.0f} img/s for the bare step on pre-made tensors: the loop adds "
             f"{100 * loop['overhead']:+.1f} % (target ≤ 10 %).")
+
+
+def epoch_line(result: dict) -> str:
+    """The timed training epochs, if the run timed any."""
+    epochs = result.get("epoch_times") or {}
+    return "".join(f"Epoch of {name} on {e['images']:,} images: {e['epoch_s']:.2f} s "
+                   f"({e['train_images_per_s']:,.0f} img/s). " for name, e in epochs.items()).strip()
 
 
 def load_line(result: dict) -> str:
@@ -149,11 +160,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                                "ratios on a shared machine)")
     p.add_argument("--steps", type=positive_int, default=3, help="steps per timed round (default 3)")
     p.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds; the median is reported (default 5)")
+    p.add_argument("--epoch-times", nargs="+", metavar="MODEL", default=[],
+                   help="also time a training epoch of these networks with fit, e.g. resnet18 resnet20")
+    p.add_argument("--epoch-images", type=positive_int, default=50_000,
+                   help="synthetic images per timed epoch (default 50000, CIFAR's training set)")
     p.add_argument("--out", type=Path, help="JSON file to write (default: OUT_DIR/<device>-<model>-....json)")
     p.add_argument("--out-dir", type=Path, default=Path("benchmark"),
                    help="folder of the JSON records (default ./benchmark; `make bench` writes to the book's "
                         "book/benchmark/, which its benchmark page shows)")
     args = p.parse_args(argv)
+    if unknown_models := set(args.epoch_times) - set(MODELS):
+        p.error(f"--epoch-times: unknown models {sorted(unknown_models)}; choose from {sorted(MODELS)}")
     unknown = set(args.methods) - set(labels)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {labels}")
@@ -178,13 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(m for m in METHODS if m.label in args.methods)
     result = run(methods, model=args.model, batch_size=args.batch_size, image_shape=shape, amp=args.amp,
                  channels_last=args.channels_last, compile=args.compile, device=args.device, steps=args.steps,
-                 repeats=args.repeats)
+                 repeats=args.repeats, epoch_models=tuple(args.epoch_times), epoch_images=args.epoch_images)
     out = args.out or default_out(result, args.out_dir)
     atomic_write_text(out, json.dumps(result, indent=1))
     print(f"{result['environment']['device']}; {result['settings']}")
     print(table(result))
     print(loop_line(result))
     print(load_line(result))
+    if result["epoch_times"]:
+        print(epoch_line(result))
     print(f"wrote {out} ({result['wall_s']:.0f} s)")
     return 0
 

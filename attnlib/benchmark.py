@@ -310,3 +310,23 @@ def machine_load() -> Iterator[dict]:
         state.update(load_average_end=round(os.getloadavg()[0], 2), cpus=os.cpu_count(),
                      other_processes_cpu_share=None if share is None else round(share, 3),
                      quiet=None if share is None else share <= QUIET_SHARE)
+
+
+# ----------------------------------------------------------------------------- epoch times
+
+def epoch_seconds(build: Callable[[], nn.Module], *, images: int = 50_000, image_shape: Shape = (3, 32, 32),
+                  batch_size: int = 128, epochs: int = 2, amp: str = "auto", channels_last: bool = True,
+                  device: str | torch.device = "auto") -> dict:
+    """Seconds per training epoch of ``fit`` over ``images`` synthetic images kept on the device
+    (the book's loop: augmentation, SGD, schedule, bookkeeping; evaluation on 1,000 images not
+    counted): the median of the epochs after the first, which pays for warm-up and compilation."""
+    if epochs < 2:
+        raise ValueError(f"epochs must be at least 2 (the first is warm-up), got {epochs}")
+    channels, size, _ = image_shape
+    data = synthetic_dataset(channels=channels, image_size=size, train=images, test=1000)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.01, amp=amp, channels_last=channels_last,
+                         eval_batch_size=1000)
+    history = fit(build(), data, config, device=resolve_device(device), progress=False)
+    rate = statistics.median(history.train_images_per_s[1:])
+    return {"images": images, "batch_size": batch_size, "train_images_per_s": rate,
+            "epoch_s": images / rate}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from attnlib.bench import load_line, loop_line, table
+from attnlib.bench import epoch_line, load_line, loop_line, table
 
 from .paths import REPO
 
@@ -52,7 +52,7 @@ commit `{env['git_commit']}`, {env['date']}; the run took {r['wall_s']:.0f} s.
 
 {loop_line(r)} {verdict}
 
-{load_line(r)}
+{load_line(r)} {epoch_line(r)}
 """ + "".join(f"\n*{label}:* {WHY_MISSED[label]}\n" for label in missed if label in WHY_MISSED))
     body = "\n".join(sections) if sections else "No benchmark record yet: run `make bench`.\n"
     return f"""# Benchmark: what each layer costs

@@ -16,7 +16,8 @@ from attnlib.benchmark import machine_load, other_processes_share
 def test_cli_writes_rows_targets_and_loop_overhead(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--methods", "SE", "DynamicConv (K=4)", "--batch-size", "4", "--image-shape", "1,16,16",
-                       "--steps", "1", "--repeats", "1", "--amp", "off", "--device", "cpu", "--out", str(out)]) == 0
+                       "--steps", "1", "--repeats", "1", "--amp", "off", "--device", "cpu", "--out", str(out),
+                       "--epoch-times", "resnet20", "--epoch-images", "128"]) == 0
     result = json.loads(out.read_text())
     labels = [r["label"] for r in result["rows"]]
     assert labels == ["plain (BN)", "SE", "DynamicConv (K=4)"]
@@ -28,14 +29,20 @@ def test_cli_writes_rows_targets_and_loop_overhead(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| SE |" in printed and "Training loop" in printed and str(out) in printed
     assert "Machine load during the run: other processes took" in printed
+    epoch = result["epoch_times"]["resnet20"]
+    assert epoch["images"] == 128 and epoch["epoch_s"] == pytest.approx(128 / epoch["train_images_per_s"])
+    assert "Epoch of resnet20 on 128 images:" in printed
     load = result["machine_load"]
     assert 0 <= load["other_processes_cpu_share"] <= 1 and load["quiet"] == (load["other_processes_cpu_share"] <= 0.1)
 
 
-def test_cli_refuses_an_unknown_method(capsys):
+def test_cli_refuses_an_unknown_method_or_model(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--methods", "CBAM"])
     assert "unknown methods ['CBAM']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--epoch-times", "resnet19"])
+    assert "--epoch-times: unknown models ['resnet19']" in capsys.readouterr().err
 
 
 def test_other_processes_share_is_the_busy_time_not_ours_over_the_capacity():
