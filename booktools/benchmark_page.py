@@ -52,7 +52,7 @@ commit `{env['git_commit']}`, {env['date']}; the run took {r['wall_s']:.0f} s.
 
 {loop_line(r)} {verdict}
 
-{load_line(r)} {epoch_line(r)}
+{" ".join(filter(None, (load_line(r), epoch_line(r))))}
 """ + "".join(f"\n*{label}:* {WHY_MISSED[label]}\n" for label in missed if label in WHY_MISSED))
     body = "\n".join(sections) if sections else "No benchmark record yet: run `make bench`.\n"
     return f"""# Benchmark: what each layer costs
