@@ -9,6 +9,7 @@ but not the label, so chapters sharing one results folder share their baselines.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import itertools
@@ -33,8 +34,8 @@ from .files import atomic_write_text
 from .models import build_model, count_parameters
 from .profiles import Profile, resolve_profile
 from .runinfo import environment
-from .train import (LOAD_ERRORS, Callback, CorruptFileError, History, TrainConfig, atomic_save, autocast_dtype, fit,
-                    load_error_reason, precision_name, predict, read_on_main, resolve_device)
+from .train import (LOAD_ERRORS, NOT_RECORDED, Callback, CorruptFileError, History, TrainConfig, atomic_save,
+                    autocast_dtype, fit, load_error_reason, precision_name, predict, read_on_main, resolve_device)
 
 RECORD_FORMAT = 2
 
@@ -202,7 +203,8 @@ def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig,
         "final_test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
         "predictions": predictions.tolist(),
         "run_card": {**card, "precision": precision_name(autocast_dtype(config.amp, device)),
-                     "wall_time_s": round(wall, 1), "processes": distributed.world_size()},
+                     "wall_time_s": round(wall, 1), "processes": distributed.world_size(),
+                     "epochs_by_footing": dict(collections.Counter(history.footing))},
     }
     text = json.dumps(record)
     atomic_write_text(record_path, text)
@@ -281,6 +283,10 @@ class Comparison:
         merged = {k: ", ".join(sorted({str(c.get(k, "not recorded")) for c in cards}))
                   for k in ("device", "precision", "python", "torch", "torchvision", "attnlib", "git_commit")}
         config = self.records[0]["config"]
+        mixed = sum(len(set(c.get("epochs_by_footing", {})) - {NOT_RECORDED}) > 1 for c in cards)
+        if mixed:
+            merged["resumed elsewhere"] = (f"{mixed} of {len(cards)} runs changed device, threads or precision "
+                                           "mid-run (their history's footing says where each epoch ran)")
         return {
             "dataset": self.data.describe(), "profile": self.profile.name,
             "epochs": config["epochs"], "batch size": config["batch_size"],

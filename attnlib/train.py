@@ -44,6 +44,7 @@ from torch import nn
 from . import distributed
 from .data import DeviceLoader, ImageDataset
 from .files import atomic_write_bytes
+from .runinfo import device_name
 
 T = TypeVar("T")
 
@@ -139,6 +140,9 @@ def _checked_milestones(value: object) -> tuple[float, ...]:
     return tuple(value)
 
 
+NOT_RECORDED = "not recorded"  # the footing of epochs trained before it was kept
+
+
 @dataclass
 class History:
     """Per-epoch record of a run. ``test_*`` is the held-out test split: nothing is
@@ -153,6 +157,7 @@ class History:
     epoch_time: list[float] = field(default_factory=list)
     train_images_per_s: list[float] = field(default_factory=list)
     eval_images_per_s: list[float] = field(default_factory=list)
+    footing: list[str] = field(default_factory=list)  # where each epoch ran: device (threads), precision
 
     def append(self, **row: float) -> None:
         for key, value in row.items():
@@ -163,7 +168,9 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
-        return cls(**{f.name: list(d.get(f.name, [])) for f in fields(cls)})
+        lists = {f.name: list(d.get(f.name, [])) for f in fields(cls)}
+        lists["footing"] += [NOT_RECORDED] * (len(lists["epoch"]) - len(lists["footing"]))  # older records
+        return cls(**lists)
 
     def __len__(self) -> int:
         return len(self.epoch)
@@ -443,6 +450,13 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
         ckpt = read_on_main(lambda: _read_checkpoint(checkpoint))
         if ckpt is not None:
             start_epoch = _load_checkpoint(ckpt, checkpoint, state, scheduler, scaler, callbacks, config)
+    footing = f"{device_name(device)}, {precision_name(amp_dtype)}"  # the history says where each epoch ran
+    footing += f", {processes} processes" if processes > 1 else ""
+    previous = state.history.footing[-1] if state.history.footing else NOT_RECORDED
+    if previous not in (footing, NOT_RECORDED) and distributed.is_main():
+        print(f"resuming {checkpoint} after epoch {start_epoch} on another footing: it ran on "
+              f"{previous!r}, it goes on on {footing!r}. Its history will mix the two "
+              "(history['footing'] says where each epoch ran).", file=sys.stderr)
     for cb in callbacks:
         cb.on_fit_start(state)
 
@@ -463,7 +477,7 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
         state.history.append(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
                              test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_time=t2 - t0,
                              train_images_per_s=len(train_loader) * config.batch_size / (t1 - t0),
-                             eval_images_per_s=len(data.test_labels) / (t2 - t1))
+                             eval_images_per_s=len(data.test_labels) / (t2 - t1), footing=footing)
         for cb in callbacks:
             cb.on_epoch_end(state)
         _check_finite_epoch(state, float(test_loss), checkpoint)

@@ -71,6 +71,16 @@ def test_second_compare_loads_instead_of_training(comparison, capsys):
     assert run_key(VARIANTS[0], data, base, 0) != run_key(VARIANTS[0], other, base, 0)
 
 
+def test_the_run_card_flags_runs_resumed_on_another_footing(comparison):
+    assert "resumed elsewhere" not in comparison.run_card()
+    records = [{**r, "run_card": {**r["run_card"], "epochs_by_footing": {"CPU: a, 1 threads, fp32": 1,
+                                                                         "NVIDIA H200, bf16": 1}}}
+               for r in comparison.records[:1]] + comparison.records[1:]
+    mixed = type(comparison)(comparison.variants, records, comparison.data, comparison.profile,
+                             comparison.results_dir)
+    assert mixed.run_card()["resumed elsewhere"].startswith(f"1 of {len(records)} runs changed device")
+
+
 def test_record_contents(comparison):
     data = comparison.data
     assert (len(data.train_labels), len(data.test_labels), data.image_size) == (512, 256, 16)
@@ -81,6 +91,7 @@ def test_record_contents(comparison):
         assert card["torch"] == torch.__version__ and card["device"].startswith("CPU")
         history = record["history"]
         assert card["wall_time_s"] > 0 and card["wall_time_s"] == pytest.approx(sum(history["epoch_time"]), abs=0.06)
+        assert card["epochs_by_footing"] == {history["footing"][0]: 2} and "fp32" in history["footing"][0]
         assert history["epoch"] == [1, 2] and len(history["test_acc"]) == 2
         assert record["final_test_acc"] == history["test_acc"][-1]
         assert record["best_test_acc"] == max(history["test_acc"])

@@ -13,7 +13,7 @@ from conftest import history_values
 from attnlib import NonFiniteLossError, TrainConfig, build_model, fit, load_dataset
 from attnlib.data import DeviceLoader
 import attnlib.train as train_module
-from attnlib.train import Callback, autocast_dtype, lr_factor, make_optimizer, precision_name
+from attnlib.train import Callback, History, autocast_dtype, lr_factor, make_optimizer, precision_name
 
 # A short recipe for 256 16x16 training images: 8 steps of 32 per epoch.
 TINY = TrainConfig(epochs=3, batch_size=32, lr=0.05, eval_batch_size=128)
@@ -213,6 +213,31 @@ def test_resume_with_another_config_is_refused(synthetic, tmp_path):
     with pytest.raises(ValueError, match="different TrainConfig"):
         fit(_model(data=synthetic), synthetic, TINY.replace(epochs=1, lr=0.1), device="cpu",
             progress=False, checkpoint=ckpt, resume=True)
+
+
+def test_a_run_resumed_under_another_thread_count_says_so(synthetic, tmp_path, capsys):
+    """Same seed, same history needs the same threads: a resume elsewhere is not refused (the
+    CPU and GPU queues hand runs over), but it is said, and the history names where each epoch ran."""
+    ckpt, threads = tmp_path / "run.ckpt", torch.get_num_threads()
+    other = 2 if threads == 1 else 1
+    config = TINY.replace(epochs=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(_model(data=synthetic), synthetic, config, device="cpu", progress=False, checkpoint=ckpt,
+                callbacks=[StopAt(1)])
+        torch.set_num_threads(other)
+        history = fit(_model(data=synthetic), synthetic, config, device="cpu", progress=False, checkpoint=ckpt,
+                      resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert history.footing[0].endswith(f", {threads} threads, fp32") and history.footing[0].startswith("CPU: ")
+    assert history.footing[1].endswith(f", {other} threads, fp32")
+    assert "on another footing" in capsys.readouterr().err
+
+
+def test_histories_written_before_the_footing_was_kept_say_not_recorded():
+    old = {"epoch": [1, 2], "test_acc": [0.5, 0.6]}
+    assert History.from_dict(old).footing == ["not recorded", "not recorded"]
 
 
 # ----------------------------------------------------------------------------- non-finite loss
