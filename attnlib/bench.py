@@ -28,10 +28,10 @@ from torch import nn
 
 from .arguments import positive_int
 from .benchmark import epoch_seconds, fit_overhead, machine_load, measure
+from .devices import autocast_dtype, resolve_device
 from .files import atomic_write_text
-from .models import MODELS, build_model
+from .models import MODELS, Parts, build_model
 from .runinfo import environment
-from .train import autocast_dtype, resolve_device
 
 @dataclass(frozen=True)
 class Method:
@@ -39,26 +39,23 @@ class Method:
     train-step time relative to the plain network (bf16 autocast, batch 128, ResNet-20)."""
 
     label: str
-    norm: str = "bn"
-    conv: str = "conv"
-    attention: str | None = None
+    parts: Parts = Parts()
     target: float | None = None
 
 
 BASELINE = Method("plain (BN)")
 METHODS = (
-    Method("IEBN", norm="iebn", target=1.10),
-    Method("SE", attention="se", target=1.10),
-    Method("BA", attention="ba", target=1.15),
-    Method("MABN + CenConv", norm="mabn", conv="cenconv", target=1.30),
-    Method("NAM", attention="nam", target=1.10),
-    Method("DynamicConv (K=4)", conv="dynamic", target=1.60),
+    Method("IEBN", Parts(norm="iebn"), target=1.10),
+    Method("SE", Parts(attention="se"), target=1.10),
+    Method("BA", Parts(attention="ba"), target=1.15),
+    Method("MABN + CenConv", Parts(norm="mabn", conv="cenconv"), target=1.30),
+    Method("NAM", Parts(attention="nam"), target=1.10),
+    Method("DynamicConv (K=4)", Parts(conv="dynamic"), target=1.60),
 )
 
 
 def build(method: Method, model: str, image_shape: tuple[int, int, int], num_classes: int = 10) -> nn.Module:
-    return build_model(model, num_classes=num_classes, in_channels=image_shape[0], norm=method.norm,
-                       conv=method.conv, attention=method.attention)
+    return build_model(model, num_classes=num_classes, in_channels=image_shape[0], parts=method.parts)
 
 
 def run(methods: tuple[Method, ...] = METHODS, *, model: str = "resnet20", batch_size: int = 128,

@@ -29,10 +29,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .config import TrainConfig
 from .data import synthetic_dataset
+from .devices import autocast, autocast_dtype, resolve_device
 from .files import atomic_write_text
 from .runinfo import environment
-from .train import TrainConfig, autocast, autocast_dtype, fit, make_optimizer, resolve_device
+from .train import fit, make_optimizer
 
 BENCH_FORMAT = 1
 Shape = tuple[int, int, int]

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .history import Callback, TrainState
 from .layers.dynamic_conv import dynamic_layers, set_temperature
 from .layers.nam import nam_scale_sum
-from .train import Callback, TrainState
 
 
 @dataclass

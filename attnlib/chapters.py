@@ -1,11 +1,9 @@
 """What each chapter trains: its comparisons, built from the notebook's parameters.
 
-``python -m attnlib.run --chapter 04_nam`` trains these, and a notebook pointed at the same
-results folder finds the records and trains nothing. The notebooks spell their variant lists
-out in their own cells, for the reader; ``tests/test_distributed.py`` runs those cells with
-``compare`` replaced by a recorder and checks that they produce exactly the variants (labels
-and specs, hence run keys) and data subsets listed here. A changed notebook without a
-matching change here fails that test.
+One source for every chapter: the notebook calls :func:`experiments` and shows what it
+returns (``Experiment.table()``; the chapter function's code in a collapsed cell), and
+``python -m attnlib.run --chapter 04_nam`` trains the same comparisons, so a notebook
+pointed at the same results folder finds the records and trains nothing.
 
 Each chapter function takes the profile (``setup`` in the notebooks) and the notebook's own
 parameters, with the notebook's defaults, and returns its comparisons in notebook order.
@@ -16,21 +14,26 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .callbacks import NAMSparsityPenalty, TemperatureAnnealing
 from .data import ImageDataset
-from .experiment import BOOK_RECIPE, Variant
+from .experiment import BOOK_RECIPE, Comparison, compare
+from .layers import format_choice
 from .profiles import Profile
+from .variants import Variant
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """One ``compare`` call of a chapter: its variants and the data subset it trains on."""
+    """One comparison of a chapter: its variants, the data subset it trains on, and how many
+    of the profile's seeds it uses (``None``: all; a secondary check may use fewer)."""
 
     name: str
     variants: tuple[Variant, ...]
     train_subset: int | None = None   # None: the profile's training images
     test_subset: int | None = None    # None: the profile's test images
+    seed_count: int | None = None     # None: every seed of the profile; n: its first n
 
     def data(self, data: ImageDataset) -> ImageDataset:
         """The chapter's data for this comparison, cut from the profile's as the notebook does."""
@@ -40,6 +43,34 @@ class Experiment:
         # kept whole; for real data, check_parameters has refused a subset larger than the data.
         return data.subset(train=self.train_subset, test=self.test_subset, at_most=True)
 
+    def seeds(self, setup: Profile) -> tuple[int, ...]:
+        return setup.seeds if self.seed_count is None else setup.seeds[:self.seed_count]
+
+    def compare(self, setup: Profile, data: ImageDataset, *, results_dir: str | Path = "results",
+                device: str = "auto", progress: bool = True) -> Comparison:
+        """Train (or load) this comparison with the book's recipe: every variant, every seed."""
+        return compare(self.variants, setup, recipe=BOOK_RECIPE, seeds=self.seeds(setup), data=self.data(data),
+                       results_dir=results_dir, device=device, progress=progress)
+
+    def table(self, setup: Profile) -> str:
+        """The comparison as a Markdown table: each variant's network and recipe changes."""
+        def parts(v: Variant) -> str:
+            chosen = [f"{kind}={format_choice(value)}" for kind, value, plain in
+                      (("norm", v.norm, "bn"), ("conv", v.conv, "conv"), ("attention", v.attention, None))
+                      if value != plain]
+            return ", ".join(chosen + [f"{k}={val!r}" for k, val in v.model_kwargs.items()]) or "plain"
+
+        def changes(v: Variant) -> str:
+            items = [f"{k}={val:g}" if isinstance(val, float) else f"{k}={val}" for k, val in v.train.items()]
+            return ", ".join(items + [repr(cb) for cb in v.callbacks]) or "–"
+
+        rows = [f"| {v.label} | {v.model} | {parts(v)} | {changes(v)} |" for v in self.variants]
+        train = "all" if self.train_subset is None else f"{self.train_subset:,}"
+        test = "all" if self.test_subset is None else f"{self.test_subset:,}"
+        return "\n".join([f"Comparison **{self.name}**: {train} training and {test} test images, "
+                          f"seeds {', '.join(map(str, self.seeds(setup)))}, the book's recipe with:", "",
+                          "| variant | network | parts | recipe changes |", "|---|---|---|---|", *rows])
+
 
 def _linear_lr(batch: int, setup: Profile) -> dict:
     """Batch size ``batch`` with the learning rate scaled linearly from the profile's batch."""
@@ -48,8 +79,9 @@ def _linear_lr(batch: int, setup: Profile) -> dict:
 
 def setup_and_baseline(setup: Profile) -> list[Experiment]:
     twice = Variant("ResNet-20, twice the epochs", model="resnet20", train={"epochs": 2 * setup.epochs})
+    # the convergence check is a control: three seeds are enough to see a shift of the mean
     return [Experiment("main", (Variant("ResNet-20", model="resnet20"), Variant("AlexNet", model="alexnet"))),
-            Experiment("convergence", (twice,))]
+            Experiment("convergence", (twice,), seed_count=3)]
 
 
 def iebn(setup: Profile, small_batch: int = 16, small_batch_subset: int | None = 3000,
@@ -64,22 +96,24 @@ def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | No
     main = (Variant("ResNet-20", model="resnet20"), Variant("SE", model="resnet20", attention="se"),
             Variant("BA", model="resnet20", attention="ba"))
     alex = (Variant("AlexNet", model="alexnet"), Variant("BA-AlexNet", model="alexnet", attention="ba"),
-            Variant("BA-AlexNet, gate discarded", model="alexnet", attention="ba_discarded"))
+            Variant("BA-AlexNet, gate discarded", model="alexnet", attention=("ba", {"discard_output": True})))
     ablation = (Variant("BA", model="resnet20", attention="ba"),
-                Variant("BA, last feature only", model="resnet20", attention="ba_last_only"))
+                Variant("BA, last feature only", model="resnet20", attention=("ba", {"last_feature_only": True})))
     return [Experiment("main", main), Experiment("alexnet", alex, small_subset, small_test),
             Experiment("ablation", ablation)]
 
 
-MABN_NORM_FOR_BATCH = {2: "mabn", 4: "mabn_b4", 8: "mabn_b8", 16: "mabn_b16", 32: "mabn_b32"}
+def _mabn_for(batch: int):
+    """MABN for a training batch of ``batch`` (the paper's window of 32 images)."""
+    return "mabn" if batch == 2 else ("mabn", {"B": batch})
 
 
 def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None = 5000,
          bn_batches: tuple[int, ...] = (2, 4, 8, 32), mabn_batches: tuple[int, ...] = (2, 4)) -> list[Experiment]:
     sweep = ([Variant(f"BN b{b}", model="resnet20", train=_linear_lr(b, setup)) for b in bn_batches]
-             + [Variant(f"MABN b{b}", model="resnet20", norm=MABN_NORM_FOR_BATCH[b], conv="cenconv",
+             + [Variant(f"MABN b{b}", model="resnet20", norm=_mabn_for(b), conv="cenconv",
                         train=_linear_lr(b, setup)) for b in mabn_batches]
-             + [Variant(f"MABN b{b}, plain conv", model="resnet20", norm=MABN_NORM_FOR_BATCH[b],
+             + [Variant(f"MABN b{b}, plain conv", model="resnet20", norm=_mabn_for(b),
                         train=_linear_lr(b, setup)) for b in mabn_batches[:1]])
     return [Experiment("sweep", tuple(sweep), sweep_subset, sweep_test)]
 
@@ -92,8 +126,8 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
             Variant(f"NAM + penalty {strong_penalty:g}", model="resnet20", attention="nam",
                     callbacks=(NAMSparsityPenalty(strong_penalty),)))
     pixel = (Variant("ResNet-20", model="resnet20"), Variant("NAM channel", model="resnet20", attention="nam"),
-             Variant("NAM pixel", model="resnet20", attention="nam_spatial"),
-             Variant("NAM channel + pixel", model="resnet20", attention="nam_both"))
+             Variant("NAM pixel", model="resnet20", attention=("nam", {"channel": False, "spatial": True})),
+             Variant("NAM channel + pixel", model="resnet20", attention=("nam", {"spatial": True})))
     return [Experiment("main", main), Experiment("pixel", pixel, small_subset, small_test)]
 
 
@@ -108,9 +142,9 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, small_subset:
                  Variant("DY-ResNet-20", model="resnet20", conv="dynamic", callbacks=(anneal,)),
                  Variant("ResNet-20 x2 wide", model="resnet20", model_kwargs={"width_mult": 2.0}),
                  Variant("DY, T=1 throughout", model="resnet20", conv="dynamic", callbacks=(no_anneal,)),
-                 Variant("DY, K=2", model="resnet20", conv="dynamic_k2", callbacks=(anneal,)))
+                 Variant("DY, K=2", model="resnet20", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
     alex = (Variant("AlexNet", model="alexnet"),
-            Variant("AlexNet-DY, K=2", model="alexnet", conv="dynamic_k2", callbacks=(anneal,)))
+            Variant("AlexNet-DY, K=2", model="alexnet", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
     return [Experiment("main", main), Experiment("ablations", ablations, small_subset, small_test),
             Experiment("alexnet", alex, small_subset, small_test)]
 
@@ -140,11 +174,17 @@ def chapter_parameters(name: str) -> dict[str, object]:
     return {p.name: p.default for p in list(signature.parameters.values())[1:]}
 
 
-def experiments(name: str, setup: Profile, **parameters) -> list[Experiment]:
-    """The comparisons of chapter ``name`` for the profile ``setup`` and notebook parameters."""
+def experiments(name: str, setup: Profile, **parameters) -> dict[str, Experiment]:
+    """The comparisons of chapter ``name`` for the profile ``setup`` and notebook parameters, by
+    name in notebook order. A parameter the chapter cannot use stops here, before any training."""
     stem = chapter_name(name)
     check_parameters(stem, setup, **parameters)
-    return CHAPTERS[stem](setup, **parameters)
+    return {e.name: e for e in CHAPTERS[stem](setup, **parameters)}
+
+
+def source(name: str) -> str:
+    """The code of chapter ``name``'s function, for the notebook to show what it trains."""
+    return inspect.getsource(CHAPTERS[chapter_name(name)])
 
 
 def _positive_whole(value: object) -> bool:
@@ -155,6 +195,9 @@ def _non_negative_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
+#: Batch sizes the MABN sweep may use: divisors of the paper's window of 32 images.
+MABN_BATCHES = (2, 4, 8, 16, 32)
+
 #: What each chapter parameter may be: (test, what is allowed). Subsets are also checked
 #: against the profile's data size in :func:`check_parameters`.
 PARAMETER_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
@@ -162,8 +205,8 @@ PARAMETER_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "small_batch": (_positive_whole, "a batch size, a whole number >= 1"),
     "bn_batches": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(map(_positive_whole, v)),
                    "a non-empty tuple of batch sizes, e.g. (2, 4, 8, 32)"),
-    "mabn_batches": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(b in MABN_NORM_FOR_BATCH for b in v),
-                     f"a non-empty tuple of batch sizes from {tuple(MABN_NORM_FOR_BATCH)}, e.g. (2, 4)"),
+    "mabn_batches": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(b in MABN_BATCHES for b in v),
+                     f"a non-empty tuple of batch sizes from {MABN_BATCHES}, e.g. (2, 4)"),
     "penalty": (_non_negative_number, "a finite number >= 0"),
     "anneal_epochs": (lambda v: v is None or _positive_whole(v),
                       "a whole number of epochs >= 1, or None for half the training"),

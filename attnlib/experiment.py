@@ -11,146 +11,38 @@ from __future__ import annotations
 
 import collections
 import copy
-import hashlib
-import itertools
 import json
-import math
-import os
-import re
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .benchmark import count_flops
 from . import distributed
+from .checkpoints import atomic_save, read_on_main
+from .config import TrainConfig
 from .data import ImageDataset
+from .devices import autocast_dtype, precision_name, resolve_device
 from .files import atomic_write_text
-from .models import build_model, count_parameters
+from .history import NOT_RECORDED, History
+from .models import count_parameters
 from .profiles import Profile, resolve_profile
+from .records import (RECORD_FORMAT, dataset_spec, find_record, read_record, read_weights, record_stem, run_key,
+                      writable_folder)
 from .runinfo import environment
-from .train import (LOAD_ERRORS, NOT_RECORDED, Callback, CorruptFileError, History, TrainConfig, atomic_save,
-                    autocast_dtype, fit, load_error_reason, precision_name, predict, read_on_main, resolve_device)
+from .significance import accuracy_difference, seed_std
+from .train import fit, predict
+from .variants import Variant, flops_per_image, run_config
 
-RECORD_FORMAT = 2
-
-SYNC_BN = "syncbn"
-"""The ``norm`` of a :class:`Variant` that is the plain-BN network with every BatchNorm
-converted by ``nn.SyncBatchNorm.convert_sync_batchnorm``: under DistributedDataParallel on
-GPUs its batch statistics are those of the global batch; in one process it is plain BN."""
 
 BOOK_RECIPE = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
                           schedule="cosine", warmup_epochs=0.5)
 """The recipe every chapter trains with (the profile sets epochs and batch size): SGD with
 Nesterov momentum, half an epoch of warm-up, then a cosine schedule. One recipe for the
 whole book, so that chapters share their baselines (see :func:`run_key`)."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One arm of a comparison: a network, its parts, and changes to the recipe.
-
-    ``train`` overrides :class:`TrainConfig` fields for this variant only (for example a
-    smaller ``batch_size``); ``callbacks`` are copied fresh for every run, and their
-    ``repr`` is part of the record key, so give them a readable dataclass repr.
-    """
-
-    label: str
-    model: str = "resnet20"
-    norm: str = "bn"
-    conv: str = "conv"
-    attention: str | None = None
-    model_kwargs: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    callbacks: tuple[Callback, ...] = ()
-
-    def build(self, data: ImageDataset, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        norm = "bn" if self.norm == SYNC_BN else self.norm
-        model = build_model(self.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                            norm=norm, conv=self.conv, attention=self.attention, **self.model_kwargs)
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.norm == SYNC_BN else model
-
-    def spec(self) -> dict:
-        d = asdict(self)
-        d["callbacks"] = [repr(cb) for cb in self.callbacks]
-        return d
-
-
-def flops_per_image(model: nn.Module, data: ImageDataset) -> int:
-    """Forward FLOPs for one image of ``data`` (a multiply-add counts 2), counted in eval mode."""
-    return count_flops(model, (data.in_channels, data.image_size, data.image_size))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def _dataset_spec(data: ImageDataset) -> dict:
-    fingerprint = hashlib.sha1()
-    for t in (data.train_images, data.train_labels, data.test_images, data.test_labels):
-        fingerprint.update(t.contiguous().numpy().tobytes())
-    return {"name": data.name, "train_images": len(data.train_labels),
-            "test_images": len(data.test_labels), "in_channels": data.in_channels,
-            "image_size": data.image_size, "classes": list(data.classes),
-            "sha1": fingerprint.hexdigest()}
-
-
-def run_key(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int) -> str:
-    """A hash of everything that decides the training run: the network, the effective
-    recipe, the data and the seed. The label only names the run and ``train`` is already
-    folded into ``config``, so both are left out: chapters that train the same network the
-    same way share one record."""
-    spec = {k: v for k, v in variant.spec().items() if k not in ("label", "train")}
-    fields = {"format": RECORD_FORMAT, "variant": spec, "data": _dataset_spec(data), "config": asdict(config),
-              "seed": seed}
-    if variant.attention not in (None, "none"):
-        # attention modules are initialised on their own random stream since 2026-11-30, which
-        # changed these networks' initial weights: their earlier records are another run
-        fields["attention_init"] = "side-stream"
-    blob = json.dumps(fields, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:10]
-
-
-def record_stem(results_dir: Path, variant: Variant, seed: int, key: str) -> Path:
-    """Where a run's files go: ``<results_dir>/<label>-seed<k>-<key>`` + ``.json``, ``.pt``, ``.ckpt``."""
-    return results_dir / f"{_slug(variant.label)}-seed{seed}-{key}"
-
-
-def run_config(recipe: TrainConfig | None, profile: Profile, variant: Variant) -> TrainConfig:
-    """The recipe one variant trains with: ``recipe``, the profile's epochs and batch size,
-    then the variant's own ``train`` changes."""
-    base = (recipe or TrainConfig()).replace(epochs=profile.epochs, batch_size=profile.batch_size)
-    return base.replace(**variant.train)
-
-
-def find_record(results_dir: Path, stem: Path, seed: int, key: str) -> Path | None:
-    """This run's record, saved under this label or any other. Its weights may be absent
-    (git keeps only seed 0's): :meth:`Comparison.model` says so when it needs them."""
-    candidates = [stem.with_suffix(".json"), *sorted(results_dir.glob(f"*-seed{seed}-{key}.json"))]
-    return next((p for p in candidates if p.exists()), None)
-
-
-def read_record(path: Path) -> dict:
-    """The record at ``path``; :class:`~attnlib.train.CorruptFileError` naming it if it cannot be read."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        raise CorruptFileError(_unreadable_record(Path(path), load_error_reason(err))) from err
-    if not isinstance(record, dict):
-        raise CorruptFileError(_unreadable_record(Path(path), f"a JSON {type(record).__name__}, not an object"))
-    return record
-
-
-def _unreadable_record(path: Path, reason: str) -> str:
-    return (f"the record {path} cannot be read ({reason}). It is damaged or incomplete (a copy or a "
-            "write cut short): delete it and run the notebook (or python -m attnlib.run) again, "
-            "which trains that run again.")
 
 
 def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *, profile: str,
@@ -198,7 +90,7 @@ def _train_and_record(variant: Variant, data: ImageDataset, config: TrainConfig,
     record = {
         "format": RECORD_FORMAT, "label": variant.label, "variant": variant.spec(), "seed": seed,
         "weights": weights_path.name,
-        "profile": profile, "dataset": _dataset_spec(data), "config": asdict(config),
+        "profile": profile, "dataset": dataset_spec(data), "config": asdict(config),
         "history": history.to_dict(), "params": params, "flops_per_image": flops,
         "final_test_acc": history.test_acc[-1], "best_test_acc": max(history.test_acc),
         "predictions": predictions.tolist(),
@@ -234,9 +126,12 @@ class Comparison:
     def histories(self, label: str) -> list[History]:
         return [History.from_dict(r["history"]) for r in self.runs(label)]
 
+    def variant(self, label: str) -> Variant:
+        return next(v for v in self.variants if v.label == label)
+
     def model(self, label: str, seed: int | None = None) -> nn.Module:
         """The trained network of ``label`` (first seed by default), in eval mode on the CPU."""
-        variant = next(v for v in self.variants if v.label == label)
+        variant = self.variant(label)
         record = next(r for r in self.runs(label) if seed is None or r["seed"] == seed)
         model = variant.build(self.data, record["seed"])
         path = self.results_dir / record["weights"]
@@ -245,7 +140,7 @@ class Comparison:
                 f"the weights of {label!r} seed {record['seed']} ({path}) are not here: git keeps the "
                 f"weights of seed 0 only. Move the record {path.with_suffix('.json').name} away and run "
                 "the notebook (or python -m attnlib.run) again to retrain this seed.")
-        model.load_state_dict(_read_weights(path, f"{label!r} seed {record['seed']}"))
+        model.load_state_dict(read_weights(path, f"{label!r} seed {record['seed']}"))
         return model.eval()
 
     def confusion(self, label: str) -> torch.Tensor:
@@ -265,8 +160,8 @@ class Comparison:
             best = [r["best_test_acc"] for r in runs]
             rows.append({
                 "label": label, "seeds": len(runs),
-                "final_mean": statistics.fmean(final), "final_std": _std(final),
-                "best_mean": statistics.fmean(best), "best_std": _std(best),
+                "final_mean": statistics.fmean(final), "final_std": seed_std(final),
+                "best_mean": statistics.fmean(best), "best_std": seed_std(best),
                 "params": runs[0]["params"], "flops_per_image": runs[0]["flops_per_image"],
                 "train_images_per_s": statistics.median(_steady(r, "train_images_per_s") for r in runs),
                 "eval_images_per_s": statistics.median(_steady(r, "eval_images_per_s") for r in runs),
@@ -298,50 +193,10 @@ class Comparison:
         }
 
 
-def _read_weights(path: Path, run: str) -> dict:
-    """The state dict saved at ``path``; :class:`~attnlib.train.CorruptFileError` naming it if unreadable."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as err:
-        reason = load_error_reason(err)
-    else:
-        if isinstance(state, dict):
-            return state
-        reason = f"it holds a {type(state).__name__}, not a state dict"
-    raise CorruptFileError(
-        f"the weights of {run} ({path}) cannot be read ({reason}). The file is damaged or incomplete: "
-        f"delete it and its record {path.with_suffix('.json').name}, then run the notebook (or python -m "
-        "attnlib.run) again to retrain this seed.")
-
-
-def _std(values: Sequence[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else math.nan
-
-
 def _steady(record: dict, key: str) -> float:
     """Median over epochs after the first (which pays one-off warm-up costs)."""
     values = record["history"][key]
     return statistics.median(values[1:] if len(values) > 1 else values)
-
-
-class ResultsFolderError(OSError):
-    """The results folder cannot be created or written."""
-
-
-def writable_folder(folder: str | Path) -> Path:
-    """``folder``, created if missing, once a file could be written in it: a results folder
-    that cannot take a record fails here, before hours of training, not after the first run."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise ResultsFolderError(f"results folder {folder} cannot be written ({err.strerror or err}); "
-                                 "choose another folder (results_dir / --results-dir) or fix its "
-                                 "permissions") from err
-    return folder
 
 
 def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, recipe: TrainConfig | None = None,
@@ -375,33 +230,6 @@ def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, re
                       time.perf_counter() - start)
 
 
-def permutation_p_value(a: Sequence[float], b: Sequence[float]) -> float:
-    """Exact two-sided permutation test of ``mean(a) - mean(b)``: the share of all ways to
-    split the pooled values into groups of ``len(a)`` and ``len(b)`` whose difference of
-    means is at least as large in magnitude as the observed one.
-
-    It assumes nothing about the spread, which three seeds cannot estimate well; the
-    price is that few seeds cannot reach small values (3 against 3: at least 0.1).
-    """
-    pooled, k = [*a, *b], len(a)
-    observed = abs(statistics.fmean(a) - statistics.fmean(b))
-    total = sum(pooled)
-    splits = list(itertools.combinations(range(len(pooled)), k))
-    extreme = 0
-    for chosen in splits:
-        first = sum(pooled[i] for i in chosen)
-        diff = abs(first / k - (total - first) / (len(pooled) - k))
-        extreme += diff >= observed - 1e-12
-    return extreme / len(splits)
-
-
-def smallest_p_value(n_a: int, n_b: int) -> float:
-    """The smallest two-sided p-value :func:`permutation_p_value` can return for groups of
-    ``n_a`` and ``n_b`` seeds: the observed split (and, for equal groups, its mirror image)
-    out of all splits. 3 against 3: 0.1, so never significant at 0.05; 5 against 5: 0.0079."""
-    return (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a)
-
-
 def difference(cmp: Comparison, label: str, baseline: str) -> dict:
     """Final-accuracy difference ``label - baseline`` in points, with its noise.
 
@@ -411,15 +239,12 @@ def difference(cmp: Comparison, label: str, baseline: str) -> dict:
     the exact permutation test (:func:`permutation_p_value`), which does not trust the
     seeds' spread. ``verdict`` says it in words for a sentence "label is <verdict> baseline".
     """
-    a = [r["final_test_acc"] for r in cmp.runs(label)]
-    b = [r["final_test_acc"] for r in cmp.runs(baseline)]
-    delta = 100 * (statistics.fmean(a) - statistics.fmean(b))
-    se = 100 * math.sqrt(_std(a) ** 2 / len(a) + _std(b) ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
-    within = not abs(delta) > 2 * se  # also True when se is nan (one seed): no claim either way
+    a = [100 * r["final_test_acc"] for r in cmp.runs(label)]
+    b = [100 * r["final_test_acc"] for r in cmp.runs(baseline)]
+    d = accuracy_difference(a, b)
+    delta, se, within, p, p_min = d["delta"], d["se"], d["within_noise"], d["p_value"], d["p_min"]
     verdict = "indistinguishable from" if within else ("better than" if delta > 0 else "worse than")
-    p, p_min = permutation_p_value(a, b), smallest_p_value(len(a), len(b))
-    return {"delta": delta, "se": se, "within_noise": within, "verdict": verdict, "p_value": p,
-            "p_min": p_min,
+    return {**d, "verdict": verdict,
             "text": f"{label} vs {baseline}: {delta:+.2f} points (standard error {se:.2f}; "
                     f"{'within' if within else 'outside'} two standard errors "
                     f"over {len(a)} and {len(b)} seeds; permutation p = {p:.3g}, the smallest "
@@ -436,12 +261,12 @@ def convergence_check(cmp: Comparison, label: str, longer: Comparison, longer_la
     """
     a = [100 * r["final_test_acc"] for r in cmp.runs(label)]
     b = [100 * r["final_test_acc"] for r in longer.runs(longer_label)]
-    shift, seed_std = statistics.fmean(b) - statistics.fmean(a), _std(a)
-    converged = abs(shift) < seed_std
+    shift, spread = statistics.fmean(b) - statistics.fmean(a), seed_std(a)
+    converged = abs(shift) < spread
     epochs = (cmp.runs(label)[0]["config"]["epochs"], longer.runs(longer_label)[0]["config"]["epochs"])
     return {"mean": statistics.fmean(a), "longer_mean": statistics.fmean(b), "shift": shift,
-            "seed_std": seed_std, "converged": converged, "epochs": epochs,
+            "seed_std": spread, "converged": converged, "epochs": epochs,
             "text": f"{epochs[1]} epochs instead of {epochs[0]} move the mean by {shift:+.2f} points "
                     f"({statistics.fmean(a):.2f} -> {statistics.fmean(b):.2f} %, {len(a)} and {len(b)} seeds): "
-                    f"{'less' if converged else 'more'} than one seed standard deviation ({seed_std:.2f}), "
+                    f"{'less' if converged else 'more'} than one seed standard deviation ({spread:.2f}), "
                     f"so the {epochs[0]}-epoch runs {'have converged' if converged else 'are still improving'}"}

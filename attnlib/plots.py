@@ -6,7 +6,6 @@ Figures have a white background so they stay readable in a dark-mode page.
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -24,21 +23,11 @@ plt.rcParams.update({"figure.facecolor": "white", "savefig.facecolor": "white", 
                      "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                      "axes.spines.right": False, "legend.frameon": False})
 
-# Keyword in a variant's label -> colour (colour-blind-safe Okabe-Ito palette); checked in order.
-METHOD_COLORS = [
-    ("dynamic", "#8C564B"), ("dy", "#8C564B"), ("iebn", "#0072B2"), ("mabn", "#CC79A7"), ("nam", "#D55E00"),
-    ("ba", "#009E73"), ("se", "#E69F00"), ("alexnet", "#56B4E9"), ("bn", "#555555"),
-    ("resnet", "#555555"), ("baseline", "#555555"),
-]
+#: Colour of each method, by the layer that defines it (:func:`~attnlib.experiment.method_of`),
+#: so a method has one colour in every chapter whatever its label (colour-blind-safe Okabe-Ito palette).
+METHOD_COLORS = {"dynamic": "#8C564B", "iebn": "#0072B2", "mabn": "#CC79A7", "nam": "#D55E00", "ba": "#009E73",
+                 "se": "#E69F00", "alexnet": "#56B4E9", "plain": "#555555"}
 FALLBACK = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-
-
-def color_for(label: str, index: int = 0) -> str:
-    words = re.sub(r"[^a-z0-9]+", " ", label.lower()).split()
-    for key, color in METHOD_COLORS:
-        if key in words:
-            return color
-    return FALLBACK[index % len(FALLBACK)]
 
 
 def _distance(a: str, b: str) -> float:
@@ -47,13 +36,14 @@ def _distance(a: str, b: str) -> float:
     return math.dist(ra, rb)
 
 
-def _colors(labels: list[str]) -> dict[str, str]:
-    """Method colours; a label whose colour is taken (or close to a taken one: two blues)
-    gets the unused palette colour farthest from every colour already used, so the curves
-    a figure compares are told apart. Palette colours repeat only beyond the palette's size."""
+def _colors(methods: dict[str, str]) -> dict[str, str]:
+    """A colour for each label of ``{label: method}``: its method's colour; a label whose colour
+    is taken (or close to a taken one: two blues) gets the unused palette colour farthest from
+    every colour already used, so the curves a figure compares are told apart. Palette colours
+    repeat only beyond the palette's size."""
     colors: dict[str, str] = {}
-    for i, label in enumerate(labels):
-        c = color_for(label, i)
+    for i, (label, method) in enumerate(methods.items()):
+        c = METHOD_COLORS.get(method, FALLBACK[i % len(FALLBACK)])
         used = list(colors.values())
         if c in used:
             free = [f for f in FALLBACK if f not in used] or FALLBACK
@@ -74,7 +64,7 @@ def learning_curves(cmp: Comparison, labels: list[str] | None = None, title: str
     """Loss (log scale) and accuracy per epoch: mean over seeds, band = range over seeds;
     dashed = train, solid = test. The legend sits under the plots, off the data."""
     labels = labels or cmp.labels
-    colors = _colors(labels)
+    colors = _colors({label: cmp.variant(label).method for label in labels})
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.4))
     for label in labels:
         hs = cmp.histories(label)
@@ -139,7 +129,7 @@ def prediction_grid(cmp: Comparison, labels: list[str] | None = None, n: int = 1
 def accuracy_bars(cmp: Comparison, labels: list[str] | None = None, best: bool = False):
     """Final-epoch test accuracy, mean with ±1 std error bars and each seed as a dot."""
     labels = labels or cmp.labels
-    colors = _colors(labels)
+    colors = _colors({label: cmp.variant(label).method for label in labels})
     key = "best_test_acc" if best else "final_test_acc"
     fig, ax = plt.subplots(figsize=(1.3 + 1.1 * len(labels), 3.4))
     for x, lab in enumerate(labels):
@@ -294,7 +284,7 @@ def gain_vs_speed(rows: list[dict]):
     Points are numbered and named in a legend under the plot, never on the data, so labels
     cannot overlap however close the points are."""
     names = [f"{r['method']} ({r['model']}, {r['dataset']}, {r['profile']})" for r in rows]
-    colors = _colors(names)
+    colors = _colors({name: r["part"] for name, r in zip(names, rows)})
     fig, ax = plt.subplots(figsize=(9, 5.2 + 0.22 * len(rows)))
     for number, (r, name) in enumerate(zip(rows, names), 1):
         marker = "o" if r["profile"] == "book" else "s"

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import torch
 
+from .config import TrainConfig
 from .data import ImageDataset
-from .experiment import (Variant, find_record, read_record, record_stem, run_config, run_key, run_one,
-                         writable_folder)
+from .devices import resolve_device
+from .experiment import run_one
 from .profiles import Profile
-from .train import TrainConfig, resolve_device
+from .records import find_record, read_record, record_stem, run_key, writable_folder
+from .variants import Variant, run_config
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def make_jobs(experiments: Sequence, setup: Profile, recipe: TrainConfig, data: 
     jobs, seen = [], set()
     for exp in experiments:
         exp_data = exp.data(data)
-        for seed in setup.seeds:
+        for seed in exp.seeds(setup):
             for variant in exp.variants:
                 config = run_config(recipe, setup, variant)
                 key = run_key(variant, exp_data, config, seed)

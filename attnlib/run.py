@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -21,11 +22,12 @@ from . import distributed
 from .arguments import positive_int
 from .chapters import CHAPTERS, Experiment, chapter_name, chapter_parameters, experiments
 from .data import DatasetError
-from .experiment import (BOOK_RECIPE, SYNC_BN, Comparison, ResultsFolderError, Variant, compare,
-                         writable_folder)
+from .devices import resolve_device
+from .experiment import BOOK_RECIPE, Comparison
 from .pool import make_jobs, queue_status, train_queue
-from .train import resolve_device
 from .profiles import PROFILES, resolve_profile
+from .records import ResultsFolderError, writable_folder
+from .variants import SYNC_BN, Variant
 
 VARIANT_FIELDS = ("model", "norm", "conv", "attention")
 
@@ -62,23 +64,52 @@ examples:
 """
 
 
+def _top_level_items(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [item.strip() for item in [*items, text[start:]] if item.strip()]
+
+
+def parse_choice(text: str):
+    """A layer choice: ``name`` or ``name(option=value, ...)`` with Python literals as values."""
+    if "(" not in text:
+        return text
+    try:
+        call = ast.parse(text, mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and not call.args):
+            raise ValueError
+        return call.func.id, {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer choice: write name or "
+                                         "name(option=value, ...), e.g. mabn(B=4)") from None
+
+
 def parse_variant(text: str) -> Variant:
-    """``"LABEL: key=value, key=value"`` with keys model, norm, conv, attention."""
+    """``"LABEL: key=value, key=value"`` with keys model, norm, conv, attention; a layer's
+    options in parentheses, e.g. ``"MABN b4: norm=mabn(B=4), conv=cenconv"``."""
     label, colon, rest = text.partition(":")
     if not colon:
         raise argparse.ArgumentTypeError(f"--variant {text!r} has no colon: write LABEL: key=value, ... "
                                          f"with keys {', '.join(VARIANT_FIELDS)} (e.g. 'SE: attention=se')")
     fields = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
+    for item in _top_level_items(rest):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in VARIANT_FIELDS:
             raise argparse.ArgumentTypeError(
                 f"--variant {text!r}: write LABEL: key=value, ... with keys {', '.join(VARIANT_FIELDS)}")
-        fields[key] = value.strip()
+        fields[key] = value.strip() if key == "model" else parse_choice(value.strip())
     if not label.strip():
         raise argparse.ArgumentTypeError(f"--variant {text!r} has no label before the colon")
-    return Variant(label.strip(), **fields)
+    try:
+        return Variant(label.strip(), **fields)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: {err}") from None
 
 
 def parse_parameter(text: str) -> tuple[str, object]:
@@ -144,7 +175,7 @@ def list_chapters() -> str:
     for stem in CHAPTERS:
         params = ", ".join(f"{k}={v!r}" for k, v in chapter_parameters(stem).items()) or "none"
         lines.append(f"{stem}  (parameters: {params})")
-        for exp in experiments(stem, setup):
+        for exp in experiments(stem, setup).values():
             lines.append(f"  {exp.name}: " + "; ".join(v.label for v in exp.variants))
     return "\n".join(lines)
 
@@ -152,7 +183,7 @@ def list_chapters() -> str:
 def chapter_experiments(chapter: str, names: Sequence[str], only: Sequence[str], setup,
                         params: dict) -> list[Experiment]:
     """A chapter's comparisons, only those named in ``names`` and the variants in ``only`` (if given)."""
-    chosen = experiments(chapter_name(chapter), setup, **params)
+    chosen = list(experiments(chapter_name(chapter), setup, **params).values())
     all_names = [e.name for e in chosen]
     if missing := set(names) - set(all_names):
         raise ValueError(f"chapter {chapter} has no comparison {sorted(missing)}; it has {all_names}")
@@ -161,8 +192,8 @@ def chapter_experiments(chapter: str, names: Sequence[str], only: Sequence[str],
         labels = {v.label for e in chosen for v in e.variants}
         if missing := set(only) - labels:
             raise ValueError(f"no variant labelled {sorted(missing)}; the labels are {sorted(labels)}")
-        chosen = [Experiment(e.name, tuple(v for v in e.variants if v.label in only), e.train_subset,
-                             e.test_subset) for e in chosen]
+        chosen = [dataclasses.replace(e, variants=tuple(v for v in e.variants if v.label in only))
+                  for e in chosen]
         chosen = [e for e in chosen if e.variants]
     return chosen
 
@@ -246,8 +277,8 @@ def _run(args: argparse.Namespace) -> int:
         report = [f"profile {setup.name}: {setup.epochs} epochs, global batch {setup.batch_size}, "
                   f"{distributed.world_size()} process(es), seeds {setup.seeds}"]
         for exp in chosen:
-            cmp = compare(exp.variants, setup, recipe=BOOK_RECIPE, data=exp.data(data),
-                          results_dir=args.results_dir, device=device, progress=not args.no_progress)
+            cmp = exp.compare(setup, data, results_dir=args.results_dir, device=device,
+                              progress=not args.no_progress)
             report += summary_lines(exp.name, cmp)
         if distributed.is_main():
             print("\n".join(report))

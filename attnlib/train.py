@@ -23,255 +23,28 @@ What it does, in order of a reader's questions:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import math
-import numbers
-import pickle
 import sys
-import textwrap
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
+from .checkpoints import load_checkpoint, read_checkpoint, read_on_main, save_checkpoint
+from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset
-from .files import atomic_write_bytes
+from .devices import autocast, autocast_dtype, precision_name, resolve_device
+from .history import NOT_RECORDED, Callback, History, TrainState
 from .runinfo import device_name
-
-T = TypeVar("T")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training recipe. Stored in every checkpoint and record."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"            # sgd | adam | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"          # cosine | multistep | constant
-    warmup_epochs: float = 0.0        # linear warm-up from lr/100, then the schedule
-    milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of all steps
-    gamma: float = 0.1                # multistep: factor at each milestone
-    label_smoothing: float = 0.0
-    amp: str = "auto"                 # auto (bf16 on GPU and bf16-native CPUs, else fp32) | bf16 | fp16 | off
-    channels_last: bool = True
-    augment: bool = True              # random crop + horizontal flip
-    eval_batch_size: int = 1000
-    check_every: int = 25             # steps between finite-loss checks (one host sync each)
-
-    def __post_init__(self) -> None:
-        choices = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("cosine", "multistep", "constant"),
-                   "amp": ("auto", "bf16", "fp16", "off")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
-        for name in _WHOLE_FIELDS:
-            _check_whole(name, getattr(self, name))
-        for name in _FLAG_FIELDS:
-            _check_flag(name, getattr(self, name))
-        for name, (ok, allowed) in _NUMBER_FIELDS.items():
-            _check_number(name, getattr(self, name), ok, allowed)
-        self.milestones = _checked_milestones(self.milestones)
-
-    def replace(self, **changes) -> TrainConfig:
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        return TrainConfig(**{**asdict(self), **changes})
-
-
-_WHOLE_FIELDS = ("epochs", "batch_size", "eval_batch_size", "check_every")
-_FLAG_FIELDS = ("nesterov", "channels_last", "augment")
-#: field -> (test of a finite number, what is allowed, in words)
-_NUMBER_FIELDS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "lr": (lambda v: v > 0, "a finite number > 0 (the peak learning rate)"),
-    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
-    "warmup_epochs": (lambda v: v >= 0, "a finite number of epochs >= 0 (0: no warm-up)"),
-    "gamma": (lambda v: 0 < v <= 1, "a number in (0, 1], the factor of the learning rate at each milestone"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-}
-
-
-def _refuse(name: str, value: object, allowed: str) -> None:
-    raise ValueError(f"TrainConfig.{name}={value!r} is not allowed: {name} must be {allowed}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_whole(name: str, value: object) -> None:
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0):
-        _refuse(name, value, "a whole number >= 1 (an int such as 10)")
-
-
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        _refuse(name, value, "True or False")
-
-
-def _check_number(name: str, value: object, ok: Callable[[float], bool], allowed: str) -> None:
-    if not (_is_number(value) and math.isfinite(value) and ok(value)):
-        _refuse(name, value, allowed)
-
-
-def _checked_milestones(value: object) -> tuple[float, ...]:
-    """``value`` as a tuple, if it is increasing fractions of the training in (0, 1)."""
-    allowed = "increasing fractions of all steps, each in (0, 1), e.g. (0.5, 0.75)"
-    if not isinstance(value, (tuple, list)):
-        _refuse("milestones", value, allowed)
-    if not all(_is_number(m) and 0 < m < 1 for m in value):
-        _refuse("milestones", value, allowed)
-    if any(a >= b for a, b in zip(value, value[1:])):
-        _refuse("milestones", value, allowed)
-    return tuple(value)
-
-
-NOT_RECORDED = "not recorded"  # the footing of epochs trained before it was kept
-
-
-@dataclass
-class History:
-    """Per-epoch record of a run. ``test_*`` is the held-out test split: nothing is
-    selected on it; the headline is the last epoch."""
-
-    epoch: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    train_acc: list[float] = field(default_factory=list)
-    test_loss: list[float] = field(default_factory=list)
-    test_acc: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    epoch_time: list[float] = field(default_factory=list)
-    train_images_per_s: list[float] = field(default_factory=list)
-    eval_images_per_s: list[float] = field(default_factory=list)
-    footing: list[str] = field(default_factory=list)  # where each epoch ran: device (threads), precision
-
-    def append(self, **row: float) -> None:
-        for key, value in row.items():
-            getattr(self, key).append(value)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> History:
-        lists = {f.name: list(d.get(f.name, [])) for f in fields(cls)}
-        lists["footing"] += [NOT_RECORDED] * (len(lists["epoch"]) - len(lists["footing"]))  # older records
-        return cls(**lists)
-
-    def __len__(self) -> int:
-        return len(self.epoch)
-
-
-@dataclass
-class TrainState:
-    """What callbacks see."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    config: TrainConfig
-    steps_per_epoch: int
-    history: History
-    epoch: int = 0   # 0-based index of the current epoch
-    step: int = 0    # global optimiser steps taken
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.config.epochs
-
-
-class Callback:
-    """Hooks into :func:`fit`. Override what you need; keep state in ``state_dict``.
-
-    The book's own callbacks (DynamicConv's temperature schedule, NAM's sparsity penalty)
-    are in :mod:`attnlib.callbacks`."""
-
-    def on_fit_start(self, state: TrainState) -> None: ...
-    def on_epoch_start(self, state: TrainState) -> None: ...
-    def on_step_end(self, state: TrainState) -> None: ...
-    def on_epoch_end(self, state: TrainState) -> None: ...
-
-    def loss_term(self, model: nn.Module) -> torch.Tensor | None:
-        """An extra term added to the loss of every step (e.g. a sparsity penalty)."""
-        return None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped."""
-
-
-class CorruptFileError(ValueError):
-    """A checkpoint, record or weights file exists but cannot be read; the message names it and
-    says what to do (delete it, then run again)."""
-
-
-#: What ``torch.load`` raises on an empty, truncated or otherwise damaged file.
-LOAD_ERRORS = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
-
-
-# ----------------------------------------------------------------------------- devices and precision
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA GPU is visible; use device='auto' or 'cpu'")
-    return device
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None: full fp32).
-
-    ``auto`` is the fastest precision the hardware computes natively. On a GPU: bf16 (fp16
-    with loss scaling where bf16 is missing). On a CPU: bf16 where oneDNN has native bf16
-    kernels (AVX-512 BF16 or AMX), else fp32. Measured on the book's 2-core machines
-    (ResNet-20 training step, batch 128, channels_last): on a Xeon with AVX-512 BF16 bf16
-    autocast ran at 817 img/s against 408 img/s in fp32; on an AVX2-only EPYC it ran at
-    31 img/s against 340 img/s in fp32 (bf16 emulated), so one fixed choice would be ten
-    times too slow on one of them. Every record's run card states the precision used.
-    """
-    if amp == "off" or (amp == "auto" and device.type == "cpu" and not cpu_has_native_bf16()):
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or device.type == "cpu" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (oneDNN's own test: AVX-512 BF16 or AMX)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """How a run card names the precision of :func:`autocast_dtype`'s result."""
-    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- optimiser and schedule
@@ -297,15 +70,6 @@ def lr_factor(step: int, total_steps: int, config: TrainConfig, steps_per_epoch:
         return config.gamma ** sum(step >= m * total_steps for m in config.milestones)
     progress = (step - warmup) / max(1, total_steps - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def atomic_save(obj: object, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -447,9 +211,9 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
 
     start_epoch = 0
     if resume and checkpoint is not None:
-        ckpt = read_on_main(lambda: _read_checkpoint(checkpoint))
+        ckpt = read_on_main(lambda: read_checkpoint(checkpoint))
         if ckpt is not None:
-            start_epoch = _load_checkpoint(ckpt, checkpoint, state, scheduler, scaler, callbacks, config)
+            start_epoch = load_checkpoint(ckpt, checkpoint, state, scheduler, scaler, callbacks, config)
     footing = f"{device_name(device)}, {precision_name(amp_dtype)}"  # the history says where each epoch ran
     footing += f", {processes} processes" if processes > 1 else ""
     previous = state.history.footing[-1] if state.history.footing else NOT_RECORDED
@@ -482,7 +246,7 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
             cb.on_epoch_end(state)
         _check_finite_epoch(state, float(test_loss), checkpoint)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, state, scheduler, scaler, callbacks)
+            save_checkpoint(checkpoint, state, scheduler, scaler, callbacks)
     return state.history
 
 
@@ -557,93 +321,3 @@ def _raise_non_finite(state: TrainState, checkpoint, what: str = "the training l
         "replace every BN and conv as the chapter does, and keep the warm-up).")
 
 
-def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: b.detach().cpu().clone() for name, b in model.named_buffers()}
-
-
-def _save_checkpoint(path, state: TrainState, scheduler, scaler, callbacks) -> None:
-    """Rank 0 writes; in a process group it also stores every rank's buffers (``rank_buffers``)."""
-    rank_buffers = distributed.from_every_rank(_buffers(state.model)) if distributed.is_active() else None
-    if not distributed.is_main():
-        return
-    atomic_save({
-        "epoch": state.epoch + 1,
-        "step": state.step,
-        "config": asdict(state.config),
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "callbacks": [cb.state_dict() for cb in callbacks],
-        "history": state.history.to_dict(),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        **({"rank_buffers": rank_buffers} if rank_buffers is not None else {}),
-    }, path)
-
-
-def _read_checkpoint(path) -> dict | None:
-    """The checkpoint at ``path``, None if there is none; :class:`CorruptFileError` if unreadable."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except LOAD_ERRORS as err:
-        raise CorruptFileError(_unreadable_checkpoint(path, load_error_reason(err))) from err
-    if not isinstance(ckpt, dict) or not {"epoch", "model", "config"} <= ckpt.keys():
-        raise CorruptFileError(_unreadable_checkpoint(path, "not a training checkpoint of attnlib.train.fit"))
-    return ckpt
-
-
-def load_error_reason(err: BaseException) -> str:
-    """``err`` in a few words for a message about an unreadable file (torch's own texts run long)."""
-    text = textwrap.shorten(str(err), 100, placeholder=" ...")
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _unreadable_checkpoint(path: Path, reason: str) -> str:
-    size = path.stat().st_size if path.exists() else 0
-    return (f"the checkpoint {path} ({size} bytes) cannot be read ({reason}). It is damaged or "
-            "incomplete; delete it to restart that run from scratch (its finished epochs are lost).")
-
-
-def read_on_main(read: Callable[[], T]) -> T | None:
-    """``read()`` on rank 0 (None on the others), its result on every rank. A
-    :class:`CorruptFileError` it raises is raised on every rank, so no rank is left waiting."""
-    found = None
-    if distributed.is_main():
-        try:
-            found = read()
-        except CorruptFileError as err:
-            found = err
-    found = distributed.from_main(found)
-    if isinstance(found, CorruptFileError):
-        raise found
-    return found
-
-
-def _load_checkpoint(ckpt: dict, path, state: TrainState, scheduler, scaler, callbacks,
-                     config: TrainConfig) -> int:
-    """Restore everything from ``ckpt`` (read from ``path``). Each rank takes back its own
-    buffers when the checkpoint holds one set per rank of a group of this size, else rank 0's."""
-    if ckpt["config"] != asdict(config):
-        raise ValueError(f"checkpoint {path} was written with a different TrainConfig; "
-                         "delete it or resume with the same settings")
-    state.model.load_state_dict(ckpt["model"])
-    rank_buffers = ckpt.get("rank_buffers")
-    if rank_buffers is not None and len(rank_buffers) == distributed.world_size():
-        with torch.no_grad():
-            for name, value in rank_buffers[distributed.rank()].items():
-                state.model.get_buffer(name).copy_(value)
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    for cb, cb_state in zip(callbacks, ckpt["callbacks"]):
-        cb.load_state_dict(cb_state)
-    state.history = History.from_dict(ckpt["history"])
-    state.step = ckpt["step"]
-    torch.set_rng_state(ckpt["rng"])
-    if ckpt["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    return ckpt["epoch"]

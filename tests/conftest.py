@@ -18,6 +18,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from attnlib.data import ImageDataset, load_dataset  # noqa: E402
+from attnlib.experiment import compare  # noqa: E402
+from attnlib.history import Callback  # noqa: E402
+from attnlib.variants import Variant  # noqa: E402
 from booktools.paths import REPO  # noqa: E402
 
 # The tests use tiny models and batches, where intra-op threads cost more than they give,
@@ -160,3 +163,28 @@ def built_book(tmp_path_factory) -> BookBuild:
     result = subprocess.run([str(exe), "build", str(REPO), "--path-output", str(out), "-W", "-n", "--keep-going"],
                             capture_output=True, text=True, timeout=900)
     return BookBuild(html, result, time.perf_counter() - start)
+
+
+#: The ``comparison`` fixture's variants and seeds.
+COMPARED_VARIANTS = [Variant("BN baseline"), Variant("AlexNet", model="alexnet", model_kwargs={"width_mult": 0.5},
+                                                     train={"lr": 0.02})]
+COMPARED_SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """2 variants x 2 seeds on the smoke profile, 2 epochs; trained once per test module."""
+    results = tmp_path_factory.mktemp("results")
+    return compare(COMPARED_VARIANTS, "smoke", epochs=2, seeds=COMPARED_SEEDS, results_dir=results, device="cpu",
+                   progress=False)
+
+
+class StopAt(Callback):
+    """Interrupts training when epoch index ``epoch`` (0-based) starts (on every rank)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, state):
+        if state.epoch == self.epoch:
+            raise KeyboardInterrupt("simulated interruption")

@@ -21,11 +21,16 @@ import pytest
 import torch
 from torch import nn
 
-from attnlib.experiment import Comparison, Variant, read_record, record_stem, run_key, run_one
+from attnlib.experiment import Comparison, run_one
+from attnlib.records import read_record, record_stem, run_key
+from attnlib.variants import Variant
 from booktools.overview import load_records
 from attnlib.profiles import resolve_profile
 from booktools.paths import REPO
-from attnlib.train import CorruptFileError, TrainConfig, _read_checkpoint, fit
+from attnlib import checkpoints
+from attnlib.checkpoints import CorruptFileError
+from attnlib.config import TrainConfig
+from attnlib.train import fit
 
 # ----------------------------------------------------------------------------- TrainConfig
 
@@ -232,7 +237,7 @@ def _write(path: Path, content: bytes) -> Path:
 
 
 def read_checkpoint(folder: Path, data, content: bytes) -> None:
-    _read_checkpoint(_write(folder / "run.ckpt", content))
+    checkpoints.read_checkpoint(_write(folder / "run.ckpt", content))
 
 
 def resume_from(folder: Path, data, content: bytes) -> None:
@@ -332,6 +337,8 @@ CLI_CASES = [
     (["--variant", "R:model=resnet20", "--seeds", "0", "0"], r"seeds \(0, 0\) repeat a seed"),
     (["--variant", "R:model=resnet20", "--batch-size", "0"], r"argument --batch-size: 0 must be >= 1"),
     (["--variant", "R:attention=foo"], r"unknown attention 'foo'; registered attentions: ba"),
+    (["--variant", "R:norm=mabn(b=4)"], r"norm 'mabn' has no option b; its options: eps, momentum, B, real_B"),
+    (["--variant", "R:norm=mabn(4)"], r"'mabn\(4\)' is not a layer choice: write name or name\(option=value, \.\.\.\)"),
     (["--variant", "R:model=resnet21"], r"unknown model 'resnet21'; registered models"),
     (["--variant", "R:model=resnet20", "--results-dir", str(A_FILE / "results")],
      r"results folder \S+ cannot be written \(Not a directory\); choose another folder"),
@@ -439,25 +446,25 @@ def test_every_chapter_parameter_has_a_rule_and_its_default_passes():
 
 @pytest.mark.parametrize("stem", ["01_iebn", "02_ba_net", "03_mabn", "04_nam", "05_dynamic_conv"])
 def test_notebook_checks_its_parameters_in_the_setup_cell(stem: str):
-    """The cell after `parameters` resolves the profile and checks the chapter's parameters, so a
-    wrong papermill `-p` stops there, not after minutes of earlier cells."""
+    """The cell after `parameters` resolves the profile and gets the chapter's comparisons, which
+    checks every chapter parameter, so a wrong papermill `-p` stops there, before the data loads."""
     import nbformat
 
     from attnlib.chapters import chapter_parameters
 
     cells = [c for c in nbformat.read(REPO / "notebooks" / f"{stem}.ipynb", as_version=4).cells if c.cell_type == "code"]
     after = cells[[i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])][0] + 1].source
-    assert "resolve_profile(profile" in after and f'check_parameters("{stem}", setup' in after
+    assert "resolve_profile(profile" in after and f'comparisons = experiments("{stem}", setup' in after
     for name in chapter_parameters(stem):
         assert f"{name}={name}" in after, name
-    assert after.index("check_parameters(") < after.index("setup.load()")
+    assert after.index("experiments(") < after.index("setup.load()")
 
 
 def test_anneal_epochs_none_means_half_the_run_and_a_number_is_kept():
     from attnlib.chapters import experiments
 
     def annealing(**params) -> int:
-        return experiments("05", resolve_profile("smoke", epochs=10), **params)[0].variants[1].callbacks[0].epochs
+        return experiments("05", resolve_profile("smoke", epochs=10), **params)["main"].variants[1].callbacks[0].epochs
 
     assert annealing() == 5 and annealing(anneal_epochs=None) == 5 and annealing(anneal_epochs=1) == 1
 

@@ -8,12 +8,15 @@ import nbformat
 import pytest
 import yaml
 
+from attnlib import chapters
+from attnlib.profiles import resolve_profile
 from booktools import book
 
 REPO = book.REPO
 SECTIONS = ["Idea", "Math", "Implementation", "Sanity checks", "Experiment", "Results", "Discussion",
             "Exercises", "References"]
 SOURCES = book.source_notebooks()
+SMOKE = resolve_profile("smoke")
 
 
 def test_there_are_source_notebooks():
@@ -37,6 +40,18 @@ def test_source_follows_the_chapter_skeleton(path: Path):
     assert positions == sorted(positions), f"{path.name}: sections out of order: {headings}"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "profile" in params[0].source and "results_dir" in params[0].source
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_chapter_trains_its_library_comparisons(path: Path):
+    """One source per chapter: the notebook gets its comparisons from ``attnlib.chapters`` (with
+    its parameters: tests/test_bad_inputs.py), uses each of them, and types no variant list of its own."""
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert f'comparisons = experiments("{path.stem}", setup' in code, f"{path.name} does not call experiments()"
+    used = set(re.findall(r'comparisons\["(\w+)"\]', code))
+    assert used == set(chapters.experiments(path.stem, SMOKE)), f"{path.name} uses comparisons {sorted(used)}"
+    assert not re.search(r"\bVariant\(|(?<![.\w])compare\(", code), f"{path.name} builds its own variants"
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)

@@ -5,13 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from attnlib.layers import ATTENTIONS
+from attnlib.config import TrainConfig
+from attnlib.layers import ATTENTIONS, options_of
 from attnlib.layers import bridge_attention, se
 from attnlib.layers.bridge_attention import BridgeAttention, DiscardedBridgeAttention, attention_gates
 from attnlib.layers.se import SqueezeExcitation, hidden_channels
-from attnlib.experiment import Variant
 from attnlib.models import build_model, count_parameters
-from attnlib.train import TrainConfig, fit
+from attnlib.train import fit
+from attnlib.variants import Variant
 from conftest import assert_same_values_and_gradients
 
 
@@ -61,8 +62,15 @@ def ba_inputs(n: int = 6, c: int = 32, prev: tuple[int, ...] = (16, 24), size: i
 
 # ----------------------------------------------------------------------------- the gates
 
-def test_registered_names():
-    assert {"se", "ba", "ba_last_only", "ba_discarded"} <= set(ATTENTIONS)
+DISCARDED = ("ba", {"discard_output": True})       # the seed post's control
+LAST_ONLY = ("ba", {"last_feature_only": True})  # the ablation: the gate sees the block's output only
+
+
+def test_registered_names_and_options():
+    assert {"se", "ba"} <= set(ATTENTIONS)
+    assert options_of("attention", "ba") == ["reduction", "min_hidden", "last_feature_only", "discard_output"]
+    with pytest.raises(ValueError, match="attention 'ba' has no option discard; its options: reduction, min_hidden"):
+        build_model("resnet20", attention=("ba", {"discard": True}))
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
@@ -124,7 +132,7 @@ def test_ba_gate_depends_on_every_bridge(which):
 
 
 def test_last_only_gate_ignores_bridges_but_not_x():
-    m = ATTENTIONS["ba_last_only"](32, [16, 24]).eval()
+    m = ATTENTIONS["ba"](32, [16, 24], last_feature_only=True).eval()
     randomize_norms(m)
     assert len(m.squeeze_weights) == 1
     x, bridges = ba_inputs()
@@ -141,7 +149,7 @@ def test_too_few_bridges_is_an_error():
 
 
 def test_discarded_returns_x_and_costs_the_same_parameters():
-    ba, discarded = ATTENTIONS["ba"](32, [16, 24]), ATTENTIONS["ba_discarded"](32, [16, 24])
+    ba, discarded = ATTENTIONS["ba"](32, [16, 24]), ATTENTIONS["ba"](32, [16, 24], discard_output=True)
     assert isinstance(discarded, DiscardedBridgeAttention)
     assert count_parameters(ba) == count_parameters(discarded)
     x, bridges = ba_inputs()
@@ -150,17 +158,17 @@ def test_discarded_returns_x_and_costs_the_same_parameters():
     assert torch.equal(out, x)
     out.sum().backward()  # the gate is dead: no gradient reaches it
     assert all(p.grad is None for p in discarded.parameters())
-    models = [build_model("resnet20", attention=a, in_channels=1) for a in ("ba", "ba_discarded")]
+    models = [build_model("resnet20", attention=a, in_channels=1) for a in ("ba", DISCARDED)]
     assert count_parameters(models[0]) == count_parameters(models[1])
 
 
 @pytest.mark.parametrize("model", ["resnet20", "alexnet"])
-@pytest.mark.parametrize("attention", ["se", "ba", "ba_discarded", "nam"])
-def test_attention_leaves_every_other_initial_weight_of_the_seed_alone(model: str, attention: str, synthetic):
+@pytest.mark.parametrize("attention", ["se", "ba", DISCARDED, "nam"], ids=["se", "ba", "ba-discarded", "nam"])
+def test_attention_leaves_every_other_initial_weight_of_the_seed_alone(model: str, attention, synthetic):
     """A network with attention and the plain one of the same seed differ by the attention alone
     (attention modules are initialised on a side stream); the attention's own weights follow
     the seed."""
-    def build(attention: str | None, seed: int) -> dict[str, torch.Tensor]:
+    def build(attention, seed: int) -> dict[str, torch.Tensor]:
         variant = Variant("x", model=model, attention=attention, model_kwargs={"width_mult": 0.5})
         return variant.build(synthetic, seed).state_dict()
 
@@ -170,7 +178,7 @@ def test_attention_leaves_every_other_initial_weight_of_the_seed_alone(model: st
     own = [k for k in gated if k not in plain and gated[k].is_floating_point() and gated[k].numel() > 1]
     again, other_seed = build(attention, 3), build(attention, 4)
     assert all(torch.equal(gated[k], again[k]) for k in own)
-    if attention in ("se", "ba", "ba_discarded"):  # NAM starts from constants
+    if attention != "nam":  # NAM starts from constants
         assert any(not torch.equal(gated[k], other_seed[k]) for k in own)
 
 
@@ -178,7 +186,7 @@ def test_ba_with_its_gate_discarded_trains_exactly_like_the_plain_network(synthe
     """The post's "identical function" control is an exact null: same seed, same history."""
     config = TrainConfig(epochs=2, batch_size=64, eval_batch_size=128, lr=0.05)
     histories = []
-    for attention in (None, "ba_discarded"):
+    for attention in (None, DISCARDED):
         model = Variant("x", attention=attention, model_kwargs={"width_mult": 0.5}).build(synthetic, 0)
         histories.append(fit(model, synthetic, config, device="cpu", progress=False).to_dict())
     assert histories[0]["test_loss"] == histories[1]["test_loss"]
@@ -250,11 +258,11 @@ RESNET50_BLOCKS = [(4 * w, [w, w]) for w, d in zip((64, 128, 256, 512), (3, 4, 6
 @pytest.mark.parametrize("name,blocks", [("resnet20", RESNET20_BLOCKS), ("resnet50", RESNET50_BLOCKS)])
 def test_parameter_counts_match_formula(name, blocks):
     base = count_parameters(build_model(name, attention="none", in_channels=1))
-    extra = {a: count_parameters(build_model(name, attention=a, in_channels=1)) - base
-             for a in ("ba", "se", "ba_last_only")}
+    extra = {key: count_parameters(build_model(name, attention=a, in_channels=1)) - base
+             for key, a in (("ba", "ba"), ("se", "se"), ("last_only", LAST_ONLY))}
     assert extra["ba"] == sum(ba_block_parameters(c, bridges) for c, bridges in blocks)
     assert extra["se"] == sum(se_block_parameters(c) for c, _ in blocks)
-    assert extra["ba_last_only"] == sum(ba_block_parameters(c, []) for c, _ in blocks)
+    assert extra["last_only"] == sum(ba_block_parameters(c, []) for c, _ in blocks)
     if name == "resnet20":  # by hand: h = 8 everywhere, per block 2C*8 + 2*2*8 + 8C = 24C + 32
         assert extra["ba"] == 3 * (16 * 8 * 3 + 32) + 3 * (32 * 8 * 3 + 32) + 3 * (64 * 8 * 3 + 32)
 
@@ -268,7 +276,7 @@ def test_model_init_keeps_gate_init():
 
 # ----------------------------------------------------------------------------- formats, precision, gradients
 
-@pytest.mark.parametrize("attention", ["se", "ba", "ba_last_only"])
+@pytest.mark.parametrize("attention", ["se", "ba", LAST_ONLY], ids=["se", "ba", "ba-last-only"])
 def test_channels_last_bf16_autocast_and_gradients(attention):
     model = build_model("resnet20", attention=attention, in_channels=1)
     model = model.to(memory_format=torch.channels_last).train()
@@ -408,12 +416,14 @@ def test_the_side_stream_keeps_the_keys_of_networks_without_attention():
     """The book's queue trains ResNet-20 under these keys (book/results/resnet-20-seed0-f5d6a8749d.ckpt):
     the change of the attention's initialisation must not orphan them."""
     from attnlib.chapters import experiments
-    from attnlib.experiment import BOOK_RECIPE, run_config, run_key
+    from attnlib.experiment import BOOK_RECIPE
+    from attnlib.records import run_key
+    from attnlib.variants import run_config
     from attnlib.profiles import resolve_profile
 
     setup = resolve_profile("book")
     data = setup.load()
-    resnet = next(v for v in experiments("00", setup)[0].variants if v.label == "ResNet-20")
+    resnet = next(v for v in experiments("00", setup)["main"].variants if v.label == "ResNet-20")
     keys = [run_key(resnet, data, run_config(BOOK_RECIPE, setup, resnet), seed) for seed in (0, 1)]
     assert keys == ["f5d6a8749d", "1e08c021bc"]
     se = Variant("SE", attention="se")

@@ -18,7 +18,7 @@ PARTS = {
     "BA": dict(attention="ba"),
     "MABN + CenConv": dict(norm="mabn", conv="cenconv"),
     "NAM": dict(attention="nam"),
-    "NAM channel + pixel": dict(attention="nam_both"),
+    "NAM channel + pixel": dict(attention=("nam", {"spatial": True})),
     "DynamicConv": dict(conv="dynamic"),
 }
 

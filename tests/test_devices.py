@@ -1,4 +1,5 @@
-"""Every layer gives the same forward and gradients on each available device as on the CPU.
+"""attnlib.devices: the precision chosen for each device, and every layer giving the same forward
+and gradients on each available device as on the CPU.
 
 On a CPU-only machine the device list is just ``cpu`` (the comparison then checks that a
 deep copy computes the same, and keeps the code path alive); on a GPU machine it adds
@@ -8,16 +9,22 @@ comparison: the tolerances are those of fp32 arithmetic in another summation ord
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from attnlib.experiment import Variant
+from attnlib import devices
+from attnlib.config import TrainConfig
+from attnlib.devices import autocast_dtype, precision_name
 from attnlib.layers import (BridgeAttention, CenConv2d, DynamicConv2d, IEBN2d, MABN2d, NAMAttention,
                             SqueezeExcitation)
-from attnlib.train import TrainConfig, fit
+from attnlib.models import build_model
+from attnlib.train import fit
+from attnlib.variants import Variant
 
+TINY = TrainConfig(epochs=1, batch_size=32, lr=0.05, eval_batch_size=128)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 LAYERS: dict[str, Callable[[], torch.nn.Module]] = {
@@ -81,3 +88,47 @@ def test_a_network_trains_on_device(parts: dict, device: str, synthetic):
     history = fit(model, synthetic, TrainConfig(epochs=1, batch_size=64, eval_batch_size=128), device=device,
                   progress=False)
     assert history.test_acc[-1] > 0 and all(map(lambda v: v == v, history.train_loss))
+
+
+def test_autocast_dtype_choices(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype("auto", cpu) is None, "emulated bf16 is ten times slower: fp32"
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype("auto", cpu) is torch.bfloat16, "native bf16 is twice as fast"
+    assert autocast_dtype("off", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("fp16", cpu) is torch.float16
+
+
+def _fc_dtypes(model):
+    seen = []
+    model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    return seen
+
+
+def _model(data):
+    torch.manual_seed(0)
+    return build_model("resnet20", in_channels=data.in_channels)
+
+
+def test_bf16_on_cpu_trains_under_autocast(synthetic):
+    model = _model(synthetic)
+    seen = _fc_dtypes(model)
+    history = fit(model, synthetic, TINY.replace(amp="bf16"), device="cpu", progress=False)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert math.isfinite(history.train_loss[0]) and math.isfinite(history.test_loss[0])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a cast of the model
+
+
+def test_auto_amp_on_a_cpu_without_native_bf16_is_fp32(synthetic, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    model = _model(synthetic)
+    seen = _fc_dtypes(model)
+    fit(model, synthetic, TINY.replace(amp="auto"), device="cpu", progress=False)
+    assert seen and set(seen) == {torch.float32}
+
+
+def test_precision_names():
+    assert [precision_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["fp32", "bf16 autocast",
+                                                                                 "fp16 autocast"]

@@ -20,15 +20,18 @@ from torch import nn
 
 from attnlib import distributed
 from attnlib.callbacks import NAMSparsityPenalty, TemperatureAnnealing
-from attnlib.chapters import CHAPTERS, chapter_parameters, experiments
+from attnlib.chapters import CHAPTERS, experiments
+from attnlib.config import TrainConfig
 from attnlib.data import load_dataset
-from attnlib.experiment import BOOK_RECIPE, Variant, compare, flops_per_image
+from attnlib.experiment import BOOK_RECIPE, compare
+from attnlib.history import Callback
 from attnlib.layers.dynamic_conv import DynamicConv2d, dynamic_layers
 from attnlib.layers.mabn import CenConv2d, MABN2d
 from attnlib.layers.nam import nam_scale_factors
 from attnlib.profiles import resolve_profile
-from booktools.paths import REPO
-from attnlib.train import Callback, NonFiniteLossError, TrainConfig, fit
+from attnlib.train import NonFiniteLossError, fit
+from attnlib.variants import Variant, flops_per_image
+from conftest import StopAt
 
 WORLD = 2
 PER_RANK_BATCH = 8
@@ -80,24 +83,13 @@ def _chapter_choices() -> list[Variant]:
     setup = resolve_profile("smoke")
     seen, choices = set(), []
     for stem in CHAPTERS:
-        for exp in experiments(stem, setup):
+        for exp in experiments(stem, setup).values():
             for v in exp.variants:
                 key = json.dumps({k: x for k, x in v.spec().items() if k not in ("label", "train")}, sort_keys=True)
                 if key not in seen:
                     seen.add(key)
                     choices.append(v)
     return choices
-
-
-class StopAt(Callback):
-    """Interrupts training when epoch index ``epoch`` starts (on every rank)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_start(self, state):
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt("simulated interruption")
 
 
 class NanOnRank(Callback):
@@ -280,41 +272,6 @@ def test_uneven_global_batch_is_refused_with_advice():
 
 # ----------------------------------------------------------------------------- the command line
 
-def _notebook_cells(stem: str) -> tuple[str, list[str]]:
-    """The parameters cell and the cells that call compare(), in order."""
-    nb = json.loads((REPO / "notebooks" / f"{stem}.ipynb").read_text())
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    params = next("".join(c["source"]) for c in code if "parameters" in c.get("metadata", {}).get("tags", []))
-    return params, ["".join(c["source"]) for c in code if "= compare(" in "".join(c["source"])]
-
-
-@pytest.mark.parametrize("stem", list(CHAPTERS))
-def test_chapter_registry_matches_the_notebook(stem):
-    """The notebook's own cells, run with compare() recorded, ask for exactly the registry's runs."""
-    import attnlib.experiment as experiment_module
-
-    params_cell, compare_cells = _notebook_cells(stem)
-    namespace: dict = {}
-    exec(params_cell, namespace)
-    overrides = {name: 64 for name in chapter_parameters(stem) if "subset" in name or "test" in name}
-    namespace.update(overrides, profile="smoke")
-    setup = resolve_profile("smoke")
-    data = setup.load()
-    asked = []
-    namespace.update(vars(experiment_module), setup=setup, data=data, BOOK_RECIPE=BOOK_RECIPE,
-                     NAMSparsityPenalty=NAMSparsityPenalty, TemperatureAnnealing=TemperatureAnnealing,
-                     compare=lambda variants, *a, data, **kw: asked.append((variants, data)))
-    for cell in compare_cells:
-        exec(cell, namespace)
-    notebook_params = {k: namespace[k] for k in chapter_parameters(stem)}
-    registry = experiments(stem, setup, **notebook_params)
-    assert [[v.spec() for v in variants] for variants, _ in asked] == [[v.spec() for v in e.variants] for e in registry]
-    for (_, notebook_data), exp in zip(asked, registry, strict=True):
-        registry_data = exp.data(data)
-        assert torch.equal(notebook_data.train_labels, registry_data.train_labels)
-        assert torch.equal(notebook_data.test_images, registry_data.test_images)
-
-
 def test_torchrun_writes_the_records_compare_loads(tmp_path):
     args = ["--chapter", "00", "--only", "ResNet-20", "--profile", "smoke", "--epochs", "1", "--seeds", "0",
             "--results-dir", str(tmp_path), "--no-progress"]
@@ -327,7 +284,7 @@ def test_torchrun_writes_the_records_compare_loads(tmp_path):
     assert len(records) == 1 and json.loads(records[0].read_text())["run_card"]["processes"] == 2
 
     setup = resolve_profile("smoke", epochs=1, seeds=[0])
-    main = experiments("00", setup)[0]
+    main = experiments("00", setup)["main"]
     loaded = compare([v for v in main.variants if v.label == "ResNet-20"], setup, recipe=BOOK_RECIPE,
                      results_dir=tmp_path, device="cpu", progress=False)
     assert loaded.trained_now == 0 and len(loaded.records) == 1

@@ -12,15 +12,17 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnlib import Callback, TrainConfig, build_model, count_parameters, fit, load_dataset
-from attnlib.layers import CONVS
 from attnlib.callbacks import TemperatureAnnealing
+from attnlib.history import History, TrainState
+from attnlib.layers import CONVS
 from attnlib.layers.dynamic_conv import (DynamicConv2d, expert_attention,
                                          reference_dynamic_conv, reference_expert_attention)
 from attnlib.models.alexnet import ConvUnit
-from attnlib.train import History, TrainState
 from conftest import assert_same_values_and_gradients
 
 MODES = ("grouped", "branches", "auto")
+
+K2 = ("dynamic", {"num_experts": 2})  # the post's AlexNet-DY
 
 
 def reference(m: DynamicConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -198,12 +200,12 @@ def test_temperature_is_a_buffer_that_survives_save_and_load():
 def test_a_reloaded_model_runs_at_the_saved_temperature():
     """The post's bug: a reloaded model ran at T=30 whatever it was trained at."""
     torch.manual_seed(0)
-    model = build_model("resnet20", in_channels=1, conv="dynamic_k2").eval()
+    model = build_model("resnet20", in_channels=1, conv=K2).eval()
     for m in model.modules():
         if isinstance(m, DynamicConv2d):
             m.temperature = 1.0
     x = torch.randn(2, 1, 16, 16)
-    reloaded = build_model("resnet20", in_channels=1, conv="dynamic_k2").eval()
+    reloaded = build_model("resnet20", in_channels=1, conv=K2).eval()
     reloaded.load_state_dict(model.state_dict())
     assert {m.temperature for m in reloaded.modules() if isinstance(m, DynamicConv2d)} == {1.0}
     torch.testing.assert_close(reloaded(x), model(x), rtol=0, atol=0)
@@ -280,7 +282,7 @@ def test_resume_continues_the_annealing(tmp_path):
 
     def run(*extra: Callback, resume: bool = False) -> nn.Module:
         torch.manual_seed(0)
-        model = build_model("resnet20", in_channels=1, conv="dynamic_k2", width_mult=0.25)
+        model = build_model("resnet20", in_channels=1, conv=K2, width_mult=0.25)
         fit(model, data, config, device="cpu", callbacks=[TemperatureAnnealing(epochs=3), *extra],
             checkpoint=tmp_path / "run.ckpt", resume=resume, progress=False)
         return model
@@ -288,7 +290,7 @@ def test_resume_continues_the_annealing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(_StopAtEpoch(1))
     # the checkpoint alone (model state, no callback) carries the temperature after 4 steps
-    reloaded = build_model("resnet20", in_channels=1, conv="dynamic_k2", width_mult=0.25)
+    reloaded = build_model("resnet20", in_channels=1, conv=K2, width_mult=0.25)
     reloaded.load_state_dict(torch.load(tmp_path / "run.ckpt", weights_only=False)["model"])
     after_4 = _temperatures(reloaded)
     assert after_4 == pytest.approx([30.0 - 29.0 * 4 / 12] * len(after_4), abs=1e-5)
@@ -332,13 +334,13 @@ def _dynamic_size(cin: int, cout: int, k: int, experts: int) -> int:
     return experts * cout * cin * k * k + (cin * hidden + hidden) + (hidden * experts + experts)
 
 
-@pytest.mark.parametrize("name,experts", [("dynamic", 4), ("dynamic_k2", 2)])
-def test_resnet20_parameter_count(name, experts):
+@pytest.mark.parametrize("experts", [4, 2])
+def test_resnet20_parameter_count(experts):
     # every conv of ResNet-20 but the stem: (in, out, kernel) and how many of each
     convs = ([(16, 16, 3)] * 6 + [(16, 32, 3), (16, 32, 1)] + [(32, 32, 3)] * 5
              + [(32, 64, 3), (32, 64, 1)] + [(64, 64, 3)] * 5)
     static = build_model("resnet20", conv="conv")
-    dynamic = build_model("resnet20", conv=name)
+    dynamic = build_model("resnet20", conv=("dynamic", {"num_experts": experts}))
     static_convs = sum(ci * co * k * k for ci, co, k in convs)
     extra = sum(_dynamic_size(ci, co, k, experts) - ci * co * k * k for ci, co, k in convs)
     assert count_parameters(dynamic) == count_parameters(static) + extra
@@ -375,10 +377,10 @@ def test_auto_mode_policy():
 # ----------------------------------------------------------------------------- registry and helpers
 
 def test_registered_names_and_placement():
-    for name, experts in (("dynamic", 4), ("dynamic_k2", 2)):
-        spec = CONVS[name]
-        assert (spec.stem, spec.shortcut) == (False, True)
-        layer = spec.factory(16, 32, 3, 2, 1, bias=False)
+    spec = CONVS["dynamic"]
+    assert (spec.stem, spec.shortcut) == (False, True)
+    for options, experts in (({}, 4), ({"num_experts": 2}, 2)):
+        layer = spec.factory(16, 32, 3, 2, 1, bias=False, **options)
         assert isinstance(layer, DynamicConv2d)
         assert (layer.num_experts, layer.temperature, layer.bias, layer.stride) == (experts, 30.0, None, (2, 2))
     model = build_model("resnet20", conv="dynamic")
@@ -392,7 +394,7 @@ def test_registered_names_and_placement():
 
 def test_expert_attention_reads_every_layer_and_cleans_up():
     torch.manual_seed(0)
-    model = build_model("resnet20", in_channels=1, conv="dynamic_k2", width_mult=0.25).train()
+    model = build_model("resnet20", in_channels=1, conv=K2, width_mult=0.25).train()
     images = torch.randn(10, 1, 16, 16)
     pis = expert_attention(model, images, batch_size=4)
     names = [n for n, m in model.named_modules() if isinstance(m, DynamicConv2d)]

@@ -1,43 +1,25 @@
-"""attnlib.experiment, attnlib.profiles and attnlib.plots: compare() records, reloads and reports."""
+"""attnlib.experiment: compare() records, reloads and reports; differences and the convergence check."""
 from __future__ import annotations
 
 import json
 import math
-import signal
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pytest
 import torch
-from matplotlib.figure import Figure
-from torch import nn
 
-from attnlib import load_dataset, plots
-from attnlib.experiment import (Comparison, Variant, compare, convergence_check, difference, flops_per_image,
-                                permutation_p_value, run_key, smallest_p_value)
-from attnlib.profiles import PROFILES, resolve_profile
-from attnlib.train import Callback, TrainConfig, predict
-
-VARIANTS = [Variant("BN baseline"), Variant("AlexNet", model="alexnet", model_kwargs={"width_mult": 0.5},
-                                            train={"lr": 0.02})]
-SEEDS = (0, 1)
-
-
-@pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
-    """2 variants x 2 seeds on the smoke profile, 2 epochs; trained once for the module."""
-    results = tmp_path_factory.mktemp("results")
-    first = compare(VARIANTS, "smoke", epochs=2, seeds=SEEDS, results_dir=results, device="cpu",
-                    progress=False)
-    return first
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from attnlib import load_dataset
+from attnlib.config import TrainConfig
+from attnlib.experiment import Comparison, compare, convergence_check, difference
+from attnlib.history import Callback
+from attnlib.profiles import PROFILES
+from attnlib.records import run_key
+from attnlib.significance import smallest_p_value
+from attnlib.train import predict
+from attnlib.variants import Variant
+from conftest import COMPARED_SEEDS as SEEDS, COMPARED_VARIANTS as VARIANTS
 
 
 # ----------------------------------------------------------------------------- compare
@@ -162,156 +144,6 @@ def test_duplicate_labels_are_refused(tmp_path):
     assert not list(tmp_path.iterdir())  # refused before anything ran
 
 
-# ----------------------------------------------------------------------------- profiles
-
-def test_resolve_profile():
-    smoke = resolve_profile("smoke")
-    assert smoke == PROFILES["smoke"] and smoke.dataset == "synthetic"
-    p = resolve_profile("smoke", epochs=7, seeds=[4], batch_size=16)
-    assert (p.epochs, p.seeds, p.batch_size) == (7, (4,), 16)
-    assert PROFILES["smoke"].epochs == 3  # the table is not modified
-    q = resolve_profile("smoke", dataset="cifar10")
-    assert q.dataset == "cifar10" and q.dataset_options == {}
-    assert resolve_profile("smoke", dataset="synthetic").dataset_options == smoke.dataset_options
-    quick = resolve_profile("quick", epochs=2)
-    assert quick.train_subset == 12_000 and quick.epochs == 2
-    assert resolve_profile(p) == p
-    with pytest.raises(ValueError, match="smoke"):
-        resolve_profile("medium")
-    with pytest.raises(ValueError, match="seed"):
-        resolve_profile("smoke", seeds=[])
-    with pytest.raises(ValueError, match="repeat a seed"):
-        resolve_profile("smoke", seeds=[0, 0, 1])
-
-
-def test_smoke_profile_loads_its_dataset():
-    data = resolve_profile("smoke").load()
-    assert (len(data.train_labels), len(data.test_labels), data.in_channels, data.image_size) == (512, 256, 1, 16)
-
-
-# ----------------------------------------------------------------------------- FLOPs
-
-@pytest.mark.parametrize("cin,cout,k,padding", [(1, 4, 3, 1), (2, 5, 1, 0), (1, 3, 5, 2)])
-def test_flops_of_a_single_conv(synthetic, cin, cout, k, padding):
-    data = synthetic if cin == 1 else replace(synthetic, train_images=synthetic.train_images.repeat(1, cin, 1, 1))
-    assert data.in_channels == cin
-    model = nn.Conv2d(cin, cout, k, padding=padding, bias=False)
-    h = w = 16  # 'same' padding
-    assert flops_per_image(model, data) == 2 * cout * cin * k * k * h * w
-
-
-def test_flops_restores_training_mode(synthetic):
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2)).train()
-    assert flops_per_image(model, synthetic) == 2 * 2 * 1 * 9 * 14 * 14
-    assert model.training
-    model.eval()
-    flops_per_image(model, synthetic)
-    assert not model.training
-
-
-# ----------------------------------------------------------------------------- plots
-
-def test_learning_curves(comparison):
-    fig = plots.learning_curves(comparison)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
-    loss_ax, acc_ax = fig.axes
-    # per variant: a dashed train line and a solid test line, plus two legend-only lines
-    assert len(loss_ax.lines) == 2 * 2 and len(acc_ax.lines) == 2 * 2 + 2
-    (legend,) = fig.legends  # one legend for the figure, under the plots, off the data
-    names = [t.get_text() for t in legend.get_texts()]
-    assert "BN baseline (n=2)" in names and "AlexNet (n=2)" in names
-    fig.canvas.draw()
-    box = legend.get_window_extent()
-    assert all(box.y1 < ax.get_window_extent().y0 for ax in fig.axes)
-    test_line = [ln for ln in acc_ax.lines if ln.get_label() == "AlexNet (n=2)"][0]
-    expected = [100 * statistics.fmean(r["history"]["test_acc"][e] for r in comparison.runs("AlexNet"))
-                for e in range(2)]
-    assert list(test_line.get_ydata()) == pytest.approx(expected)
-    # the bands are the range over seeds: a loss band never goes below zero, as mean - std can
-    assert loss_ax.get_yscale() == "log"
-    losses = [[r["history"]["test_loss"][e] for r in comparison.runs("AlexNet")] for e in range(2)]
-    edges = {round(float(v), 9) for c in loss_ax.collections for v in c.get_paths()[0].vertices[:, 1]}
-    assert {round(f(epoch), 9) for epoch in losses for f in (min, max)} <= edges
-
-
-def test_prediction_grid(comparison):
-    fig = plots.prediction_grid(comparison, n=16)
-    assert isinstance(fig, Figure) and len(fig.axes) == 16
-    titles = [ax.get_title() for ax in fig.axes]
-    assert all(t.startswith("true: class ") for t in titles)
-    # every image carries one prediction line per variant
-    assert all(len(ax.texts) == 2 for ax in fig.axes)
-
-
-def test_accuracy_bars(comparison):
-    fig = plots.accuracy_bars(comparison)
-    assert isinstance(fig, Figure)
-    ax = fig.axes[0]
-    heights = [p.get_height() for p in ax.patches]
-    expected = [100 * statistics.fmean(r["final_test_acc"] for r in comparison.runs(lab)) for lab in comparison.labels]
-    assert heights == pytest.approx(expected)
-    assert [t.get_text() for t in ax.get_xticklabels()] == comparison.labels
-
-
-def test_cost_table(comparison):
-    lines = plots.cost_table(comparison).splitlines()
-    assert len(lines) == 2 + len(comparison.labels)
-    rows = comparison.summary()
-    for line, row in zip(lines[2:], rows):
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] == row["label"] and cells[1] == f"{row['params']:,d}"
-        expected = row["train_images_per_s"] / rows[0]["train_images_per_s"]
-        assert cells[6] == f"{expected:.3f}x"
-    assert lines[2].endswith("| 1.00x | 1.000x | 1.000x |")
-
-
-def test_results_table(comparison):
-    table = plots.results_table(comparison)
-    lines = table.splitlines()
-    assert len(lines) == 2 + len(comparison.labels)  # header, separator, one row per variant
-    assert lines[0].startswith("| variant |") and set(lines[1]) <= set("|-")
-    for line, row in zip(lines[2:], comparison.summary()):
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert len(cells) == lines[0].count("|") - 1
-        assert cells[0] == row["label"] and cells[1] == "2"
-        assert cells[2].startswith(f"{100 * row['final_mean']:.2f} ± ")
-    with_paper = plots.results_table(comparison, paper={"AlexNet": "90.0 (post)"})
-    assert with_paper.splitlines()[3].endswith("| 90.0 (post) |")
-    assert with_paper.splitlines()[2].endswith("| – |")
-    assert "| git_commit |" in plots.run_card_table(comparison)
-
-
-def test_colors_follow_the_method():
-    assert plots.color_for("IEBN ResNet-20") == plots.color_for("iebn") != plots.color_for("SE")
-    colors = plots._colors(["BN", "ResNet-56", "mine", "other"])
-    assert len(set(colors.values())) == 4
-
-
-def test_compared_curves_get_distinct_colours():
-    # BA-Net's AlexNet figure: three labels whose keywords share two colours
-    colors = list(plots._colors(["AlexNet", "BA-AlexNet", "BA-AlexNet, gate discarded"]).values())
-    assert min(plots._distance(a, b) for i, a in enumerate(colors) for b in colors[i + 1:]) > 140  # two blues: 121
-
-
-class _Timeout(Exception):
-    pass
-
-
-def test_colors_for_many_variants_terminates():
-    def alarm(signum, frame):
-        raise _Timeout("plots._colors did not return within 2 s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, 2.0)
-    try:
-        colors = plots._colors([f"variant {i}" for i in range(9)])
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-    assert len(colors) == 9
-    assert len(set(list(colors.values())[:8])) == 8, "the first 8 labels get distinct colours"
-
-
 def test_confusion_counts_every_prediction_once(comparison):
     for label in comparison.labels:
         counts = comparison.confusion(label)
@@ -337,26 +169,6 @@ def test_difference_states_its_verdict(comparison):
     assert difference(comparison, "AlexNet", "AlexNet")["verdict"] == "indistinguishable from"
 
 
-def test_permutation_p_value_against_enumeration():
-    # 3 vs 3, completely separated: only the observed split and its mirror are as extreme
-    assert permutation_p_value([0.74, 0.741, 0.742], [0.735, 0.736, 0.7365]) == pytest.approx(2 / 20)
-    # identical groups: every split is at least as extreme as a zero difference
-    assert permutation_p_value([0.5, 0.6], [0.6, 0.5]) == 1.0
-    # a direct count for a small unbalanced case: 1 vs 2 values, 3 splits
-    a, b = [3.0], [1.0, 2.0]
-    diffs = [abs(x - (6.0 - x) / 2) for x in (3.0, 1.0, 2.0)]
-    assert permutation_p_value(a, b) == sum(d >= diffs[0] for d in diffs) / 3
-
-
-def test_smallest_attainable_p_value():
-    assert smallest_p_value(3, 3) == pytest.approx(0.1)
-    assert smallest_p_value(5, 5) == pytest.approx(2 / 252)
-    assert smallest_p_value(2, 3) == pytest.approx(1 / 10)
-    # completely separated groups reach it, and no split does better
-    separated = permutation_p_value([0.95, 0.951, 0.952, 0.953, 0.954], [0.93, 0.931, 0.932, 0.933, 0.934])
-    assert separated == pytest.approx(smallest_p_value(5, 5)) and separated < 0.05
-
-
 def test_difference_states_the_smallest_attainable_p(comparison):
     d = difference(comparison, "AlexNet", "BN baseline")
     assert d["p_min"] == pytest.approx(smallest_p_value(2, 2)) and d["p_value"] >= d["p_min"]
@@ -378,13 +190,6 @@ def test_convergence_check(longer, converged):
     assert check["shift"] == pytest.approx(100 * (statistics.fmean(longer) - 0.94))
     assert check["converged"] is converged and check["epochs"] == (30, 60)
     assert ("have converged" in check["text"]) is converged
-
-
-def test_book_profile_is_all_of_fashion_mnist_with_five_seeds():
-    book = PROFILES["book"]
-    assert (book.dataset, book.train_subset, book.test_subset, len(book.seeds)) == ("fashion_mnist", None, None, 5)
-    assert smallest_p_value(len(book.seeds), len(book.seeds)) < 0.05
-
 
 
 @dataclass(frozen=True)

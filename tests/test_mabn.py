@@ -10,7 +10,7 @@ from torch import nn
 
 import attnlib
 from attnlib.layers import norm_spec
-from attnlib.layers.mabn import (MABN_NORMS, R_MAX, CenConv2d, MABN2d, MABNFunction, reference_cenconv,
+from attnlib.layers.mabn import (R_MAX, CenConv2d, MABN2d, MABNFunction, reference_cenconv,
                                  reference_mabn, reference_mabn_input_grad)
 from conftest import assert_same_values_and_gradients
 
@@ -308,12 +308,15 @@ def test_cenconv_equals_reference_cenconv_in_float64_forward_and_gradients():
 
 # ----------------------------------------------------------------------------- in a network
 
-def test_registered_names():
-    for name, batch in MABN_NORMS.items():
-        spec = norm_spec(name)
-        layer = spec.factory(8)
-        assert spec.shortcut == name and isinstance(layer, MABN2d)
-        assert (layer.B, layer.window) == (batch, 32 // batch)
+def test_registered_with_the_batch_as_an_option():
+    spec = norm_spec("mabn")
+    assert spec.shortcut is None  # the projection shortcuts get MABN too, with the same options
+    for options, batch in (({}, 2), ({"B": 4}, 4), ({"B": 32}, 32)):
+        layer = spec.factory(8, **options)
+        assert isinstance(layer, MABN2d) and (layer.B, layer.window) == (batch, 32 // batch)
+    model = attnlib.build_model("resnet20", in_channels=1, norm=("mabn", {"B": 8}), conv="cenconv")
+    norms = [m for m in model.modules() if isinstance(m, MABN2d)]
+    assert len(norms) == 21 and all(m.B == 8 for m in norms)  # stem, 18 in blocks, 2 shortcuts
     spec = attnlib.layers.conv_spec("cenconv")
     assert spec.stem and spec.shortcut
 

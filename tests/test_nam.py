@@ -8,17 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlib.layers import ATTENTIONS
 from attnlib.callbacks import NAMSparsityPenalty
+from attnlib.config import TrainConfig
+from attnlib.layers import ATTENTIONS
 from attnlib.layers.nam import (NAMAttention, NAMChannelAttention, NAMSpatialAttention,
                                 nam_channel_weights, nam_scale_factors, reference_nam_channel,
                                 reference_nam_spatial)
 from attnlib.models import build_model, count_parameters
-from attnlib.train import TrainConfig, fit
+from attnlib.train import fit
 from conftest import assert_same_values_and_gradients
 
 EPS = 1e-5
-NAM_NAMES = ("nam", "nam_spatial", "nam_both")
+PIXEL = ("nam", {"channel": False, "spatial": True})
+BOTH = ("nam", {"spatial": True})
+NAM_CHOICES = {"channel": "nam", "pixel": PIXEL, "both": BOTH}
 
 
 # ----------------------------------------------------------------------------- the formulas, written out
@@ -216,7 +219,7 @@ def nam_and_other_grads(model: nn.Module, x, y, penalty: NAMSparsityPenalty | No
 
 @pytest.mark.parametrize("wrap", ["none", "dataparallel", "container"])
 def test_penalty_adds_strength_times_sign_to_nam_scales_only(wrap):
-    model = build_model("resnet20", in_channels=1, attention="nam_both")
+    model = build_model("resnet20", in_channels=1, attention=BOTH)
     x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
     model.eval()(x)  # materialise the pixel modules
     randomise_all(model)  # signed gammas and lambdas
@@ -268,7 +271,7 @@ def test_penalty_finds_modules_inside_a_compiled_model():
 def test_fit_trains_nam_scales_with_the_penalty(synthetic):
     """fit converts the memory format and builds the optimiser before the first forward, when
     the pixel modules have no size yet; their parameters must still be trained."""
-    model = build_model("resnet20", in_channels=1, attention="nam_both")
+    model = build_model("resnet20", in_channels=1, attention=BOTH)
     config = TrainConfig(epochs=1, batch_size=64, eval_batch_size=128, lr=0.05)
     history = fit(model, synthetic, config, device="cpu", callbacks=[NAMSparsityPenalty()], progress=False)
     assert len(history) == 1 and torch.isfinite(torch.tensor(history.train_loss)).all()
@@ -284,7 +287,7 @@ def test_penalty_fails_loudly_without_nam_modules():
 
 
 def test_look_inside_helpers():
-    model = build_model("resnet20", in_channels=1, attention="nam_both")
+    model = build_model("resnet20", in_channels=1, attention=BOTH)
     model.eval()(torch.randn(2, 1, 16, 16))
     randomise_all(model)
     factors, weights = nam_scale_factors(model), nam_channel_weights(model)
@@ -302,8 +305,8 @@ def test_look_inside_helpers():
 # ----------------------------------------------------------------------------- in the networks
 
 def test_registered_names():
-    for name, channel, spatial in (("nam", True, False), ("nam_spatial", False, True), ("nam_both", True, True)):
-        m = ATTENTIONS[name](16, [16])
+    for options, channel, spatial in (({}, True, False), (PIXEL[1], False, True), (BOTH[1], True, True)):
+        m = ATTENTIONS["nam"](16, [16], **options)
         assert isinstance(m, NAMAttention)
         assert (m.channel is not None, m.spatial is not None) == (channel, spatial)
     with pytest.raises(ValueError, match="both"):
@@ -320,7 +323,7 @@ def test_channel_nam_adds_only_the_bn_affine_pair():
 
 @pytest.mark.parametrize("size", [16, 28, 32])
 def test_spatial_sizes_itself_per_stage(size):
-    model = build_model("resnet20", in_channels=1, attention="nam_spatial")
+    model = build_model("resnet20", in_channels=1, attention=PIXEL)
     assert "spatial_size=lazy" in repr(model.stages[0][0].attention)
     with pytest.raises(ValueError, match="uninitialized parameter"):
         count_parameters(model)  # unknown until the first forward, and said so
@@ -335,20 +338,20 @@ def test_spatial_sizes_itself_per_stage(size):
 
 
 def test_spatial_state_dict_loads_into_a_fresh_model():
-    model = build_model("resnet20", in_channels=1, attention="nam_both")
+    model = build_model("resnet20", in_channels=1, attention=BOTH)
     x = torch.randn(2, 1, 16, 16)
     model(x)
     randomise_all(model)
-    fresh = build_model("resnet20", in_channels=1, attention="nam_both")
+    fresh = build_model("resnet20", in_channels=1, attention=BOTH)
     fresh.load_state_dict(model.state_dict())  # materialised from the state dict's shapes
     model.eval(), fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(x), model(x))
 
 
-@pytest.mark.parametrize("name", NAM_NAMES)
+@pytest.mark.parametrize("name", NAM_CHOICES)
 def test_channels_last_equals_contiguous(name):
-    model = build_model("resnet20", in_channels=3, attention=name)
+    model = build_model("resnet20", in_channels=3, attention=NAM_CHOICES[name])
     x = torch.randn(4, 3, 16, 16)
     model.eval()(x)
     randomise_all(model)
@@ -360,9 +363,9 @@ def test_channels_last_equals_contiguous(name):
             torch.testing.assert_close(cl_model(x_cl), model(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAM_NAMES)
+@pytest.mark.parametrize("name", NAM_CHOICES)
 def test_bf16_autocast_forward_and_backward(name):
-    model = build_model("resnet20", in_channels=1, attention=name).to(memory_format=torch.channels_last)
+    model = build_model("resnet20", in_channels=1, attention=NAM_CHOICES[name]).to(memory_format=torch.channels_last)
     x = torch.randn(4, 1, 16, 16).contiguous(memory_format=torch.channels_last)
     model.eval()
     with torch.no_grad():
@@ -378,17 +381,17 @@ def test_bf16_autocast_forward_and_backward(name):
     assert inner["o"].is_contiguous(memory_format=torch.channels_last)
     F.cross_entropy(logits.float(), torch.arange(4)).backward()
     grads = [m.scale.grad for m in nam_modules(model).values()]
-    assert len(grads) == {"nam": 9, "nam_spatial": 9, "nam_both": 18}[name]
+    assert len(grads) == {"channel": 9, "pixel": 9, "both": 18}[name]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 def test_resnet50_bottleneck_with_every_nam():
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
-    for name in NAM_NAMES:
-        model = build_model("resnet50", in_channels=3, num_classes=10, attention=name)
+    for name, choice in NAM_CHOICES.items():
+        model = build_model("resnet50", in_channels=3, num_classes=10, attention=choice)
         F.cross_entropy(model(x), y).backward()
         modules = list(nam_modules(model).values())
-        assert len(modules) == 16 * (2 if name == "nam_both" else 1)
+        assert len(modules) == 16 * (2 if name == "both" else 1)
         assert all(m.scale.grad is not None for m in modules)
         assert NAMSparsityPenalty().loss_term(model).item() > 0
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from attnlib import plots
-from attnlib.experiment import Variant, compare, difference
+from attnlib.experiment import compare, difference
+from attnlib.variants import Variant
 from booktools.overview import load_records, markdown_table, method_rows
 
 

@@ -23,12 +23,12 @@ SMOKE = resolve_profile("smoke", epochs=1, seeds=(0, 1))
 
 
 def _jobs(data=None, setup=SMOKE) -> list[Job]:
-    return make_jobs(experiments("00", setup), setup, BOOK_RECIPE, data or setup.load())
+    return make_jobs(list(experiments("00", setup).values()), setup, BOOK_RECIPE, data or setup.load())
 
 
 def test_a_run_shared_by_two_comparisons_is_one_job():
     setup = resolve_profile("smoke", epochs=1, seeds=(0, 1))
-    exps = experiments("01", setup)[:1] + experiments("00", setup)[:1]  # BN (01) is ResNet-20 (00)
+    exps = [experiments("01", setup)["main"], experiments("00", setup)["main"]]  # BN (01) is ResNet-20 (00)
     jobs = make_jobs(exps, setup, BOOK_RECIPE, setup.load())
     labels = [j.variant.label for j in jobs]
     assert labels == ["BN", "IEBN", "BN", "IEBN", "AlexNet", "AlexNet"]  # seed by seed; ResNet-20 = BN
@@ -77,7 +77,7 @@ def test_two_workers_train_every_run_once_and_compare_loads_them(tmp_path):
     assert not list(tmp_path.glob(".claim-*")), "claims are removed when their runs end"
     setup = resolve_profile("smoke", epochs=1, seeds=(0, 1))
     for stem in ("00", "01"):
-        cmp = compare(experiments(stem, setup)[0].variants, setup, recipe=BOOK_RECIPE, results_dir=tmp_path,
+        cmp = compare(experiments(stem, setup)["main"].variants, setup, recipe=BOOK_RECIPE, results_dir=tmp_path,
                       device="cpu", progress=False)
         assert cmp.trained_now == 0
         assert all(r["run_card"]["device"].endswith(", 1 threads") for r in cmp.records)

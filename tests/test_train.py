@@ -8,12 +8,12 @@ from dataclasses import asdict
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import history_values
+from conftest import StopAt, history_values
 
 from attnlib import NonFiniteLossError, TrainConfig, build_model, fit, load_dataset
 from attnlib.data import DeviceLoader
-import attnlib.train as train_module
-from attnlib.train import Callback, History, autocast_dtype, lr_factor, make_optimizer, precision_name
+from attnlib.history import Callback, History
+from attnlib.train import lr_factor, make_optimizer
 
 # A short recipe for 256 16x16 training images: 8 steps of 32 per epoch.
 TINY = TrainConfig(epochs=3, batch_size=32, lr=0.05, eval_batch_size=128)
@@ -118,17 +118,6 @@ def test_fit_seeds_dropout_itself(synthetic):
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
-
-class StopAt(Callback):
-    """Interrupts training when epoch index ``epoch`` (0-based) starts."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_start(self, state):
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt("simulated interruption")
-
 
 class StepCounter(Callback):
     """A callback with state, which a resumed run must get back from the checkpoint."""
@@ -301,27 +290,7 @@ def test_nan_loss_in_the_first_epoch_without_checkpoint(synthetic):
     assert "by step 1" in str(err.value) and "No checkpoint" in str(err.value)
 
 
-# ----------------------------------------------------------------------------- config and schedule
-
-@pytest.mark.parametrize("changes", [
-    dict(optimizer="rmsprop"), dict(schedule="step"), dict(amp="fp8"), dict(epochs=0), dict(epochs=-1),
-    dict(batch_size=0), dict(eval_batch_size=0), dict(check_every=0), dict(lr=0.0),
-])
-def test_config_validation(changes):
-    with pytest.raises(ValueError):
-        TrainConfig(**changes)
-    with pytest.raises(ValueError):
-        TrainConfig().replace(**changes)
-
-
-def test_config_replace():
-    base = TrainConfig()
-    changed = base.replace(epochs=3, lr=0.5)
-    assert (changed.epochs, changed.lr, base.epochs, base.lr) == (3, 0.5, 10, 0.1)
-    assert changed.replace() == changed
-    with pytest.raises(ValueError, match="learning_rate"):
-        base.replace(learning_rate=0.1)
-    assert TrainConfig(milestones=[0.3]).milestones == (0.3,)
+# ----------------------------------------------------------------------------- learning-rate schedule
 
 
 def test_cosine_schedule():
@@ -417,43 +386,3 @@ def test_callback_hooks_order(synthetic):
         expected += [("step", epoch, 8 * epoch + i) for i in range(1, 9)]
         expected.append(("end", epoch, 8 * (epoch + 1), epoch + 1))
     assert rec.events == expected
-
-
-# ----------------------------------------------------------------------------- mixed precision
-
-def _fc_dtypes(model):
-    seen = []
-    model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    return seen
-
-
-def test_autocast_dtype_choices(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
-    assert autocast_dtype("auto", cpu) is None, "emulated bf16 is ten times slower: fp32"
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
-    assert autocast_dtype("auto", cpu) is torch.bfloat16, "native bf16 is twice as fast"
-    assert autocast_dtype("off", cpu) is None
-    assert autocast_dtype("bf16", cpu) is torch.bfloat16
-    assert autocast_dtype("fp16", cpu) is torch.float16
-
-
-def test_bf16_on_cpu_trains_under_autocast(synthetic):
-    model = _model(data=synthetic)
-    seen = _fc_dtypes(model)
-    history = fit(model, synthetic, TINY.replace(epochs=1, amp="bf16"), device="cpu", progress=False)
-    assert seen and set(seen) == {torch.bfloat16}
-    assert math.isfinite(history.train_loss[0]) and math.isfinite(history.test_loss[0])
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a cast of the model
-
-
-def test_auto_amp_on_cpu_is_fp32(synthetic):
-    model = _model(data=synthetic)
-    seen = _fc_dtypes(model)
-    fit(model, synthetic, TINY.replace(epochs=1, amp="auto"), device="cpu", progress=False)
-    assert seen and set(seen) == {torch.float32}
-
-
-def test_precision_names():
-    assert [precision_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["fp32", "bf16 autocast",
-                                                                                 "fp16 autocast"]

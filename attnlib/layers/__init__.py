@@ -8,13 +8,14 @@ Each layer is a drop-in ``torch.nn`` module::
 
 Every module in this package is imported here, and each registers its layers by name
 (``register_norm`` / ``register_conv`` / ``register_attention``) at import time, so a
-chapter adds one file and ``build_model(..., norm="its-name")`` finds it.
+chapter adds one file and ``build_model(..., norm="its-name")`` finds it; options of a layer
+go with its name: ``build_model(..., norm=("mabn", {"B": 4}))``.
 """
 import importlib
 import pkgutil
 
-from .registry import (ATTENTIONS, CONVS, NORMS, attention_factory, conv_spec, norm_spec,
-                       register_attention, register_conv, register_norm)
+from .registry import (ATTENTIONS, CONVS, NORMS, Choice, attention_factory, conv_spec, format_choice, norm_spec,
+                       options_of, register_attention, register_conv, register_norm, split_choice)
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
@@ -26,6 +27,7 @@ from .mabn import CenConv2d, MABN2d  # noqa: E402
 from .nam import NAMAttention, NAMChannelAttention, NAMSpatialAttention  # noqa: E402
 from .se import SqueezeExcitation  # noqa: E402
 
-__all__ = ["ATTENTIONS", "CONVS", "NORMS", "BridgeAttention", "CenConv2d", "DynamicConv2d", "IEBN2d", "MABN2d",
+__all__ = ["ATTENTIONS", "CONVS", "NORMS", "BridgeAttention", "Choice", "CenConv2d", "DynamicConv2d", "IEBN2d", "MABN2d",
            "NAMAttention", "NAMChannelAttention", "NAMSpatialAttention", "SqueezeExcitation",
-           "attention_factory", "conv_spec", "norm_spec", "register_attention", "register_conv", "register_norm"]
+           "attention_factory", "conv_spec", "format_choice", "norm_spec", "options_of", "register_attention", "register_conv",
+           "register_norm", "split_choice"]

@@ -7,15 +7,8 @@ from torch import nn
 from .registry import register_attention, register_conv, register_norm
 
 
-@register_norm("bn")
-def batch_norm(num_features: int) -> nn.Module:
-    return nn.BatchNorm2d(num_features)
-
-
-@register_conv("conv")
-def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-           padding: int = 0, bias: bool = False) -> nn.Module:
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+register_norm("bn")(nn.BatchNorm2d)
+register_conv("conv")(nn.Conv2d)
 
 
 class NoAttention(nn.Module):

@@ -48,8 +48,9 @@ activation's dtype under autocast. In a ResNet-20 training step (batch 128, 28x2
 channels_last, one thread) this module cost 1.13-1.15x the plain network, a stand-in
 written in the official style (pool module, ``nn.Linear``, ``view``) 1.40x.
 
-Registered variants: ``ba`` (the module above), ``ba_last_only`` (q = 0: only x is squeezed,
-an SE with BN in the squeeze path and no biases) and ``ba_discarded``, the seed post's bug:
+Registered as ``"ba"`` (the module above), with two options for the chapter's controls:
+``("ba", {"last_feature_only": True})`` (q = 0: only x is squeezed, an SE with BN in the
+squeeze path and no biases) and ``("ba", {"discard_output": True})``, the seed post's bug:
 the gate is computed and thrown away (the post continues with ``relu(x3)``), so the network
 pays for the parameters and the compute and is functionally the baseline.
 """
@@ -169,18 +170,14 @@ class DiscardedBridgeAttention(BridgeAttention):
 
 
 @register_attention("ba")
-def bridge_attention(channels: int, bridge_channels: list[int]) -> nn.Module:
-    return BridgeAttention(channels, bridge_channels)
-
-
-@register_attention("ba_last_only")
-def bridge_attention_last_only(channels: int, bridge_channels: list[int]) -> nn.Module:
-    return BridgeAttention(channels, [])
-
-
-@register_attention("ba_discarded")
-def bridge_attention_discarded(channels: int, bridge_channels: list[int]) -> nn.Module:
-    return DiscardedBridgeAttention(channels, bridge_channels)
+def bridge_attention(channels: int, bridge_channels: list[int], reduction: int = 16, min_hidden: int = 8,
+                     last_feature_only: bool = False, discard_output: bool = False) -> nn.Module:
+    """BA in a block. Options for the chapter's controls: ``last_feature_only`` (the gate sees
+    only the block's output, an SE-like ablation) and ``discard_output`` (the seed post's bug:
+    the gate is computed and thrown away, :class:`DiscardedBridgeAttention`)."""
+    bridges = [] if last_feature_only else bridge_channels
+    layer = DiscardedBridgeAttention if discard_output else BridgeAttention
+    return layer(channels, bridges, reduction, min_hidden)
 
 
 _GATED = (SqueezeExcitation, BridgeAttention)
@@ -192,7 +189,7 @@ def attention_gates(model: nn.Module, images: torch.Tensor) -> dict[str, torch.T
 
     Runs one forward pass in eval mode (BN running statistics) without gradients and
     returns float32 gates; the forward hooks are removed and every module's training mode
-    restored afterwards. For ``ba_discarded`` modules this is the gate that the block
+    restored afterwards. For a :class:`DiscardedBridgeAttention` this is the gate that the block
     computes and then ignores.
     """
     gates: dict[str, torch.Tensor] = {}

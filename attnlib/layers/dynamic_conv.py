@@ -76,8 +76,8 @@ What differs from the popular unofficial code (kaijieshi7/Dynamic-convolution-Py
   caller, computed with a sigmoid (independent per expert, no sum-to-one constraint and no
   temperature); here the softmax attention over the experts is part of the layer.
 
-Where the layer goes (:func:`register_conv` names ``"dynamic"``, K=4, and ``"dynamic_k2"``,
-K=2, both at T=30): every conv of a block and the 1x1 projection shortcuts, but not the
+Where the layer goes (:func:`register_conv` names it ``"dynamic"``: K=4 at T=30 unless
+options say otherwise, e.g. ``("dynamic", {"num_experts": 2})``): every conv of a block and the 1x1 projection shortcuts, but not the
 stem. The paper uses dynamic convolution "in all convolutional layers except the first",
 and a 1x1 projection is a conv layer like the others (the unofficial DY-ResNet makes it
 dynamic too); it is two small layers in ResNet-20. The stem stays static, as in the paper.
@@ -332,15 +332,6 @@ def expert_attention(model: nn.Module, images: torch.Tensor, batch_size: int = 2
     return {name: torch.cat(parts) for name, parts in found.items()}
 
 
-@register_conv("dynamic", stem=False, shortcut=True)
-def dynamic_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, bias: bool = False) -> nn.Module:
-    """DynamicConv2d with K=4 experts at T=30 (anneal it with attnlib.callbacks.TemperatureAnnealing)."""
-    return DynamicConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, num_experts=4)
-
-
-@register_conv("dynamic_k2", stem=False, shortcut=True)
-def dynamic_conv_k2(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                    padding: int = 0, bias: bool = False) -> nn.Module:
-    """DynamicConv2d with K=2 experts (the post's AlexNet-DY) at T=30."""
-    return DynamicConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, num_experts=2)
+# K=4 experts at T=30 by default (anneal it with attnlib.callbacks.TemperatureAnnealing);
+# ("dynamic", {"num_experts": 2}) is the post's AlexNet-DY
+register_conv("dynamic", stem=False, shortcut=True)(DynamicConv2d)

@@ -245,10 +245,8 @@ class _IEBNFunction(torch.autograd.Function):
                 d_br if need[4] else None, None, None, None, None, None)
 
 
-@register_norm("iebn", shortcut="bn")
-def iebn(num_features: int) -> nn.Module:
-    """IEBN2d in blocks and the stem; the projection shortcuts keep a plain BatchNorm2d (official code)."""
-    return IEBN2d(num_features)
+# IEBN2d in blocks and the stem; the projection shortcuts keep a plain BatchNorm2d (official code)
+register_norm("iebn", shortcut="bn")(IEBN2d)
 
 
 @torch.no_grad()

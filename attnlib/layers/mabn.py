@@ -49,10 +49,10 @@ under ``torch.no_grad``), and its backward adds one ``Psi``; call the layer once
 optimiser step (no gradient accumulation over several forwards).
 
 Choosing ``B``: ``B`` is the batch each layer sees (per GPU) and only sets the window
-``S = real_B // B``; a factory cannot know the training batch size, so several are
-registered (:data:`MABN_NORMS`, all with ``real_B = 32``): ``mabn`` is the paper's headline
-setting ``B = 2`` (S = 16), ``mabn_b4`` .. ``mabn_b32`` match batches of 4 .. 32 (S = 8 .. 1).
-Training at another batch size with ``mabn`` still works, it only changes the window to
+``S = real_B // B``; a factory cannot know the training batch size, so the registered
+``"mabn"`` takes it as an option: ``"mabn"`` is the paper's headline setting ``B = 2``
+(``real_B = 32``, S = 16), ``("mabn", {"B": 4})`` matches a batch of 4 (S = 8).
+Training at another batch size than ``B`` still works, it only changes the window to
 ``S`` batches of that size.
 
 Use it whole. The official ResNet replaces every BatchNorm2d (shortcut included) by MABN2d
@@ -111,7 +111,6 @@ weights (unless the network's init overwrites them); here ``reset_parameters`` i
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -341,13 +340,6 @@ class CenConv2d(nn.Conv2d):
         return self._conv_forward(x, self.centred_weight(), self.bias)
 
 
-#: Registered MABN norms: name -> B (the training batch size it is meant for); real_B = 32.
-MABN_NORMS = {"mabn": 2, "mabn_b4": 4, "mabn_b8": 8, "mabn_b16": 16, "mabn_b32": 32}
-for _name, _batch in MABN_NORMS.items():
-    register_norm(_name)(functools.partial(MABN2d, B=_batch, real_B=32))
-
-
-@register_conv("cenconv", stem=True, shortcut=True)
-def cen_conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-               padding: int = 0, bias: bool = False) -> nn.Module:
-    return CenConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+# ("mabn", {"B": 4}) is MABN for a training batch of 4 (B=2, real_B=32 by default)
+register_norm("mabn")(MABN2d)
+register_conv("cenconv", stem=True, shortcut=True)(CenConv2d)

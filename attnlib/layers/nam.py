@@ -296,18 +296,10 @@ class NAMAttention(nn.Module):
 
 
 @register_attention("nam")
-def nam(channels: int, bridge_channels: list[int]) -> nn.Module:
-    return NAMAttention(channels, channel=True, spatial=False)
-
-
-@register_attention("nam_spatial")
-def nam_spatial(channels: int, bridge_channels: list[int]) -> nn.Module:
-    return NAMAttention(channels, channel=False, spatial=True)
-
-
-@register_attention("nam_both")
-def nam_both(channels: int, bridge_channels: list[int]) -> nn.Module:
-    return NAMAttention(channels, channel=True, spatial=True)
+def nam(channels: int, bridge_channels: list[int], channel: bool = True, spatial: bool = False,
+        detach_weights: bool = True) -> nn.Module:
+    """NAM in a block: the channel module (the paper's ResNet setting), the pixel module, or both."""
+    return NAMAttention(channels, channel=channel, spatial=spatial, detach_weights=detach_weights)
 
 
 _NAM_MODULES = (NAMChannelAttention, NAMSpatialAttention)

@@ -158,5 +158,6 @@ class SqueezeExcitation(nn.Module):
 
 
 @register_attention("se")
-def squeeze_excitation(channels: int, bridge_channels: list[int]) -> nn.Module:
-    return SqueezeExcitation(channels)
+def squeeze_excitation(channels: int, bridge_channels: list[int], reduction: int = 16,
+                       min_hidden: int = 8) -> nn.Module:
+    return SqueezeExcitation(channels, reduction, min_hidden)

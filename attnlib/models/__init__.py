@@ -6,6 +6,7 @@ from functools import partial
 
 from torch import nn
 
+from ..layers import Choice
 from .alexnet import AlexNet
 from .parts import Parts
 from .resnet import ResNet, cifar_resnet, resnet18, resnet50
@@ -20,16 +21,19 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, norm: str = "bn",
-                conv: str = "conv", attention: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered network with the named norm, conv and attention choices.
+def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, norm: Choice = "bn",
+                conv: Choice = "conv", attention: Choice | None = None, parts: Parts | None = None,
+                **kwargs) -> nn.Module:
+    """Build a registered network with the norm, conv and attention choices (see :class:`Parts`),
+    given one by one or as ``parts``.
 
     >>> build_model("resnet20", in_channels=1, norm="bn").fc.out_features
     10
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
-    parts = Parts(norm=norm, conv=conv, attention=attention or "none")
+    if parts is None:
+        parts = Parts(norm=norm, conv=conv, attention=attention or "none")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, parts=parts, **kwargs)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import attention_factory, conv_spec, norm_spec
+from ..layers import Choice, attention_factory, conv_spec, norm_spec, split_choice
 
 
 #: Salt of the random stream that attention modules are initialised from (see make_attention).
@@ -15,32 +15,50 @@ ATTENTION_STREAM = 0x5EED_A77E
 
 @dataclass(frozen=True)
 class Parts:
-    """The norm, conv and attention choices of one network, by registered name."""
+    """The norm, conv and attention of one network: each a registered name, or ``(name, {option:
+    value})`` for a layer with other options than its defaults, e.g. ``norm=("mabn", {"B": 4})``.
 
-    norm: str = "bn"
-    conv: str = "conv"
-    attention: str = "none"
+    The one description of a network's parts: experiments (:class:`~attnlib.experiment.Variant`),
+    the command line and the benchmark all build networks from it.
+    """
 
-    def __post_init__(self) -> None:  # fail at construction, with the list of valid names
-        norm_spec(self.norm), conv_spec(self.conv), attention_factory(self.attention)
+    norm: Choice = "bn"
+    conv: Choice = "conv"
+    attention: Choice = "none"
+
+    def __post_init__(self) -> None:  # fail at construction, with the valid names and options
+        for kind in ("norm", "conv", "attention"):
+            split_choice(kind, getattr(self, kind))
+
+    def name(self, kind: str) -> str:
+        """The registered name of the ``kind`` part ("norm", "conv" or "attention")."""
+        return split_choice(kind, getattr(self, kind))[0]
+
+    def options(self, kind: str) -> dict[str, object]:
+        return split_choice(kind, getattr(self, kind))[1]
 
     def make_norm(self, channels: int) -> nn.Module:
-        return norm_spec(self.norm).factory(channels)
+        return norm_spec(self.name("norm")).factory(channels, **self.options("norm"))
 
     def make_shortcut_norm(self, channels: int) -> nn.Module:
-        return norm_spec(norm_spec(self.norm).shortcut).factory(channels)
+        shortcut = norm_spec(self.name("norm")).shortcut
+        if shortcut is None:
+            return self.make_norm(channels)
+        return norm_spec(shortcut).factory(channels)
+
+    def _conv(self, replaced: bool, cin: int, cout: int, kernel_size: int, stride: int, padding: int) -> nn.Module:
+        name, options = (self.name("conv"), self.options("conv")) if replaced else ("conv", {})
+        return conv_spec(name).factory(cin, cout, kernel_size, stride, padding, bias=False, **options)
 
     def make_conv(self, cin: int, cout: int, kernel_size: int, stride: int = 1,
                   padding: int = 0) -> nn.Module:
-        return conv_spec(self.conv).factory(cin, cout, kernel_size, stride, padding, bias=False)
+        return self._conv(True, cin, cout, kernel_size, stride, padding)
 
     def make_stem_conv(self, cin: int, cout: int) -> nn.Module:
-        name = self.conv if conv_spec(self.conv).stem else "conv"
-        return conv_spec(name).factory(cin, cout, 3, 1, 1, bias=False)
+        return self._conv(conv_spec(self.name("conv")).stem, cin, cout, 3, 1, 1)
 
     def make_shortcut_conv(self, cin: int, cout: int, stride: int) -> nn.Module:
-        name = self.conv if conv_spec(self.conv).shortcut else "conv"
-        return conv_spec(name).factory(cin, cout, 1, stride, 0, bias=False)
+        return self._conv(conv_spec(self.name("conv")).shortcut, cin, cout, 1, stride, 0)
 
     def make_attention(self, channels: int, bridge_channels: list[int]) -> nn.Module:
         """The block's attention, built on a side stream of random numbers: the global stream
@@ -51,7 +69,8 @@ class Parts:
         attention's own initial weights still follow the run's seed."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2 ** 62, ())) ^ ATTENTION_STREAM)
-            return attention_factory(self.attention)(channels, bridge_channels)
+            factory = attention_factory(self.name("attention"))
+            return factory(channels, bridge_channels, **self.options("attention"))
 
 
 def init_weights(model: nn.Module) -> None:

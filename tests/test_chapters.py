@@ -1,0 +1,41 @@
+"""attnlib.chapters: what each chapter trains, the one source its notebook and the command line use."""
+from __future__ import annotations
+
+import pytest
+
+from attnlib.chapters import CHAPTERS, experiments, source
+from attnlib.config import TrainConfig
+from attnlib.pool import make_jobs
+from attnlib.profiles import resolve_profile
+from attnlib.run import parse_choice
+
+FIVE_SEEDS = resolve_profile("smoke", epochs=1, seeds=range(5))
+
+
+def test_the_convergence_check_uses_the_first_three_seeds():
+    comparisons = experiments("00", FIVE_SEEDS)
+    assert comparisons["main"].seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
+    assert comparisons["convergence"].seeds(FIVE_SEEDS) == (0, 1, 2)
+    jobs = make_jobs([comparisons["convergence"]], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
+    assert [j.seed for j in jobs] == [0, 1, 2] and {j.config.epochs for j in jobs} == {2}
+    one = resolve_profile("smoke", seeds=[4])  # fewer seeds than the check asks for: the profile's
+    assert experiments("00", one)["convergence"].seeds(one) == (4,)
+
+
+@pytest.mark.parametrize("stem", list(CHAPTERS))
+def test_each_comparison_is_shown_as_a_table_of_its_variants(stem: str):
+    for exp in experiments(stem, FIVE_SEEDS).values():
+        table = exp.table(FIVE_SEEDS)
+        rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+        assert [row.split(" | ")[0][2:] for row in rows] == [v.label for v in exp.variants]
+        assert len({v.label for v in exp.variants}) == len(exp.variants)
+    assert source(stem).startswith("def ")
+
+
+def test_a_layer_with_options_reads_as_the_command_line_writes_it():
+    table = experiments("03", FIVE_SEEDS)["sweep"].table(FIVE_SEEDS)
+    assert "| MABN b4 | resnet20 | norm=mabn(B=4), conv=cenconv |" in table
+    assert parse_choice("mabn(B=4)") == ("mabn", {"B": 4})
+    table = experiments("02", FIVE_SEEDS)["alexnet"].table(FIVE_SEEDS)
+    assert "attention=ba(discard_output=True)" in table
+    assert parse_choice("ba(discard_output=True)") == ("ba", {"discard_output": True})

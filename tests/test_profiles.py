@@ -1,0 +1,38 @@
+"""attnlib.profiles: how much data, how many epochs and seeds each profile means."""
+from __future__ import annotations
+
+import pytest
+
+from attnlib.profiles import PROFILES, resolve_profile
+from attnlib.significance import smallest_p_value
+
+
+def test_resolve_profile():
+    smoke = resolve_profile("smoke")
+    assert smoke == PROFILES["smoke"] and smoke.dataset == "synthetic"
+    p = resolve_profile("smoke", epochs=7, seeds=[4], batch_size=16)
+    assert (p.epochs, p.seeds, p.batch_size) == (7, (4,), 16)
+    assert PROFILES["smoke"].epochs == 3  # the table is not modified
+    q = resolve_profile("smoke", dataset="cifar10")
+    assert q.dataset == "cifar10" and q.dataset_options == {}
+    assert resolve_profile("smoke", dataset="synthetic").dataset_options == smoke.dataset_options
+    quick = resolve_profile("quick", epochs=2)
+    assert quick.train_subset == 12_000 and quick.epochs == 2
+    assert resolve_profile(p) == p
+    with pytest.raises(ValueError, match="smoke"):
+        resolve_profile("medium")
+    with pytest.raises(ValueError, match="seed"):
+        resolve_profile("smoke", seeds=[])
+    with pytest.raises(ValueError, match="repeat a seed"):
+        resolve_profile("smoke", seeds=[0, 0, 1])
+
+
+def test_smoke_profile_loads_its_dataset():
+    data = resolve_profile("smoke").load()
+    assert (len(data.train_labels), len(data.test_labels), data.in_channels, data.image_size) == (512, 256, 1, 16)
+
+
+def test_book_profile_is_all_of_fashion_mnist_with_five_seeds():
+    book = PROFILES["book"]
+    assert (book.dataset, book.train_subset, book.test_subset, len(book.seeds)) == ("fashion_mnist", None, None, 5)
+    assert smallest_p_value(len(book.seeds), len(book.seeds)) < 0.05
