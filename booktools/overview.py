@@ -15,23 +15,28 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from attnlib.experiment import permutation_p_value, read_record, smallest_p_value
-from attnlib.train import CorruptFileError
+from attnlib.checkpoints import CorruptFileError
+from attnlib.records import read_record
+from attnlib.significance import accuracy_difference
+from attnlib.variants import method_of
 
 FULL_TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 
 PLAIN = {"norm": "bn", "conv": "conv", "attention": None, "callbacks": []}
 
-#: The paper's own figure for a method, by the part that defines it: quoted, with source.
+#: The paper's own figure for a method, by the layer that defines it (:func:`method_of`): quoted, with source.
 PAPER_FIGURES = {
-    ("norm", "iebn"): "CIFAR-100 ResNet-164: 74.29 → 77.09 (official README)",
-    ("attention", "se"): "ImageNet ResNet-50: 75.20 → 76.71 (Hu et al. 2018, Table 2)",
-    ("attention", "ba"): "ImageNet BA-ResNet-50: 78.85 (official logs)",
-    ("attention", "ba_discarded"): "the post's CIFAR-10 AlexNet: 78.48 → 78.96 (one run, best epoch)",
-    ("norm", "mabn"): "ImageNet ResNet-50, batch 2: BN 64.78 → MABN 76.33 (official README)",
-    ("conv", "dynamic"): "ImageNet ResNet-18: 70.4 → 72.7 (Chen et al. 2020)",
-    ("conv", "dynamic_k2"): "the post's CIFAR-10 AlexNet-DY: 78.72 → 82.09 (one run, best epoch)",
+    "iebn": "CIFAR-100 ResNet-164: 74.29 → 77.09 (official README)",
+    "se": "ImageNet ResNet-50: 75.20 → 76.71 (Hu et al. 2018, Table 2)",
+    "ba": "ImageNet BA-ResNet-50: 78.85 (official logs)",
+    "mabn": "ImageNet ResNet-50, batch 2: BN 64.78 → MABN 76.33 (official README)",
+    "dynamic": "ImageNet ResNet-18: 70.4 → 72.7 (Chen et al. 2020)",
 }
+#: The seed posts' figures for the two settings they trained, by the exact part (as records store it).
+POST_FIGURES = [
+    ("attention", ["ba", {"discard_output": True}], "the post's CIFAR-10 AlexNet: 78.48 → 78.96 (one run, best epoch)"),
+    ("conv", ["dynamic", {"num_experts": 2}], "the post's CIFAR-10 AlexNet-DY: 78.72 → 82.09 (one run, best epoch)"),
+]
 
 
 def load_records(results_dir: str | Path) -> list[dict]:
@@ -64,13 +69,10 @@ def _steady_speed(record: dict) -> float:
 
 
 def _paper(network: dict) -> str:
-    for part in ("norm", "attention", "conv"):
-        name = network.get(part)
-        if name and (part, name) in PAPER_FIGURES:
-            return PAPER_FIGURES[part, name]
-        if name and name.startswith("mabn"):
-            return PAPER_FIGURES["norm", "mabn"]
-    return "–"
+    for part, choice, figure in POST_FIGURES:
+        if network.get(part) == choice:
+            return figure
+    return PAPER_FIGURES.get(method_of(network), "–")
 
 
 def method_rows(records: list[dict]) -> list[dict]:
@@ -90,9 +92,7 @@ def method_rows(records: list[dict]) -> list[dict]:
             continue
         acc = [100 * r["final_test_acc"] for r in runs]
         ref = [100 * r["final_test_acc"] for r in base]
-        se = math.sqrt(statistics.variance(acc) / len(acc) + statistics.variance(ref) / len(ref)) \
-            if min(len(acc), len(ref)) > 1 else math.nan
-        delta = statistics.fmean(acc) - statistics.fmean(ref)
+        difference = accuracy_difference(acc, ref)
         first, data, config = runs[0], runs[0]["dataset"], runs[0]["config"]
         rows.append({
             "method": first["label"], "baseline": base[0]["label"], "model": network["model"],
@@ -101,8 +101,7 @@ def method_rows(records: list[dict]) -> list[dict]:
             "batch_size": config["batch_size"], "epochs": config["epochs"], "seeds": len(runs),
             "acc_mean": statistics.fmean(acc), "acc_std": statistics.stdev(acc) if len(acc) > 1 else math.nan,
             "base_mean": statistics.fmean(ref), "base_std": statistics.stdev(ref) if len(ref) > 1 else math.nan,
-            "delta": delta, "se": se, "within_noise": not abs(delta) > 2 * se,
-            "p_value": permutation_p_value(acc, ref), "p_min": smallest_p_value(len(acc), len(ref)),
+            **difference, "part": method_of(network),
             "params_ratio": first["params"] / base[0]["params"],
             "flops_ratio": first["flops_per_image"] / base[0]["flops_per_image"],
             "speed_ratio": statistics.median(map(_steady_speed, runs)) / statistics.median(map(_steady_speed, base)),
