@@ -10,7 +10,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= book
 NOTEBOOKS ?=
 
-.PHONY: book test execute check labs bench venv clean queue queue-status
+.PHONY: book test execute check labs teacher bench venv clean queue queue-status
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ queue-status: venv
 # Course labs from the chapters: student notebooks -> book/labs/ (commit them), autograders -> build/labs/.
 labs: venv
 	$(PY) -m booktools.labs build
+
+# The teacher's solution notebooks and rubric -> build/teacher/ (never published, never committed).
+teacher: venv
+	$(PY) -m booktools.labs teacher
 
 # Every chapter's layer against the plain network (2-core CPU: 76 s with 2 threads, 122 s with --threads 1); BENCH_ARGS e.g. "--device cuda --compile".
 BENCH_ARGS ?=

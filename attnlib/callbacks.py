@@ -28,8 +28,8 @@ class TemperatureAnnealing(Callback):
     first ``epochs`` epochs, then hold ``end`` (the paper: 30 -> 1 in 10 epochs).
 
     ``per_step=True`` changes T after every optimiser step; ``False`` once per epoch. The
-    value is a function of the global step alone, and T is a buffer in the model's
-    state_dict, so a resumed run continues with the uninterrupted run's temperatures.
+    value is a function of the global step alone, so a resumed run continues with the
+    uninterrupted run's temperatures.
     """
 
     start: float = 30.0

@@ -138,7 +138,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
-def _find_fashion_mnist(root: Path) -> Path:
+def find_fashion_mnist(root: Path) -> Path:
     candidates = [root, root / "fashion-mnist", root / "fashion_mnist", root / "FashionMNIST" / "raw",
                   DEBIAN_FASHION_MNIST]
     for folder in candidates:
@@ -175,12 +175,12 @@ def _read_idx(path: Path, expected_sha256: str | None) -> np.ndarray:
 def load_fashion_mnist(root: Path, *, download: bool = False, verify: bool = True) -> ImageDataset:
     if download:
         try:
-            _find_fashion_mnist(root)
+            find_fashion_mnist(root)
         except DatasetError:
             import torchvision.datasets as tvd
 
             tvd.FashionMNIST(str(root), train=True, download=True)  # all four files, into root/FashionMNIST/raw
-    folder = _find_fashion_mnist(root)
+    folder = find_fashion_mnist(root)
     arrays = {f: _read_idx(folder / f, sha if verify else None) for f, sha in FASHION_MNIST_FILES.items()}
     train_x, train_y, test_x, test_y = arrays.values()
     return ImageDataset(

@@ -69,13 +69,14 @@ class Variant:
 
 def method_of(spec: dict) -> str:
     """The registered name of the part that defines a network (a variant's or a record's spec):
-    its attention, else its conv, else its norm, else ``"alexnet"`` or ``"plain"``. Figures colour
+    its attention, else its norm, else its conv (MABN's CenConv goes with MABN), else
+    ``"alexnet"`` or ``"plain"``. Figures colour
     a variant by it, so a method keeps its colour in every chapter whatever its label says."""
     def name(part: str):
         value = spec.get(part)
         return value[0] if isinstance(value, (list, tuple)) else value
 
-    for part, plain in (("attention", None), ("conv", "conv"), ("norm", "bn")):
+    for part, plain in (("attention", None), ("norm", "bn"), ("conv", "conv")):
         if name(part) not in (plain, "none", SYNC_BN):
             return name(part)
     return "alexnet" if spec.get("model") == "alexnet" else "plain"

@@ -1,6 +1,7 @@
 """The book: sources stored clean, executed copies current and error-free, the HTML build warning-free."""
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -137,6 +138,29 @@ def test_book_builds_without_warnings(built_book):
         page = built_book.html / "book" / f"{src.stem}.html"
         assert page.exists(), f"{page} was not built"
         assert "<img" in page.read_text(), f"{page.name} has no figures"
+
+
+def _only_in_solutions(path: Path) -> list[str]:
+    """The lines of a chapter's lab solutions (code and model answers) that no other cell of the
+    chapter holds, longer than 15 characters, without maths (MathJax rewrites it on the page)."""
+    nb = nbformat.read(path, as_version=4)
+    solution = [c for c in nb.cells if c.metadata.get("lab", {}).get("role") == "solution"]
+    elsewhere = {line.strip() for c in nb.cells if c not in solution for line in c.source.splitlines()}
+    return [line.strip() for c in solution for line in c.source.splitlines()
+            if len(line.strip()) > 15 and line.strip() not in elsewhere and "$" not in line
+            and not line.lstrip().startswith(("```", ":class:"))]
+
+
+def test_the_book_shows_no_solution_of_the_labs(built_book):
+    """The labs' solutions and model answers run in the chapters but are not on their pages
+    (tagged remove-cell; the teacher gets them from `make teacher`)."""
+    assert built_book.result.returncode == 0, built_book.failure()
+    for src in SOURCES:
+        page = html.unescape(re.sub(r"<[^>]+>", "", (built_book.html / "book" / f"{src.stem}.html").read_text()))
+        lines = _only_in_solutions(src)
+        assert any(line.startswith("def ") for line in lines), f"{src.name}: no solution function found"
+        leaked = [line for line in lines if line in page]
+        assert not leaked, f"{src.stem}'s page shows solution text: {leaked[:3]}"
 
 
 def test_results_overview_is_current():

@@ -8,17 +8,22 @@ solution line appears in the student notebook.
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
+import yaml
 
-from booktools import book
+from attnlib.data import FASHION_MNIST_FILES
 from attnlib.labs import checks
-from booktools.labs import build, gradebook, teachers
+from booktools import book
+from booktools.labs import build, gradebook, solutions, teachers
 
 CHAPTERS = book.source_notebooks()
 HAS_OTTER = (Path(sys.executable).parent / "otter").exists()
@@ -83,6 +88,53 @@ def test_nam_weights_of_all_zero_scales_are_a_named_edge_case():
 
     with pytest.raises(checks.LabCheckError, match="all γ zero .* A division by zero"):
         checks.check_nam_channel(naive)
+
+
+def iebn(x, gamma, beta, w, b, eps=1e-5, dims=(0, 2, 3), eps_outside=False, gated_beta=False):
+    """IEBN in training mode, or one of the usual mistakes in it."""
+    mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+    x_hat = (x - mean) / (var.sqrt() + eps if eps_outside else torch.sqrt(var + eps))
+    gate = torch.sigmoid(w.view(1, -1, 1, 1) * x.mean((2, 3), keepdim=True) + b.view(1, -1, 1, 1))
+    if gated_beta:
+        return (x_hat * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)) * gate
+    return x_hat * gamma.view(1, -1, 1, 1) * gate + beta.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ({"dims": (2, 3)}, "statistics per image"), ({"dims": (0,)}, "statistics over the batch dimension only"),
+    ({"eps_outside": True}, "ε outside the square root"), ({"gated_beta": True}, "a gated β"),
+])
+def test_the_common_iebn_mistakes_are_named(mistake: dict, message: str):
+    checks.check_iebn(iebn)  # the right function passes
+    with pytest.raises(checks.LabCheckError, match=f"Your output matches {message}"):
+        checks.check_iebn(lambda x, gamma, beta, w, b, eps: iebn(x, gamma, beta, w, b, eps, **mistake))
+
+
+def test_a_dynamic_kernel_with_its_channels_mixed_up_is_named():
+    def dynamic_conv(x, pi, experts, biases, padding, mix_up=False):
+        n, (_, c_out, c_in, kh, kw) = len(x), experts.shape
+        kernel = torch.einsum("nk,koihw->noihw", pi, experts)
+        if mix_up:
+            kernel = kernel.transpose(1, 2).reshape(n, c_out, c_in, kh, kw)
+        out = torch.nn.functional.conv2d(x.reshape(1, n * c_in, *x.shape[2:]), kernel.reshape(n * c_out, c_in, kh, kw),
+                                         padding=padding, groups=n)
+        return out.reshape(n, c_out, *out.shape[2:]) + (pi @ biases)[:, :, None, None]
+
+    checks.check_dynamic_conv(dynamic_conv)
+    with pytest.raises(checks.LabCheckError, match="input and output channels are mixed up"):
+        checks.check_dynamic_conv(lambda *a, **kw: dynamic_conv(*a, **kw, mix_up=True))
+
+
+def test_either_label_of_a_tie_is_a_right_answer(capsys):
+    tie = {"a": history([2.0, 1.0], [0.5, 0.6]), "b": history([2.0, 1.1], [0.5, 0.6]), "c": history([2.0, 1.0], [0.5, 0.4])}
+    for answer in ("a", "b"):
+        checks.check_runs(tie, ["a", "b", "c"], num_classes=10, answer=answer)
+    with pytest.raises(checks.LabCheckError, match="shared by 'a' and 'b' \\(a tie\\)"):
+        checks.check_runs(tie, ["a", "b", "c"], num_classes=10, answer="c")
+
+
+def test_a_failed_check_shows_its_message_without_a_traceback_in_a_notebook():
+    assert checks.LabCheckError("batch_norm differs")._render_traceback_() == ["✗ batch_norm differs"]
 
 
 def history(loss, acc):
@@ -178,6 +230,41 @@ def test_no_solution_text_is_in_the_student_notebook(labs, source: Path):
     leaked = [line for line in solution_lines(source) if line in student]
     assert solution_lines(source), "the chapter has no solution lines"
     assert not leaked, f"solution text in the student notebook: {leaked}"
+
+
+def test_the_teacher_gets_plain_solution_notebooks_and_a_rubric(tmp_path: Path):
+    written = solutions.build_teacher(CHAPTERS, tmp_path)
+    assert {p.name for p in written} == {f"{s.stem}-solution.ipynb" for s in CHAPTERS} | {"rubric.md"}
+    rubric = (tmp_path / "rubric.md").read_text()
+    for source in CHAPTERS:
+        nb = nbformat.read(tmp_path / f"{source.stem}-solution.ipynb", as_version=4)
+        text = "\n".join(c.source for c in nb.cells)
+        missing = [line for line in solution_lines(source) if line not in text and "{" not in line
+                   and not line.startswith(":class:")]
+        assert not missing, f"{source.stem}: the teacher's notebook lacks {missing[:3]}"
+        markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+        assert not [m for m in markdown if re.search(r"`{3,}\{|\{footcite|\{glue", m)], "raw MyST left"
+        assert "**Model answer.**" in text and not [c for c in nb.cells if c.cell_type == "raw"]
+        assert not [c for c in nb.cells if c.metadata.get("lab", {}).get("role") == "test" or "lab" in c.metadata]
+        items = teachers.exercises(source)
+        assert f"## {source.stem}" in rubric and f"Total: {sum(i['points'] for i in items)} points." in rubric
+        assert all(f"### {i['title']} ({i['points']} points, by hand)" in rubric for i in items if i["manual"])
+    assert rubric.count("**Model answer.**") == len(CHAPTERS)
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_the_autograder_names_what_a_submission_needs_and_carries_the_data(labs, source: Path):
+    """Grading elsewhere (otter's Docker image, a grading service) installs torch, torchvision and
+    attnlib from the book's repository, and finds Fashion-MNIST in the zip."""
+    with zipfile.ZipFile(labs[source.stem]["autograder"]) as archive:
+        environment = yaml.safe_load(archive.read("environment.yml"))
+        pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+        repository = yaml.safe_load((book.REPO / "_config.yml").read_text())["repository"]["url"]
+        assert {"torch", "torchvision"} <= set(pip) and any(
+            p.startswith("attnlib @ git+" + repository) for p in pip), pip
+        for name, sha in FASHION_MNIST_FILES.items():
+            content = gzip.decompress(archive.read(f"files/data/fashion-mnist/{name}"))
+            assert hashlib.sha256(content).hexdigest() == sha, name
 
 
 def _class_folder(paths: dict[str, Path], folder: Path) -> Path:

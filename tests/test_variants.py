@@ -30,6 +30,7 @@ def test_flops_restores_training_mode(synthetic):
 def test_the_method_is_the_layer_that_defines_the_network():
     assert Variant("x").method == "plain" and Variant("x", model="alexnet").method == "alexnet"
     assert Variant("x", norm="iebn", attention="se").method == "se"  # the attention first
+    assert Variant("x", norm="mabn", conv="cenconv").method == "mabn"  # then the norm
     assert Variant("x", conv=("dynamic", {"num_experts": 2})).method == "dynamic"
     assert Variant("x", norm="syncbn").method == "plain"  # plain BN, synchronised over processes
     assert method_of({"model": "resnet20", "norm": "bn", "conv": "conv", "attention": ["nam", {"spatial": True}]}) \

@@ -25,7 +25,13 @@ from ..layers.nam import NAMChannelAttention
 
 
 class LabCheckError(AssertionError):
-    """A self-check failed; the message says what to fix."""
+    """A self-check failed; the message says what to fix.
+
+    In a notebook it shows as its message alone: the traceback through this module would
+    only hide it (IPython calls ``_render_traceback_`` instead of printing one)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"✗ {self}"]
 
 
 @dataclass
@@ -108,20 +114,39 @@ def _shapes(seed: int) -> list[tuple[str, tuple[int, int, int, int]]]:
     g = torch.Generator().manual_seed(seed)
     n, c, h, w = (int(v) for v in torch.randint(2, 7, (4,), generator=g))
     return [("random input", (n, c, h, w)), ("one image", (1, c, h + 1, w + 1)),
-            ("one channel", (n, 1, h, w)), ("all zeros", (n, c, h, w))]
+            ("one channel", (n, 1, h, w)), ("all zeros", (n, c, h, w)), ("nearly constant", (n, c, h, w))]
+
+
+def _input(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if name == "all zeros":
+        return torch.zeros(shape, dtype=torch.float64)
+    if name == "nearly constant":  # a variance below ε, where ε's place in the equation shows
+        return 0.3 + 1e-3 * torch.randn(shape, dtype=torch.float64)
+    return torch.randn(shape, dtype=torch.float64) * 2 + 0.5
 
 
 def _inputs(seed: int) -> list[tuple[str, torch.Tensor]]:
     torch.manual_seed(seed)
-    return [(name, torch.zeros(shape, dtype=torch.float64) if name == "all zeros"
-             else torch.randn(shape, dtype=torch.float64) * 2 + 0.5) for name, shape in _shapes(seed)]
+    return [(name, _input(name, shape)) for name, shape in _shapes(seed)]
 
 
 def _batch_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float, unbiased: bool = False,
-                dims: tuple[int, ...] = (0, 2, 3)) -> torch.Tensor:
+                dims: tuple[int, ...] = (0, 2, 3), eps_outside: bool = False) -> torch.Tensor:
+    """BN in training mode, or one of its usual mistakes (the arguments say which)."""
     mean = x.mean(dims, keepdim=True)
     var = x.var(dims, unbiased=unbiased, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps) * _channel(gamma) + _channel(beta)
+    scale = torch.sqrt(var) + eps if eps_outside else torch.sqrt(var + eps)
+    return (x - mean) / scale * _channel(gamma) + _channel(beta)
+
+
+#: Mistakes in the statistics of BN, shared by every check of a BN-like layer: keyword
+#: arguments of :func:`_batch_norm`, by the message that names them.
+STATISTICS_MISTAKES = {
+    "the unbiased variance (divide by M, not M - 1: use unbiased=False)": {"unbiased": True},
+    "statistics per image (reduce over the batch too: dims (0, 2, 3))": {"dims": (2, 3)},
+    "statistics over the batch dimension only (reduce over space too: dims (0, 2, 3))": {"dims": (0,)},
+    "ε outside the square root (it belongs under it: sqrt(σ² + ε))": {"eps_outside": True},
+}
 
 
 # --- 00: batch normalisation ----------------------------------------------------------------
@@ -139,13 +164,11 @@ def check_batch_norm(batch_norm: Callable, seed: int = 0) -> None:
         gamma, beta = bn.weight.detach().clone(), bn.bias.detach().clone()
         with torch.no_grad():
             expected = bn(x)
-        mistakes = {"the unbiased variance (divide by M, not M - 1: use unbiased=False)":
-                    _batch_norm(x, gamma, beta, bn.eps, unbiased=True),
-                    "statistics per image (reduce over the batch too: dims (0, 2, 3))":
-                    _batch_norm(x, gamma, beta, bn.eps, dims=(2, 3)),
-                    "the normalised x̂ without γ and β": _batch_norm(x, torch.ones_like(gamma),
-                                                                     torch.zeros_like(beta), bn.eps)}
-        if name != "all zeros":
+        mistakes = {message: _batch_norm(x, gamma, beta, bn.eps, **wrong)
+                    for message, wrong in STATISTICS_MISTAKES.items()}
+        mistakes["the normalised x̂ without γ and β"] = _batch_norm(x, torch.ones_like(gamma), torch.zeros_like(beta),
+                                                                  bn.eps)
+        if name not in ("all zeros", "nearly constant"):
             mistakes["no ε under the square root"] = _batch_norm(x, gamma, beta, 0.0)
         cases.append(Case(name, {"x": x, "gamma": gamma, "beta": beta, "eps": bn.eps}, expected, mistakes))
     run_cases(batch_norm, "batch_norm", cases, "nn.BatchNorm2d (train mode)",
@@ -172,14 +195,18 @@ def check_iebn(iebn: Callable, seed: int = 0) -> None:
         mean, std = x.mean((0, 2, 3)), torch.sqrt(x.var((0, 2, 3), unbiased=False) + eps)
         # GAP(x̂) = (GAP(x) - μ) / σ: a gate pooled from x̂ is the reference's with w / σ and b - w μ / σ
         gate_from_x_hat = reference_iebn(x, gamma, beta, w / std, b - w * mean / std, eps)
-        # the batch statistics passed in, with the unbiased variance
-        unbiased = reference_iebn(x, gamma, beta, w, b, eps, running_mean=mean, running_var=x.var((0, 2, 3)))
-        x_hat = _batch_norm(x, torch.ones_like(gamma), torch.zeros_like(beta), eps)
+        ones, zeros = torch.ones_like(gamma), torch.zeros_like(beta)
+        x_hat = _batch_norm(x, ones, zeros, eps)
         logits = _channel(w) * x.mean((2, 3), keepdim=True) + _channel(b)
-        mistakes = {"a gate pooled from the normalised x̂ instead of the layer's input x": gate_from_x_hat,
-                    "a gate without the sigmoid": x_hat * _channel(gamma) * logits + _channel(beta),
-                    "BN without the gate (δ = 1)": _batch_norm(x, gamma, beta, eps),
-                    "the unbiased variance (use unbiased=False)": unbiased}
+        gate = torch.sigmoid(logits)
+        # the statistics' usual mistakes, with IEBN's gate on top: x̂' γ δ + β
+        mistakes = {message: _batch_norm(x, ones, zeros, eps, **wrong) * _channel(gamma) * gate + _channel(beta)
+                    for message, wrong in STATISTICS_MISTAKES.items()}
+        mistakes |= {"a gate pooled from the normalised x̂ instead of the layer's input x": gate_from_x_hat,
+                     "a gate without the sigmoid": x_hat * _channel(gamma) * logits + _channel(beta),
+                     "BN without the gate (δ = 1)": _batch_norm(x, gamma, beta, eps),
+                     "a gated β ((γ x̂ + β) δ: β is added after the gate, not gated)":
+                     (x_hat * _channel(gamma) + _channel(beta)) * gate}
         cases.append(Case(name, args, expected, mistakes))
     run_cases(iebn, "iebn", cases, "IEBN2d (train mode)",
               "Look at the three equations of the Math section: x̂ with batch statistics, the gate δ_nc "
@@ -318,11 +345,17 @@ def check_dynamic_conv(dynamic_conv: Callable, seed: int = 0) -> None:
                 expected = layer(x)
             experts = layer.weight.detach().view(k, 5, c_in, 3, 3).clone()
             biases = layer.bias.detach().clone()
+            aggregated = torch.einsum("nk,koihw->noihw", pi, experts)  # W̃ per image, (N, C_out, C_in, 3, 3)
+            swapped = aggregated.transpose(1, 2).reshape(aggregated.shape)  # built as (N, C_in, C_out), reshaped
+            by_image = [torch.nn.functional.conv2d(x[i:i + 1], swapped[i], padding=1) for i in range(len(x))]
+            mixed_up = torch.cat(by_image) + (pi @ biases)[:, :, None, None]
             mistakes = {"one kernel for the whole batch (π averaged over images: each image needs its own)":
                         reference_dynamic_conv(x, pi.mean(0).expand_as(pi), experts, biases, padding=1),
                         "the experts summed without their weights π_k":
                         reference_dynamic_conv(x, torch.ones_like(pi), experts, biases, padding=1),
-                        "no bias (add b̃ = Σ_k π_k b_k)": reference_dynamic_conv(x, pi, experts, None, padding=1)}
+                        "no bias (add b̃ = Σ_k π_k b_k)": reference_dynamic_conv(x, pi, experts, None, padding=1),
+                        "a kernel whose input and output channels are mixed up (build W̃ as (N, C_out, C_in, "
+                        "kh, kw) before reshaping it for the grouped convolution)": mixed_up}
             label = f"{name}, K={k}"
             cases.append(Case(label, {"x": x, "pi": pi, "experts": experts, "biases": biases, "padding": 1},
                               expected, mistakes))
@@ -338,7 +371,7 @@ def check_runs(results, labels: list[str], num_classes: int, answer=None) -> Non
 
     Every run's training loss must be finite and fall, its test accuracies lie in [0, 1],
     the best final accuracy be above chance, and ``answer`` (if given) name the label with
-    the highest final test accuracy in *these* results.
+    the highest final test accuracy in *these* results (either one, if two tie).
     """
     if results is None or results is Ellipsis or not isinstance(results, Mapping):
         raise LabCheckError(f"results is {results!r}: run your experiment and store a dict "
@@ -365,9 +398,11 @@ def check_runs(results, labels: list[str], num_classes: int, answer=None) -> Non
         raise LabCheckError(f"no run is above chance ({chance:.2f}): final test accuracies {finals}; "
                             "train longer or check the data and labels.")
     if answer is not None:
-        best = max(finals, key=finals.get)
-        if answer != best:
+        top = max(finals.values())
+        best = [label for label, value in finals.items() if value == top]  # a tie has several
+        if answer not in best:
+            which = f"{best[0]!r}" if len(best) == 1 else f"shared by {' and '.join(map(repr, best))} (a tie)"
             raise LabCheckError(f"answer is {answer!r}, but in your results the highest final test accuracy is "
-                                f"{best!r} ({finals}). Answer from your own numbers.")
+                                f"{which} ({finals}). Answer from your own numbers.")
     print(f"✓ plausible: {', '.join(f'{k} {100 * v:.1f}%' for k, v in finals.items())} final test accuracy"
           + (f"; answer {answer!r} agrees with them" if answer is not None else ""))

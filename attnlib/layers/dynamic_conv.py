@@ -58,10 +58,10 @@ What differs from the popular unofficial code (kaijieshi7/Dynamic-convolution-Py
 * Experts are one 4-D parameter ``(K*Cout, Cin/g, kh, kw)``, not a 5-D one, so
   ``model.to(memory_format=torch.channels_last)`` works; activations are reshaped, never
   ``view``-ed, so channels_last inputs work too. (timm stores a 2-D ``(K, n)`` parameter.)
-* The temperature is a registered buffer: saved and restored with the weights (and a
-  tensor input, not a constant, to ``torch.compile``). In the unofficial code and in the
-  post this chapter started from it is a plain attribute, so a reloaded model runs at the
-  constructor's value (34 there, 30 in the post) whatever it was trained at.
+* The temperature is a tensor of the layer (an input, not a constant, to
+  ``torch.compile``), changed with :func:`set_temperature`; in the unofficial code and in the
+  post this chapter started from it is a plain Python attribute (what that changes is the
+  chapter's lab question).
 * ``reset_parameters`` runs, from the constructor: each expert is He-initialised (normal,
   fan-in of one expert), the expert biases start at zero. A model-wide init loop over
   ``nn.Conv2d`` (the unofficial DY-ResNet's, and :func:`attnlib.models.parts.init_weights`)

@@ -34,6 +34,8 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from attnlib.data import FASHION_MNIST_FILES, DatasetError, default_data_root, find_fashion_mnist
+
 from ..paths import REPO
 
 STUDENT_DIR = REPO / "book" / "labs"
@@ -50,9 +52,13 @@ ASSIGNMENT_CONFIG = {
 }
 
 
+def _repository() -> dict:
+    return yaml.safe_load((REPO / "_config.yml").read_text())["repository"]
+
+
 def colab_url(notebook: Path) -> str:
     """The Colab address of a committed notebook, from _config.yml's repository."""
-    repo = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]
+    repo = _repository()
     slug = repo["url"].removeprefix("https://github.com/").rstrip("/")
     return f"https://colab.research.google.com/github/{slug}/blob/{repo.get('branch', 'main')}/" \
            f"{notebook.relative_to(REPO).as_posix()}"
@@ -147,9 +153,31 @@ def _raw(text: str):
     return nbformat.v4.new_raw_cell(text)
 
 
-def otter_master(nb, name: str):
+def grading_requirements() -> str:
+    """What a submission needs besides otter: torch, torchvision and attnlib from the book's
+    repository (``_config.yml``; a fork after ``python -m booktools.book set-repository``)."""
+    repo = _repository()
+    return f"torch\ntorchvision\nattnlib @ git+{repo['url'].rstrip('/')}@{repo.get('branch', 'main')}\n"
+
+
+def grading_data(work: Path) -> list[str]:
+    """Copy Fashion-MNIST (the labs' ``quick`` data, 30 MB) beside the master notebook, so the
+    autograder carries it and a grading run needs no download; its paths for otter's ``files``."""
+    try:
+        found = find_fashion_mnist(default_data_root())
+    except DatasetError as err:
+        raise SystemExit(f"the autograder carries Fashion-MNIST, which is not here: {err}") from err
+    folder = work / "data" / "fashion-mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in FASHION_MNIST_FILES:
+        shutil.copy(found / name, folder / name)
+    return [f"data/fashion-mnist/{name}" for name in FASHION_MNIST_FILES]
+
+
+def otter_master(nb, name: str, files: list[str] = ()):
     """The chapter's lab cells in otter-assign's format (raw BEGIN/END cells, test configs)."""
-    config = yaml.safe_dump({"name": name, **ASSIGNMENT_CONFIG}, sort_keys=False)
+    config = yaml.safe_dump({"name": name, **ASSIGNMENT_CONFIG, "requirements": "requirements.txt",
+                             "files": list(files)}, sort_keys=False)
     cells, open_question = [_raw("# ASSIGNMENT CONFIG\n" + config)], False
     kept = [nbformat.from_dict(json.loads(json.dumps(cell))) for cell in lab_cells(nb)]
     plain_citations(kept)
@@ -186,11 +214,22 @@ def otter_master(nb, name: str):
 
 
 def _lab_note(name: str) -> str:
+    repo = _repository()
     return (f"**Lab.** This notebook is the lab version of the chapter `{name}`: its setup, idea and "
             "maths, then the exercises. The implementation, sanity checks, experiments and results are "
-            "on the chapter's page in the book. Run the cells in order; each exercise has a self-check "
-            "cell that says what is wrong. Change `profile` in the parameters cell to `smoke` for a "
-            "fast run on synthetic images.")
+            "on the chapter's page in the book: read them after the lab. Run the cells in order; each "
+            "exercise has a self-check cell that says what is wrong. Change `profile` in the parameters "
+            "cell to `smoke` for a fast run on synthetic images.\n\n"
+            "**Where to work.** On Colab, run the first cell: it installs the book's library, and the "
+            "data download by themselves. On your own machine (Python 3.10 or later): "
+            f"`pip install \"attnlib @ git+{repo['url'].rstrip('/')}@{repo.get('branch', 'main')}\" "
+            "jupyter`, then put Fashion-MNIST's four `*-ubyte.gz` files (from "
+            "github.com/zalandoresearch/fashion-mnist) in a folder `data/fashion-mnist/` beside this "
+            "notebook, or on Debian/Ubuntu `sudo apt-get install dataset-fashion-mnist`.\n\n"
+            "**Handing in.** Write only where the exercises ask (the `...` bodies, `results`, `best` and "
+            "the answer cell), run the whole notebook once from the top, save it, and hand in the "
+            "`.ipynb` file named after yourself (e.g. `ada.ipynb`) as your teacher says: it is graded by "
+            "running it from the top.")
 
 
 def otter_command(*args: str) -> list[str]:
@@ -212,7 +251,9 @@ def build_lab(source: Path, student_dir: Path = STUDENT_DIR, build_dir: Path = B
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     master = work / f"{name}-master.ipynb"
-    nbformat.write(otter_master(with_lab_profile(nbformat.read(source, as_version=4)), name), master)
+    (work / "requirements.txt").write_text(grading_requirements())
+    nb = with_lab_profile(nbformat.read(source, as_version=4))
+    nbformat.write(otter_master(nb, name, grading_data(work)), master)
     result = _otter("assign", "--no-pdfs", str(master), str(work / "dist"))
     if result.returncode != 0:
         raise RuntimeError(f"otter assign failed for {name}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")

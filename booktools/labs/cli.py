@@ -18,7 +18,7 @@ from attnlib.files import atomic_write_text
 
 from ..book import source_notebooks
 from ..paths import REPO
-from . import build, gradebook
+from . import build, gradebook, solutions
 from .teachers import load_timings, write_lab_table
 
 
@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("merge-hand-grades", help="add hand-graded points (CSV: student,points) to a gradebook")
     m.add_argument("out", type=Path, help="the --out folder of grade-class")
     m.add_argument("hand", type=Path, help="CSV with the columns student and points")
+    s = sub.add_parser("teacher", help="the solution notebooks and the rubric, for the teacher only "
+                                       "(default build/teacher/, outside the published book)")
+    s.add_argument("chapters", nargs="*")
+    s.add_argument("--out", type=Path, default=solutions.TEACHER_DIR, help="folder (default build/teacher/)")
     t = sub.add_parser("time", help="run the solution notebooks and record their time and score")
     t.add_argument("chapters", nargs="*")
     t.add_argument("--profile", default="quick")
@@ -78,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{notebook}: {got:g} / {total:g} auto-graded points ({questions})")
         return 0
     chapters = source_notebooks(args.chapters or None)
+    if args.command == "teacher":
+        for path in solutions.build_teacher(chapters, args.out):
+            print(f"wrote {path}")
+        return 0
     if args.command == "build":
         for source in chapters:
             paths = build.build_lab(source)

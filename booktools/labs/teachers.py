@@ -24,7 +24,7 @@ _EXERCISE_TITLE = re.compile(r"\*\*Exercise \d+ \([^)]*\):\s*(.+?)\*\*", re.S)
 
 
 def exercises(source: Path) -> list[dict]:
-    """The lab's questions in order: title, points, and whether they are graded by hand."""
+    """The lab's questions in order: name, title, points, and whether they are graded by hand."""
     found = []
     for cell in lab_cells(nbformat.read(source, as_version=4)):
         lab = cell.metadata.get("lab", {})
@@ -33,8 +33,8 @@ def exercises(source: Path) -> list[dict]:
             if match is None:
                 raise ValueError(f"{source.name}: the cell of {lab['question']} must open with "
                                  "**Exercise N (P points): its title.**")
-            found.append({"title": " ".join(match[1].split()).rstrip("."), "points": lab["points"],
-                          "manual": bool(lab.get("manual"))})
+            found.append({"name": lab["question"], "title": " ".join(match[1].split()).rstrip("."),
+                          "points": lab["points"], "manual": bool(lab.get("manual"))})
     return found
 
 
