@@ -22,6 +22,8 @@ from pathlib import Path
 
 import nbformat
 
+from attnlib.chapters import CHAPTERS
+from attnlib.chapters import source as chapter_source
 from attnlib.files import atomic_write_text
 from attnlib.profiles import PROFILES
 
@@ -82,17 +84,31 @@ def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, **pa
     return written
 
 
+def shown_chapter_source(nb) -> str | None:
+    """What an executed copy printed as its chapter's comparisons (the ``chapter-source`` cell)."""
+    cell = next((c for c in nb.cells if c.get("id") == "chapter-source"), None)
+    if cell is None:
+        return None
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
 def stale_copies(out: Path = BOOK) -> list[str]:
-    """Problems with the executed copies in ``out``: missing, or code/text differing from the source."""
+    """Problems with the executed copies in ``out``: missing, code/text differing from the source, or
+    run with other comparisons than the chapter's function in ``attnlib.chapters`` defines now."""
     problems = []
     for src in source_notebooks():
         dst = out / src.name
+        shown = dst.relative_to(REPO) if dst.is_relative_to(REPO) else dst
         if not dst.exists():
-            problems.append(f"{dst.relative_to(REPO)} is missing: run `make execute`")
+            problems.append(f"{shown} is missing: run `make execute`")
             continue
-        if _cells(nbformat.read(src, as_version=4)) != _cells(nbformat.read(dst, as_version=4)):
-            problems.append(f"{dst.relative_to(REPO)} does not match {src.relative_to(REPO)}: "
-                            "execute it again (`make execute NOTEBOOKS=" + src.stem + "`)")
+        again = f"execute it again (`make execute NOTEBOOKS={src.stem}`)"
+        copy = nbformat.read(dst, as_version=4)
+        if _cells(nbformat.read(src, as_version=4)) != _cells(copy):
+            problems.append(f"{shown} does not match {src.relative_to(REPO)}: {again}")
+        elif shown_chapter_source(copy) not in (None, chapter_source(src.stem) + "\n"):
+            problems.append(f"{shown} was run with other comparisons than "
+                            f"attnlib.chapters.{CHAPTERS[src.stem].__name__} defines now: {again}")
     return problems
 
 

@@ -114,6 +114,19 @@ def test_executed_copies_match_their_sources():
     assert book.stale_copies() == []
 
 
+def test_a_copy_run_with_other_comparisons_is_stale(tmp_path: Path):
+    """A chapter's comparisons live in attnlib.chapters, not in its notebook: a copy whose printed
+    chapter function differs from today's was run with other comparisons and must be run again."""
+    for src in SOURCES:
+        (tmp_path / src.name).write_bytes((REPO / "book" / src.name).read_bytes())
+    assert book.stale_copies(tmp_path) == []
+    nb = nbformat.read(tmp_path / "02_ba_net.ipynb", as_version=4)
+    shown = next(c for c in nb.cells if c.get("id") == "chapter-source")
+    shown.outputs[0]["text"] = shown.outputs[0]["text"].replace('"SE"', '"SE, renamed"')
+    nbformat.write(nb, tmp_path / "02_ba_net.ipynb")
+    assert [p for p in book.stale_copies(tmp_path) if "02_ba_net" in p and "other comparisons" in p]
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
 def test_executed_copy_is_clean_and_shows_a_run_card(path: Path):
     nb = nbformat.read(REPO / "book" / path.name, as_version=4)
