@@ -22,12 +22,13 @@ for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
 
 from .bridge_attention import BridgeAttention  # noqa: E402  (after the registrations above)
 from .dynamic_conv import DynamicConv2d  # noqa: E402
+from .ghost import GhostNorm  # noqa: E402
 from .iebn import IEBN2d  # noqa: E402
 from .mabn import CenConv2d, MABN2d  # noqa: E402
 from .nam import NAMAttention, NAMChannelAttention, NAMSpatialAttention  # noqa: E402
 from .se import SqueezeExcitation  # noqa: E402
 
-__all__ = ["ATTENTIONS", "CONVS", "NORMS", "BridgeAttention", "Choice", "CenConv2d", "DynamicConv2d", "IEBN2d", "MABN2d",
-           "NAMAttention", "NAMChannelAttention", "NAMSpatialAttention", "SqueezeExcitation",
-           "attention_factory", "conv_spec", "format_choice", "norm_spec", "options_of", "register_attention", "register_conv",
-           "register_norm", "split_choice"]
+__all__ = ["ATTENTIONS", "CONVS", "NORMS", "BridgeAttention", "Choice", "CenConv2d", "DynamicConv2d", "GhostNorm",
+           "IEBN2d", "MABN2d", "NAMAttention", "NAMChannelAttention", "NAMSpatialAttention", "SqueezeExcitation",
+           "attention_factory", "conv_spec", "format_choice", "norm_spec", "options_of", "register_attention",
+           "register_conv", "register_norm", "split_choice"]

@@ -10,6 +10,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .functional import sum_hw_product
+from .ghost import ghost
 from .registry import register_norm
 
 
@@ -243,8 +244,11 @@ class _IEBNFunction(torch.autograd.Function):
                 d_br if need[4] else None, None, None, None, None, None)
 
 
-# IEBN2d in blocks and the stem; the projection shortcuts keep a plain BatchNorm2d (official code)
-register_norm("iebn", shortcut="bn")(IEBN2d)
+@register_norm("iebn", shortcut="bn")
+def iebn(num_features: int, eps: float = 1e-5, momentum: float = 0.1, norm_batch: int | None = None) -> nn.Module:
+    """IEBN2d in blocks and the stem; the projection shortcuts keep a plain BatchNorm2d (official
+    code). With ``norm_batch``, over groups of that many images of a training batch (both norms)."""
+    return ghost(IEBN2d(num_features, eps, momentum), norm_batch)
 
 
 @torch.no_grad()

@@ -117,6 +117,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .ghost import ghost
 from .registry import register_conv, register_norm
 
 _CHANNEL = (1, -1, 1, 1)
@@ -340,6 +341,15 @@ class CenConv2d(nn.Conv2d):
         return self._conv_forward(x, self.centred_weight(), self.bias)
 
 
-# ("mabn", {"B": 4}) is MABN for a training batch of 4 (B=2, real_B=32 by default)
-register_norm("mabn")(MABN2d)
+@register_norm("mabn")
+def mabn(num_features: int, eps: float = 1e-5, momentum: float = 0.98, B: int | None = None, real_B: int = 32,
+         warmup_iters: int = 100, norm_batch: int | None = None) -> nn.Module:
+    """MABN2d for a training batch of ``B`` (2 by default: the paper's headline). With
+    ``norm_batch``, MABN over groups of that many images of a larger SGD batch, each group one of
+    its steps (:mod:`attnlib.layers.ghost`): ``B`` is then ``norm_batch``."""
+    if norm_batch is not None and B not in (None, norm_batch):
+        raise ValueError(f"B is the batch one MABN step sees: with norm_batch={norm_batch} it is {norm_batch}, "
+                         f"not {B}; leave B out")
+    B = B if B is not None else norm_batch or 2
+    return ghost(MABN2d(num_features, eps, momentum, B, real_B, warmup_iters), norm_batch)
 register_conv("cenconv", stem=True, shortcut=True)(CenConv2d)

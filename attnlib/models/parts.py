@@ -41,10 +41,13 @@ class Parts:
         return norm_spec(self.name("norm")).factory(channels, **self.options("norm"))
 
     def make_shortcut_norm(self, channels: int) -> nn.Module:
+        """The norm of a projection shortcut: the blocks' own, or the one their norm names
+        (IEBN: a plain BN), which keeps the blocks' normalisation batch (``norm_batch``)."""
         shortcut = norm_spec(self.name("norm")).shortcut
         if shortcut is None:
             return self.make_norm(channels)
-        return norm_spec(shortcut).factory(channels)
+        kept = {k: v for k, v in self.options("norm").items() if k == "norm_batch"}
+        return norm_spec(shortcut).factory(channels, **kept)
 
     def _conv(self, replaced: bool, cin: int, cout: int, kernel_size: int, stride: int, padding: int) -> nn.Module:
         name, options = (self.name("conv"), self.options("conv")) if replaced else ("conv", {})
