@@ -56,10 +56,13 @@ labs: venv
 teacher: venv
 	$(PY) -m booktools.labs teacher
 
-# Every chapter's layer against the plain network (2-core CPU: 76 s with 2 threads, 122 s with --threads 1); BENCH_ARGS e.g. "--device cuda --compile".
+# Every chapter's layer against the plain network, three runs (2-core CPU: 76 s each with 2 threads,
+# 122 s with --threads 1); the page shows the median of the runs taken on a quiet machine.
+# BENCH_ARGS e.g. "--threads 1" or "--device cuda --compile". Never beside the training queue.
 BENCH_ARGS ?=
+BENCH_RUNS ?= 3
 bench: venv
-	$(PY) -m attnlib.bench --out-dir book/benchmark $(BENCH_ARGS)
+	for run in $$(seq $(BENCH_RUNS)); do $(PY) -m attnlib.bench --out-dir book/benchmark $(BENCH_ARGS) || exit 1; done
 	$(PY) -m booktools.book overview
 
 clean:

@@ -127,13 +127,18 @@ def load_line(result: dict) -> str:
             f"the end): {verdict}.")
 
 
-def default_out(result: dict, folder: Path) -> Path:
-    """``folder/<cpu|gpu>-<model>-b<batch>-<dtype>[-compiled][-Nthread].json``."""
+def record_name(result: dict) -> str:
+    """What a run measured: ``<cpu|gpu>-<model>-b<batch>-<dtype>[-compiled][-Nthread]``."""
     s, env = result["settings"], result["environment"]
     kind = "gpu" if not env["device"].startswith("CPU") else "cpu"
     name = f"{kind}-{s['model']}-b{s['batch_size']}-{s['dtype']}" + ("-compiled" if s["compile"] else "")
-    name += f"-{s['threads']}thread" if kind == "cpu" else ""
-    return folder / f"{name}.json"
+    return name + (f"-{s['threads']}thread" if kind == "cpu" else "")
+
+
+def default_out(result: dict, folder: Path) -> Path:
+    """``folder/<record_name>-<UTC date and time>.json``: each run its own file, so that the
+    benchmark page can take the median of several."""
+    return folder / f"{record_name(result)}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

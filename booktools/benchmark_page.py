@@ -1,15 +1,26 @@
 """The book's benchmark page, rendered from the JSON records of ``python -m attnlib.bench``
-in ``book/benchmark/`` (``python -m booktools.book overview``)."""
+in ``book/benchmark/`` (``python -m booktools.book overview``).
+
+A ratio measured once, on a machine other work was slowing, does not reproduce (the layers'
+memory-bound passes are diluted by slowed convolutions). So the page groups the records by
+machine and settings, shows only the runs taken on a quiet machine (``machine_load.quiet``:
+other processes took at most 10 % of the CPUs' time), and gives each figure as the median of
+those runs with its range; it says how many quiet runs there are, and that three are needed.
+"""
 from __future__ import annotations
 
 import json
+import statistics
+from collections import defaultdict
 from pathlib import Path
 
-from attnlib.bench import epoch_line, load_line, loop_line, table
+from attnlib.bench import record_name
 
 from .paths import REPO
 
 BENCH_DIR = REPO / "book" / "benchmark"
+#: Quiet runs a figure of the page needs (median and range).
+RUNS_NEEDED = 3
 
 
 def load_results(bench_dir: Path = BENCH_DIR) -> list[dict]:
@@ -32,44 +43,94 @@ WHY_MISSED = {
 }
 
 
+def is_quiet(record: dict) -> bool:
+    return bool((record.get("machine_load") or {}).get("quiet"))
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """``median [min–max]`` (the median alone when the values agree to the digits shown)."""
+    middle, low, high = (format(v, fmt) for v in (statistics.median(values), min(values), max(values)))
+    return middle if low == high else f"{middle} [{low}–{high}]"
+
+
+def _ratios(runs: list[dict], label: str, key: str = "train_step_ms_vs_first") -> list[float]:
+    return [next(row for row in run["rows"] if row["label"] == label)[key] for run in runs]
+
+
+def _missed(runs: list[dict]) -> list[str]:
+    """The methods whose median step-time ratio is above their target."""
+    return [row["label"] for row in runs[0]["rows"]
+            if row["target"] is not None and statistics.median(_ratios(runs, row["label"])) > row["target"]]
+
+
+def summary_table(runs: list[dict]) -> str:
+    """Markdown: per network, the median and range over ``runs`` of its ratios and step time."""
+    lines = ["| network | step time vs plain | target | eval speed vs plain | train step (ms) | params | MFLOPs/img |",
+             "|" + "---|" * 7]
+    missed = _missed(runs)
+    for first in runs[0]["rows"]:
+        label, ratios = first["label"], _ratios(runs, first["label"])
+        if first["target"] is None:
+            target = "–"
+        elif label in missed:
+            target = f"≤ {first['target']:.2f}x **missed**"
+        else:
+            target = f"≤ {first['target']:.2f}x met" + (" (not in every run)" if max(ratios) > first["target"] else "")
+        lines.append(f"| {label} | {_spread(ratios, '.2f')}x | {target} "
+                     f"| {_spread(_ratios(runs, label, 'eval_images_per_s_vs_first'), '.2f')}x "
+                     f"| {_spread(_ratios(runs, label, 'train_step_ms'), '.1f')} | {first['params']:,d} "
+                     f"| {first['flops_per_image'] / 1e6:.1f} |")
+    return "\n".join(lines)
+
+
+def section(runs: list[dict]) -> str:
+    """One machine and setting: its quiet runs summarised, the others only counted."""
+    quiet = [r for r in runs if is_quiet(r)]
+    s, env = runs[-1]["settings"], runs[-1]["environment"]
+    flags = ["channels_last" if s["channels_last"] else "NCHW", "torch.compile" if s["compile"] else "eager"]
+    threads = f"{s['threads']} thread" + ("s" if s["threads"] > 1 else "")
+    machine = env["device"].split(",")[0] + (f", {threads}" if env["device"].startswith("CPU") else "")
+    count = (f"{len(quiet)} quiet run{'s' * (len(quiet) != 1)} of {len(runs)} "
+             f"({len(runs) - len(quiet)} under load or with the load not recorded, not shown)")
+    head = (f"## {machine}\n\n{s['model']}, batch {s['batch_size']}, images {'x'.join(map(str, s['image_shape']))}, "
+            f"{s['dtype']}, {', '.join(flags)}; each run the median of {s['repeats']} interleaved rounds of "
+            f"{s['steps']} steps. {count}.")
+    if not quiet:
+        return head + (f" No figure is shown: run `make bench` on a quiet machine ({RUNS_NEEDED} runs).\n")
+    needed = "" if len(quiet) >= RUNS_NEEDED else \
+        f" **Fewer than {RUNS_NEEDED} quiet runs: these figures are provisional.**"
+    loop = [r["loop"]["overhead"] for r in quiet]
+    missed = _missed(quiet)
+    dates = sorted(r["environment"]["date"] for r in quiet)
+    text = (f"{head}{needed} Median [range] over the quiet runs ({dates[0]} to {dates[-1]}; torch "
+            f"{env['torch']}, commit `{env['git_commit']}`):\n\n{summary_table(quiet)}\n\n"
+            f"Training loop: `fit` adds {_spread([100 * v for v in loop], '+.1f')} % to the bare step (target ≤ 10 %). "
+            + (f"Targets missed: {', '.join(missed)}." if missed else "Every method meets its target.") + "\n")
+    return text + "".join(f"\n*{label}:* {WHY_MISSED[label]}\n" for label in missed if label in WHY_MISSED)
+
+
 def page(results: list[dict]) -> str:
     """The book's benchmark page (markdown) from the benchmark's JSON records."""
-    sections = []
+    groups: dict[str, list[dict]] = defaultdict(list)
     for r in results:
-        s, env = r["settings"], r["environment"]
-        missed = [row["label"] for row in r["rows"] if row["meets_target"] is False]
-        verdict = (f"Targets missed: {', '.join(missed)}." if missed else "Every method meets its target.")
-        flags = ["channels_last" if s["channels_last"] else "NCHW", "torch.compile" if s["compile"] else "eager"]
-        threads = f"{s['threads']} thread" + ("s" if s["threads"] > 1 else "")
-        machine = env["device"].split(",")[0] + (f", {threads}" if env["device"].startswith("CPU") else "")
-        sections.append(f"""## {machine}
-
-{s['model']}, batch {s['batch_size']}, images {'x'.join(map(str, s['image_shape']))}, {s['dtype']},
-{', '.join(flags)}; median of {s['repeats']} interleaved rounds of {s['steps']} steps. torch {env['torch']},
-commit `{env['git_commit']}`, {env['date']}; the run took {r['wall_s']:.0f} s.
-
-{table(r)}
-
-{loop_line(r)} {verdict}
-
-{" ".join(filter(None, (load_line(r), epoch_line(r))))}
-""" + "".join(f"\n*{label}:* {WHY_MISSED[label]}\n" for label in missed if label in WHY_MISSED))
-    body = "\n".join(sections) if sections else "No benchmark record yet: run `make bench`.\n"
+        groups[record_name(r)].append(r)
+    body = "\n".join(section(runs) for runs in groups.values()) if groups else \
+        "No benchmark record yet: run `make bench`.\n"
     return f"""# Benchmark: what each layer costs
 
-`python -m attnlib.bench` (or `make bench`) builds the same network once per chapter's layer and
-times all of them in one run, interleaved, on synthetic batches already on the device: a
-training step (forward, cross-entropy, backward, SGD step) and an inference forward. It
-reports absolute figures and, more robust on a shared machine, ratios to the plain network;
-the *target* is the largest step-time ratio we accept for each layer. Activation memory
-counts the tensors autograd saves for one fp32 step; peak memory is the allocator's peak
-of a step, measured on GPUs only. The last line of each section times the training loop
-itself: `fit` (device-resident data, augmentation, optimiser, schedule, bookkeeping)
-against the bare step on pre-made tensors. Everything below is rendered from the JSON
-files in `book/benchmark/` by `python -m booktools.book overview`; nothing is typed.
+`python -m attnlib.bench` (or `make bench`, three runs) builds the same network once per chapter's
+layer and times all of them in one run, interleaved, on synthetic batches already on the
+device: a training step (forward, cross-entropy, backward, SGD step) and an inference forward.
+It reports absolute figures and ratios to the plain network; the *target* is the largest
+step-time ratio we accept for each layer. Each run records how busy the machine was (the CPU
+time other processes took while it ran): a ratio taken under load is diluted (slowed
+convolutions hide the layers' extra passes) and does not reproduce, so this page shows only
+runs on a quiet machine, each figure as the median over them with its range. The training-loop
+line times `fit` (device-resident data, augmentation, optimiser, schedule, bookkeeping) against
+the bare step on pre-made tensors. Everything below is rendered from the JSON files in
+`book/benchmark/` by `python -m booktools.book overview`; nothing is typed.
 
-No GPU was available for the runs on this page: GPU figures (and the H100 epoch times the
-benchmark issue asks for) are not measured yet. `python -m attnlib.bench --device cuda --compile`
-on a GPU writes a record that this page then shows.
+No GPU was available for the runs on this page: GPU figures are not measured yet.
+`bash scripts/gpu_check.sh OUT` on a GPU machine writes records that this page then shows.
 
 {body}"""

@@ -1,0 +1,34 @@
+"""booktools.benchmark_page: only runs on a quiet machine, each figure the median of them with its range."""
+from __future__ import annotations
+
+from booktools.benchmark_page import page
+
+
+def _run(ratio: float, quiet: bool | None, date: str, overhead: float = 0.05) -> dict:
+    rows = [{"label": "plain (BN)", "target": None, "train_step_ms_vs_first": 1.0, "eval_images_per_s_vs_first": 1.0,
+             "train_step_ms": 100.0, "params": 1000, "flops_per_image": 2e6},
+            {"label": "SE", "target": 1.10, "train_step_ms_vs_first": ratio, "eval_images_per_s_vs_first": 0.9,
+             "train_step_ms": 100.0 * ratio, "params": 1100, "flops_per_image": 2e6}]
+    load = None if quiet is None else {"quiet": quiet, "other_processes_cpu_share": 0.02 if quiet else 0.6}
+    return {"settings": {"model": "resnet20", "batch_size": 128, "image_shape": [1, 28, 28], "dtype": "float32",
+                         "channels_last": True, "compile": False, "steps": 3, "repeats": 5, "threads": 1},
+            "environment": {"device": "CPU: AMD EPYC, 1 threads", "torch": "2.14.1", "git_commit": "abc", "date": date},
+            "rows": rows, "loop": {"overhead": overhead}, "machine_load": load}
+
+
+def test_the_page_shows_the_median_and_range_of_the_quiet_runs_only():
+    runs = [_run(1.05, True, "2026-12-01 10:00 UTC"), _run(1.09, True, "2026-12-01 10:05 UTC"),
+            _run(1.12, True, "2026-12-01 10:10 UTC"), _run(1.60, False, "2026-12-01 11:00 UTC"),
+            _run(1.70, None, "2026-11-20 09:00 UTC")]
+    text = page(runs)
+    assert "3 quiet runs of 5 (2 under load or with the load not recorded, not shown)" in text
+    assert "| SE | 1.09 [1.05–1.12]x | ≤ 1.10x met (not in every run) |" in text
+    assert "1.60" not in text and "1.70" not in text and "provisional" not in text
+    assert "Every method meets its target." in text and "+5.0 %" in text
+
+
+def test_fewer_than_three_quiet_runs_are_provisional_and_none_shows_no_figure():
+    assert "**Fewer than 3 quiet runs: these figures are provisional.**" in page([_run(1.2, True, "d")])
+    assert "| SE | 1.20x | ≤ 1.10x **missed** |" in page([_run(1.2, True, "d")])
+    text = page([_run(1.2, False, "d"), _run(1.3, None, "e")])
+    assert "0 quiet runs of 2" in text and "No figure is shown" in text and "| SE |" not in text
