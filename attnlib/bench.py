@@ -1,6 +1,6 @@
 """``python -m attnlib.bench``: what every chapter's layer costs against the plain network, in one run.
 
-    python -m attnlib.bench                          # CPU, ResNet-20, batch 128, bf16, channels_last
+    python -m attnlib.bench                          # ResNet-20, batch 128, the book's precision, channels_last
     python -m attnlib.bench --device cuda --compile  # a GPU, with torch.compile
     python -m attnlib.bench --methods SE NAM --amp off --no-channels-last
     python -m attnlib.bench --threads 1              # steadier ratios on a shared machine
@@ -36,7 +36,7 @@ from .runinfo import environment
 @dataclass(frozen=True)
 class Method:
     """A chapter's layer in the benchmark network; ``target`` is the largest acceptable
-    train-step time relative to the plain network (bf16 autocast, batch 128, ResNet-20)."""
+    train-step time relative to the plain network (batch 128, ResNet-20)."""
 
     label: str
     parts: Parts = Parts()
@@ -59,7 +59,7 @@ def build(method: Method, model: str, image_shape: tuple[int, int, int], num_cla
 
 
 def run(methods: tuple[Method, ...] = METHODS, *, model: str = "resnet20", batch_size: int = 128,
-        image_shape: tuple[int, int, int] = (3, 32, 32), amp: str = "bf16", channels_last: bool = True,
+        image_shape: tuple[int, int, int] = (3, 32, 32), amp: str = "auto", channels_last: bool = True,
         compile: bool = False, device: str = "auto", steps: int = 3, repeats: int = 5,
         loop_steps: int = 10, epoch_models: tuple[str, ...] = (), epoch_images: int = 50_000) -> dict:
     """The benchmark's record: settings, environment, one row per network, the loop overhead."""
@@ -153,8 +153,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="resnet20", help="network (default resnet20)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--image-shape", default="3,32,32", help="C,H,W of the synthetic images (default 3,32,32)")
-    p.add_argument("--amp", default="bf16", choices=("auto", "bf16", "fp16", "off"),
-                   help="autocast dtype (default bf16; off = fp32)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="autocast dtype (default auto: what the book's runs use, bf16 where the hardware "
+                        "computes it natively, fp32 elsewhere; off = fp32)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile every network (slow to start)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:1, ...")
