@@ -23,7 +23,7 @@ import yaml
 from attnlib.data import FASHION_MNIST_FILES
 from attnlib.labs import checks
 from booktools import book
-from booktools.labs import build, gradebook, solutions, teachers
+from booktools.labs import build, gradebook, grading, solutions, teachers
 
 CHAPTERS = book.source_notebooks()
 HAS_OTTER = (Path(sys.executable).parent / "otter").exists()
@@ -271,8 +271,8 @@ def _class_folder(paths: dict[str, Path], folder: Path) -> Path:
     """A class of four: the solution (ada), the untouched student notebook (bob), a truncated
     copy of the solution (cy) and an empty file (dee), all on the smoke profile."""
     folder.mkdir()
-    build.set_parameter(paths["solution"], folder / "ada.ipynb", profile="smoke")
-    build.set_parameter(paths["student"], folder / "bob.ipynb", profile="smoke")
+    grading.set_parameter(paths["solution"], folder / "ada.ipynb", profile="smoke")
+    grading.set_parameter(paths["student"], folder / "bob.ipynb", profile="smoke")
     text = (folder / "ada.ipynb").read_text()
     (folder / "cy.ipynb").write_text(text[: len(text) // 2])
     (folder / "dee.ipynb").write_text("")

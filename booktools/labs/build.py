@@ -1,6 +1,7 @@
 """Course labs generated from the chapter notebooks with otter-grader.
 
-The command line (``python -m booktools.labs build | grade | time``) is in :mod:`booktools.labs.cli`.
+The command line (``python -m booktools.labs build | grade | time``) is in :mod:`booktools.labs.cli`;
+running the autograder on notebooks is in :mod:`booktools.labs.grading`.
 
 The chapter notebook is the single source. Its lab cells carry a ``lab`` entry in their
 metadata, invisible on the book page:
@@ -27,8 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import nbformat
@@ -240,7 +239,7 @@ def otter_command(*args: str) -> list[str]:
     return [str(exe), *args]
 
 
-def _otter(*args: str) -> subprocess.CompletedProcess:
+def run_otter(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(otter_command(*args), capture_output=True, text=True, check=False)
 
 
@@ -254,7 +253,7 @@ def build_lab(source: Path, student_dir: Path = STUDENT_DIR, build_dir: Path = B
     (work / "requirements.txt").write_text(grading_requirements())
     nb = with_lab_profile(nbformat.read(source, as_version=4))
     nbformat.write(otter_master(nb, name, grading_data(work)), master)
-    result = _otter("assign", "--no-pdfs", str(master), str(work / "dist"))
+    result = run_otter("assign", "--no-pdfs", str(master), str(work / "dist"))
     if result.returncode != 0:
         raise RuntimeError(f"otter assign failed for {name}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     paths = {"student": student_dir / f"{name}.ipynb", "solution": work / "solution.ipynb",
@@ -280,62 +279,3 @@ def with_lab_profile(nb):
     return nb
 
 
-def set_parameter(notebook: Path, out: Path, **values) -> Path:
-    """A copy of ``notebook`` with assignments in its ``parameters`` cell replaced (e.g. profile)."""
-    nb = nbformat.read(notebook, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    lines = cell.source.splitlines()
-    for key, value in values.items():
-        lines = [f"{key} = {value!r}" if line.split("=")[0].strip() == key else line for line in lines]
-    cell.source = "\n".join(lines)
-    nbformat.write(nb, out)
-    return out
-
-
-def read_results(out: Path) -> dict | None:
-    """otter's ``results.json`` in ``out`` as a dict, or None when otter wrote none."""
-    report = out / "results.json"
-    return json.loads(report.read_text()) if report.exists() else None
-
-
-def grade(notebook: Path, autograder: Path) -> dict:
-    """Run the autograder on one notebook (``otter run``, no Docker); otter's results.json as a dict."""
-    with tempfile.TemporaryDirectory() as out:
-        result = _otter("run", "--no-logo", "-a", str(autograder), "-o", out, str(notebook))
-        results = read_results(Path(out))
-    if results is None:
-        raise RuntimeError(f"otter run failed on {notebook}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-    return results
-
-
-def score(results: dict) -> tuple[float, float]:
-    """(score, maximum) over the auto-graded questions of an otter results dict."""
-    graded = [t for t in results["tests"] if "max_score" in t]
-    return sum(t["score"] for t in graded), sum(t["max_score"] for t in graded)
-
-
-def time_solution(name: str, profile: str) -> dict:
-    """Run and grade the solution notebook of one lab: its wall time, the CPU time of its
-    processes (which other work on a shared machine does not inflate), score and machine."""
-    import os
-    import platform
-    import resource
-
-    import torch
-
-    from attnlib.runinfo import device_name
-
-    def cpu_seconds() -> float:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # otter run and its kernel, once finished
-        return usage.ru_utime + usage.ru_stime
-
-    solution = BUILD_DIR / name / "solution.ipynb"
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = set_parameter(solution, Path(tmp) / solution.name, profile=profile)
-        start, cpu_start, load = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
-        got, total = score(grade(copy, BUILD_DIR / name / "autograder.zip"))
-        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
-    return {"seconds": round(wall), "cpu_seconds": round(cpu), "load_average_at_start": round(load, 1),
-            "score": got, "max_score": total, "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.system()} {platform.machine()}, {device_name(torch.device('cpu'))}, "
-                       f"{os.cpu_count()} cores"}

@@ -18,7 +18,7 @@ from attnlib.files import atomic_write_text
 
 from ..book import source_notebooks
 from ..paths import REPO
-from . import build, gradebook, solutions
+from . import build, gradebook, grading, solutions
 from .teachers import load_timings, write_lab_table
 
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         if missing := [str(n) for n in args.notebooks if not n.is_file()]:
             parser.error(f"no such notebook: {', '.join(missing)}")
         for notebook in args.notebooks:
-            results = build.grade(notebook, autograder)
-            got, total = build.score(results)
+            results = grading.grade(notebook, autograder)
+            got, total = grading.score(results)
             questions = ", ".join(f"{t['name']} {t['score']:g}/{t['max_score']:g}" for t in results["tests"]
                                   if "max_score" in t)
             print(f"{notebook}: {got:g} / {total:g} auto-graded points ({questions})")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         timings = load_timings()
         for source in chapters:
-            timings.setdefault(source.stem, {})[args.profile] = build.time_solution(source.stem, args.profile)
+            timings.setdefault(source.stem, {})[args.profile] = grading.time_solution(source.stem, args.profile)
             print(source.stem, timings[source.stem][args.profile], flush=True)
         atomic_write_text(build.TIMINGS, json.dumps(timings, indent=1, sort_keys=True) + "\n")
     print(f"wrote {write_lab_table().relative_to(REPO)}")

@@ -33,7 +33,8 @@ import nbformat
 
 from attnlib.files import atomic_write_text
 
-from .build import lab_cells, otter_command, read_results
+from .build import lab_cells, otter_command
+from .grading import read_results
 
 HAND_GRADED = "hand-graded"
 
