@@ -5,6 +5,7 @@
     python -m booktools.labs grade-class FOLDER --lab 01 --out grades/   # a class: gradebook.csv, feedback
     python -m booktools.labs merge-hand-grades grades/ HAND.csv   # add the hand-graded points
     python -m booktools.labs time [chapters] [--profile smoke]   # time the solution notebooks: book/labs/timings.json
+    python -m booktools.labs teacher [chapters] [--out DIR]   # solution notebooks and rubric: build/teacher/
 """
 from __future__ import annotations
 
