@@ -428,3 +428,13 @@ def test_the_side_stream_keeps_the_keys_of_networks_without_attention():
     assert keys == ["f5d6a8749d", "1e08c021bc"]
     se = Variant("SE", attention="se")
     assert run_key(se, data, run_config(BOOK_RECIPE, setup, se), 0) != keys[0]
+
+
+def test_the_official_bottleneck_is_an_option():
+    """The book's gate is max(8, C // 16) wide; the official BA_module_resnet's C // 16 is 1, 2 and 4
+    channels in ResNet-20's stages, built with min_hidden=1."""
+    def widths(attention) -> list[int]:
+        model = build_model("resnet20", in_channels=1, attention=attention)
+        return sorted({m.hidden for m in model.modules() if isinstance(m, BridgeAttention)})
+
+    assert widths("ba") == [8] and widths(("ba", {"min_hidden": 1})) == [1, 2, 4]

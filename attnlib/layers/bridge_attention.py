@@ -16,7 +16,8 @@ features F_1 .. F_n, where F_n = x is the last BN output (the map that is gated)
     y   = x * w[:, :, None, None]        before the residual add
 
 with ``h = max(8, C // reduction)`` as in :class:`~attnlib.layers.se.SqueezeExcitation`
-(the paper and the official code use ``C // reduction``). Parameters per block:
+(the paper and the official code use ``C // reduction``, which is 1, 2 and 4 channels in
+ResNet-20's three stages; ``("ba", {"min_hidden": 1})`` builds that official bottleneck). Parameters per block:
 ``sum_i C_i * h + 2 * h * n + h * C``; the BN running statistics are buffers.
 
 Paper text against the official code:
