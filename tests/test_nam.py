@@ -403,3 +403,16 @@ def test_all_zero_scales_give_a_half_gate_not_nan():
     x = torch.randn(3, 4, 5, 5)
     assert torch.equal(layer.weights(), torch.zeros(4))
     assert torch.allclose(layer(x), 0.5 * x)
+
+
+def test_the_constant_rescale_control_halves_every_residual_branch():
+    """NAM's control: the branch times a constant, no parameter, nothing that depends on the input."""
+    plain = build_model("resnet20", in_channels=1)
+    scaled = build_model("resnet20", in_channels=1, attention=("scale", {"factor": 0.5}))
+    assert count_parameters(scaled) == count_parameters(plain)
+    block = scaled.stages[0][0].eval()
+    x = torch.randn(2, 16, 8, 8)
+    branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+    torch.testing.assert_close(block(x), torch.relu(x + 0.5 * branch))
+    with pytest.raises(ValueError, match="factor must be positive"):
+        build_model("resnet20", attention=("scale", {"factor": 0.0}))

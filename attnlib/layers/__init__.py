@@ -25,10 +25,10 @@ from .dynamic_conv import DynamicConv2d  # noqa: E402
 from .ghost import GhostNorm  # noqa: E402
 from .iebn import IEBN2d  # noqa: E402
 from .mabn import CenConv2d, MABN2d  # noqa: E402
-from .nam import NAMAttention, NAMChannelAttention, NAMSpatialAttention  # noqa: E402
+from .nam import ConstantScale, NAMAttention, NAMChannelAttention, NAMSpatialAttention  # noqa: E402
 from .se import SqueezeExcitation  # noqa: E402
 
-__all__ = ["ATTENTIONS", "CONVS", "NORMS", "BridgeAttention", "Choice", "CenConv2d", "DynamicConv2d", "GhostNorm",
-           "IEBN2d", "MABN2d", "NAMAttention", "NAMChannelAttention", "NAMSpatialAttention", "SqueezeExcitation",
-           "attention_factory", "conv_spec", "format_choice", "norm_spec", "options_of", "register_attention",
-           "register_conv", "register_norm", "split_choice"]
+__all__ = ["ATTENTIONS", "CONVS", "NORMS", "BridgeAttention", "CenConv2d", "Choice", "ConstantScale",
+           "DynamicConv2d", "GhostNorm", "IEBN2d", "MABN2d", "NAMAttention", "NAMChannelAttention",
+           "NAMSpatialAttention", "SqueezeExcitation", "attention_factory", "conv_spec", "format_choice",
+           "norm_spec", "options_of", "register_attention", "register_conv", "register_norm", "split_choice"]

@@ -295,6 +295,31 @@ class NAMAttention(nn.Module):
         return x
 
 
+class ConstantScale(nn.Module):
+    """The residual branch times a constant: the control for NAM. When NAM's weights end uniform
+    (every w_c about 1/C), its gate is about sigmoid(0) = 0.5 for every input, and NAM amounts
+    to halving the branch; this module does exactly that, with no parameter and no input
+    dependence, so NAM against it measures what the attention adds beyond the rescale."""
+
+    def __init__(self, channels: int, factor: float = 0.5) -> None:
+        super().__init__()
+        if not factor > 0:
+            raise ValueError(f"factor must be positive, got {factor}")
+        self.channels, self.factor = channels, factor
+
+    def forward(self, x: torch.Tensor, bridges: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, factor={self.factor:g}"
+
+
+@register_attention("scale")
+def constant_scale(channels: int, bridge_channels: list[int], factor: float = 0.5) -> nn.Module:
+    """NAM's control: the branch times ``factor`` (:class:`ConstantScale`)."""
+    return ConstantScale(channels, factor)
+
+
 @register_attention("nam")
 def nam(channels: int, bridge_channels: list[int], channel: bool = True, spatial: bool = False,
         detach_weights: bool = True) -> nn.Module:
