@@ -21,7 +21,7 @@ from .data import ImageDataset
 from .experiment import BOOK_RECIPE, Comparison, compare
 from .layers import format_choice
 from .profiles import Profile
-from .variants import Variant
+from .variants import PLAIN_PARTS, Variant
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,8 @@ class Experiment:
     def table(self, setup: Profile) -> str:
         """The comparison as a Markdown table: each variant's network and recipe changes."""
         def parts(v: Variant) -> str:
-            chosen = [f"{kind}={format_choice(value)}" for kind, value, plain in
-                      (("norm", v.norm, "bn"), ("conv", v.conv, "conv"), ("attention", v.attention, None))
-                      if value != plain]
+            chosen = [f"{kind}={format_choice(getattr(v, kind))}" for kind in ("norm", "conv", "attention")
+                      if getattr(v, kind) != PLAIN_PARTS[kind]]
             return ", ".join(chosen + [f"{k}={val!r}" for k, val in v.model_kwargs.items()]) or "plain"
 
         def changes(v: Variant) -> str:

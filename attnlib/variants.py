@@ -16,6 +16,10 @@ from .models import Parts, build_model
 from .profiles import Profile
 
 
+#: The parts of the plain network, as a :class:`Variant`'s spec holds them: the baseline every
+#: method is compared with, and what a comparison's table leaves out.
+PLAIN_PARTS = {"attention": None, "norm": "bn", "conv": "conv"}
+
 SYNC_BN = "syncbn"
 """The ``norm`` of a :class:`Variant` that is the plain-BN network with every BatchNorm
 converted by ``nn.SyncBatchNorm.convert_sync_batchnorm``: under DistributedDataParallel on
@@ -76,7 +80,7 @@ def method_of(spec: dict) -> str:
         value = spec.get(part)
         return value[0] if isinstance(value, (list, tuple)) else value
 
-    for part, plain in (("attention", None), ("norm", "bn"), ("conv", "conv")):
+    for part, plain in PLAIN_PARTS.items():  # in this order: attention, norm, conv
         if name(part) not in (plain, "none", SYNC_BN):
             return name(part)
     return "alexnet" if spec.get("model") == "alexnet" else "plain"

@@ -18,11 +18,11 @@ from pathlib import Path
 from attnlib.checkpoints import CorruptFileError
 from attnlib.records import read_record
 from attnlib.significance import accuracy_difference
-from attnlib.variants import method_of
+from attnlib.variants import PLAIN_PARTS, method_of
 
 FULL_TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 
-PLAIN = {"norm": "bn", "conv": "conv", "attention": None, "callbacks": []}
+PLAIN = {**PLAIN_PARTS, "callbacks": []}
 
 #: The paper's own figure for a method, by the layer that defines it (:func:`method_of`): quoted, with source.
 PAPER_FIGURES = {
