@@ -24,8 +24,13 @@ from .layers.nam import nam_scale_sum
 
 @dataclass
 class TemperatureAnnealing(Callback):
-    """Anneal every DynamicConv2d's temperature linearly from ``start`` to ``end`` over the
-    first ``epochs`` epochs, then hold ``end`` (the paper: 30 -> 1 in 10 epochs).
+    """Anneal every DynamicConv2d's temperature from ``start`` to ``end`` over the first
+    ``epochs`` epochs, then hold ``end`` (the paper: 30 -> 1 in 10 epochs).
+
+    ``linear_in="T"`` (the paper's and the official code's schedule) moves T in equal steps;
+    the attention's sharpness 1/T then grows slowly at first and tenfold in the last third
+    (from T = 10 to 1). ``linear_in="1/T"`` moves 1/T in equal steps, spreading that
+    sharpening evenly over the schedule (see chapter 5 for why it matters).
 
     ``per_step=True`` changes T after every optimiser step; ``False`` once per epoch. The
     value is a function of the global step alone, so a resumed run continues with the
@@ -36,16 +41,21 @@ class TemperatureAnnealing(Callback):
     end: float = 1.0
     epochs: int = 10
     per_step: bool = True
+    linear_in: str = "T"
 
     def __post_init__(self) -> None:
         if not (self.start > 0 and self.end > 0 and self.epochs > 0):
             raise ValueError(f"start, end and epochs must be positive: {self!r}")
+        if self.linear_in not in ("T", "1/T"):
+            raise ValueError(f"linear_in must be 'T' or '1/T', got {self.linear_in!r}")
 
     def temperature_at(self, step: int, steps_per_epoch: int) -> float:
         """T for the optimiser step ``step`` (0-based, global)."""
         done = step if self.per_step else step // steps_per_epoch * steps_per_epoch
         progress = min(1.0, done / (self.epochs * steps_per_epoch))
-        return self.start + (self.end - self.start) * progress
+        if self.linear_in == "T":
+            return self.start + (self.end - self.start) * progress
+        return 1.0 / (1.0 / self.start + (1.0 / self.end - 1.0 / self.start) * progress)
 
     def on_fit_start(self, state: TrainState) -> None:
         if not dynamic_layers(state.model):
