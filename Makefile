@@ -10,7 +10,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= book
 NOTEBOOKS ?=
 
-.PHONY: book test execute check labs teacher bench venv clean queue queue-status
+.PHONY: book test test-autograder execute check labs teacher bench venv clean queue queue-status
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ queue-status: venv
 # Course labs from the chapters: student notebooks -> book/labs/ (commit them), autograders -> build/labs/.
 labs: venv
 	$(PY) -m booktools.labs build
+
+# The zipped autograder grading a submission in a new virtual environment (installs otter and torch:
+# minutes, gigabytes; not part of `make test`). ATTNLIB_TEST_TORCH picks the torch to install.
+test-autograder: venv
+	ATTNLIB_TEST_FRESH_ENV=1 $(PY) -m pytest tests/test_labs.py -k fresh_environment -p no:cacheprovider
 
 # The teacher's solution notebooks and rubric -> build/teacher/ (never published, never committed).
 teacher: venv

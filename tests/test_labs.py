@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import os
 import re
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -265,6 +267,47 @@ def test_the_autograder_names_what_a_submission_needs_and_carries_the_data(labs,
         for name, sha in FASHION_MNIST_FILES.items():
             content = gzip.decompress(archive.read(f"files/data/fashion-mnist/{name}"))
             assert hashlib.sha256(content).hexdigest() == sha, name
+
+
+FRESH_ENVIRONMENT = os.environ.get("ATTNLIB_TEST_FRESH_ENV") == "1"
+
+
+@needs_otter
+@pytest.mark.slow
+@pytest.mark.skipif(not FRESH_ENVIRONMENT, reason="installs otter and torch into a new virtual environment (minutes, "
+                    "gigabytes): `make test-autograder` (ATTNLIB_TEST_FRESH_ENV=1)")
+def test_the_zipped_autograder_grades_a_submission_in_a_fresh_environment(labs, tmp_path: Path):
+    """The zip and the packages its environment names are all a grading machine needs: a new virtual
+    environment (no access to this checkout's), the autograder unpacked elsewhere, the solution on
+    the labs' default profile (quick: the Fashion-MNIST the zip carries) graded to full marks.
+
+    Two substitutions, both for this offline machine: attnlib is installed from this checkout
+    instead of the repository URL the zip names, and torch is ``$ATTNLIB_TEST_TORCH`` (default
+    ``torch``; here the CPU wheel, ``torch==2.13.0+cpu``, whose size suits a test). torchvision is
+    left out with ``--no-deps``: grading loads Fashion-MNIST from the zip and checks it with
+    attnlib's own checksums, so nothing in a lab imports it (a CPU torch beside PyPI's CUDA
+    torchvision would not import)."""
+    paths = labs["01_iebn"]
+    with zipfile.ZipFile(paths["autograder"]) as archive:
+        environment = yaml.safe_load(archive.read("environment.yml"))
+    named = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    otter = next(p for p in named if p.startswith("otter-grader"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "ATTNLIB_DATA")}
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, otter, os.environ.get("ATTNLIB_TEST_TORCH", "torch"), "numpy", "matplotlib", "tqdm"],
+                   check=True, env=clean)
+    subprocess.run([*pip, "--no-deps", str(book.REPO)], check=True, env=clean)
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    submission = grading.set_parameter(paths["solution"], where / "ada.ipynb", profile="quick")
+    result = subprocess.run([str(venv / "bin" / "otter"), "run", "--no-logo", "-a", str(paths["autograder"]),
+                             "-o", str(where), str(submission)], cwd=where, env=clean, capture_output=True, text=True)
+    results = grading.read_results(where)
+    assert results is not None, result.stdout[-3000:] + result.stderr[-3000:]
+    points, maximum = grading.score(results)
+    assert maximum >= 7 and points == maximum, results
 
 
 def _class_folder(paths: dict[str, Path], folder: Path) -> Path:
