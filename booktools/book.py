@@ -3,6 +3,7 @@
     python -m booktools.book execute --profile quick            # every notebook
     python -m booktools.book execute --profile smoke --out build/smoke 00_setup_and_baseline
     python -m booktools.book check                               # executed copies match sources?
+    python -m booktools.book refresh-sources                     # library code shown in copies, current
     python -m booktools.book strip                               # clear outputs of the sources
     python -m booktools.book overview                            # results page, wall times, versions
 
@@ -10,11 +11,16 @@ Sources (``notebooks/*.ipynb``) are stored without outputs. ``execute`` runs eac
 papermill, with the working directory set to the output folder (so records land in
 ``book/results/``, shared by the chapters), and removes papermill's per-cell metadata. The book is
 rendered from the executed copies with execution off. ``check`` fails when a copy's code
-or text no longer matches its source, i.e. the copy is stale and must be executed again.
+or text no longer matches its source, i.e. the copy is stale and must be executed again, and
+when library code a copy shows (:func:`attnlib.plots.show_source`) is no longer the library's:
+``refresh-sources`` rewrites those blocks, which depend on the library's source alone.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
+import pkgutil
 import re
 import sys
 import time
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 
+import attnlib
 from attnlib.chapters import CHAPTERS
 from attnlib.chapters import source as chapter_source
 from attnlib.files import atomic_write_text
@@ -92,6 +99,69 @@ def shown_chapter_source(nb) -> str | None:
     return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
 
 
+SHOWN_SOURCE = re.compile(r"`(?P<name>[\w.]+)`\n```python\n(?P<code>.*?)\n```", re.S)
+"""A block written by :func:`attnlib.plots.show_source`: the object's dotted name, then its code."""
+
+
+def _resolve(dotted: str, cut: int):
+    """``dotted`` split after ``cut`` parts into a module and attributes, or None."""
+    parts = dotted.split(".")
+    try:
+        obj = importlib.import_module(".".join(parts[:cut]))
+    except ImportError:
+        return None
+    for attr in parts[cut:]:
+        obj = getattr(obj, attr, None)
+    return obj
+
+
+def _library_object(dotted: str):
+    """What ``show_source`` named ``module.Qualified.name``: found there, or (moved since) by its
+    name in another attnlib module; None when the library no longer has it."""
+    depth = dotted.count(".") + 1
+    found = next((obj for cut in range(depth - 1, 0, -1) if (obj := _resolve(dotted, cut)) is not None), None)
+    if found is not None:
+        return found
+    name = dotted.rsplit(".", 1)[1]
+    for module in pkgutil.walk_packages(attnlib.__path__, "attnlib."):
+        obj = getattr(importlib.import_module(module.name), name, None)
+        if obj is not None and getattr(obj, "__module__", None) == module.name:
+            return obj
+    return None
+
+
+def _shown_source_outputs(nb):
+    """Every markdown output of a code cell that holds a shown-source block."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            markdown = output.get("data", {}).get("text/markdown")
+            if isinstance(markdown, str) and SHOWN_SOURCE.search(markdown):
+                yield output
+
+
+def _current(match: re.Match) -> str:
+    """The block as ``show_source`` writes it today (the object may have moved module); the block
+    unchanged when the library no longer has the object (then only executing again helps)."""
+    obj = _library_object(match["name"])
+    if obj is None:
+        return match[0]
+    return f"`{obj.__module__}.{obj.__qualname__}`\n```python\n{inspect.getsource(obj).rstrip()}\n```"
+
+
+def outdated_shown_sources(nb) -> list[str]:
+    """Names of the library objects whose code ``nb`` shows differently from the library now."""
+    return [m["name"] for output in _shown_source_outputs(nb) for m in SHOWN_SOURCE.finditer(output["data"]["text/markdown"])
+            if _current(m) != m[0]]
+
+
+def refresh_shown_sources(nb) -> int:
+    """Rewrite every shown-source block of ``nb`` with the library's code now; how many changed."""
+    changed = outdated_shown_sources(nb)
+    for output in _shown_source_outputs(nb):
+        output["data"]["text/markdown"] = SHOWN_SOURCE.sub(_current, output["data"]["text/markdown"])
+    return len(changed)
+
+
 def stale_copies(out: Path = BOOK) -> list[str]:
     """Problems with the executed copies in ``out``: missing, code/text differing from the source, or
     run with other comparisons than the chapter's function in ``attnlib.chapters`` defines now."""
@@ -109,7 +179,24 @@ def stale_copies(out: Path = BOOK) -> list[str]:
         elif shown_chapter_source(copy) not in (None, chapter_source(src.stem) + "\n"):
             problems.append(f"{shown} was run with other comparisons than "
                             f"attnlib.chapters.{CHAPTERS[src.stem].__name__} defines now: {again}")
+        elif outdated := outdated_shown_sources(copy):
+            problems.append(f"{shown} shows older code of {', '.join(outdated)} than the library holds: "
+                            "run `python -m booktools.book refresh-sources`")
     return problems
+
+
+def refresh_sources(out: Path = BOOK) -> list[Path]:
+    """Bring the library code shown in every executed copy in ``out`` up to date; the copies changed."""
+    changed = []
+    for src in source_notebooks():
+        dst = out / src.name
+        if not dst.exists():
+            continue
+        nb = nbformat.read(dst, as_version=4)
+        if refresh_shown_sources(nb):
+            atomic_write_text(dst, nbformat.writes(nb) + "\n")
+            changed.append(dst)
+    return changed
 
 
 OVERVIEW = BOOK / "results.md"
@@ -249,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--profile", default="book", choices=list(PROFILES))
     ex.add_argument("--out", type=Path, default=BOOK, help="folder for executed copies (default: book/)")
     sub.add_parser("check", help="fail if an executed copy is missing or differs from its source")
+    sub.add_parser("refresh-sources", help="rewrite the library code shown in the executed copies "
+                                           "(show_source blocks) from the library as it is now")
     sub.add_parser("overview", help="write the results overview page from the experiment records")
     rp = sub.add_parser("set-repository", help="point the book at your fork: _config.yml and every notebook's "
                                                "Colab install cell (then run `make labs`)")
@@ -268,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "set-repository":
         changed = set_repository(args.url, args.branch)
         print(f"changed {len(changed)} files; now run `make labs` for the student notebooks")
+    elif args.command == "refresh-sources":
+        changed = refresh_sources()
+        print(f"refreshed the shown library code in {len(changed)} executed copies: "
+              + (", ".join(p.name for p in changed) or "none was outdated"))
     elif args.command == "check":
         problems = stale_copies()
         for p in problems:

@@ -127,6 +127,29 @@ def test_a_copy_run_with_other_comparisons_is_stale(tmp_path: Path):
     assert [p for p in book.stale_copies(tmp_path) if "02_ba_net" in p and "other comparisons" in p]
 
 
+def test_library_code_shown_in_a_copy_is_checked_and_refreshed(tmp_path: Path):
+    """A copy shows library code with show_source; when the library changes, check names the
+    outdated blocks and refresh-sources rewrites them (under the object's module now, if it moved)."""
+    for src in SOURCES:
+        (tmp_path / src.name).write_bytes((REPO / "book" / src.name).read_bytes())
+    path = tmp_path / "05_dynamic_conv.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    output = next(book._shown_source_outputs(nb))
+    current = output["data"]["text/markdown"]
+    assert "`attnlib.callbacks.TemperatureAnnealing`" in current
+    output["data"]["text/markdown"] = current.replace("`attnlib.callbacks.TemperatureAnnealing`",
+                                                      "`attnlib.layers.dynamic_conv.TemperatureAnnealing`") \
+        .replace("    def forward(self, x", "    # an older line\n    def forward(self, x")
+    nbformat.write(nb, path)
+    assert book.outdated_shown_sources(nbformat.read(path, as_version=4)) == [
+        "attnlib.layers.dynamic_conv.DynamicConv2d", "attnlib.layers.dynamic_conv.TemperatureAnnealing"]
+    assert [p for p in book.stale_copies(tmp_path) if "05_dynamic_conv" in p and "refresh-sources" in p]
+    assert book.refresh_sources(tmp_path) == [path]
+    assert book.stale_copies(tmp_path) == []
+    refreshed = nbformat.read(path, as_version=4)
+    assert next(book._shown_source_outputs(refreshed))["data"]["text/markdown"] == current
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
 def test_executed_copy_is_clean_and_shows_a_run_card(path: Path):
     nb = nbformat.read(REPO / "book" / path.name, as_version=4)
