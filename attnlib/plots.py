@@ -227,15 +227,16 @@ def confusion_matrix(cmp: Comparison, label: str):
 
 def show_source(*objects) -> Markdown:
     """The real source of attnlib functions or classes, as a highlighted code block."""
-    import inspect
-
     from IPython.display import Markdown
 
-    blocks = []
-    for obj in objects:
-        module = inspect.getmodule(obj).__name__
-        blocks.append(f"`{module}.{obj.__qualname__}`\n```python\n{inspect.getsource(obj).rstrip()}\n```")
-    return Markdown("\n\n".join(blocks))
+    return Markdown("\n\n".join(source_block(obj) for obj in objects))
+
+
+def source_block(obj) -> str:
+    """One object's block of :func:`show_source`: its dotted name, then its code."""
+    import inspect
+
+    return f"`{inspect.getmodule(obj).__name__}.{obj.__qualname__}`\n```python\n{inspect.getsource(obj).rstrip()}\n```"
 
 
 def _show(ax, image: torch.Tensor) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import pkgutil
 import re
 import sys
@@ -32,6 +31,7 @@ import attnlib
 from attnlib.chapters import CHAPTERS
 from attnlib.chapters import source as chapter_source
 from attnlib.files import atomic_write_text
+from attnlib.plots import source_block
 from attnlib.profiles import PROFILES
 
 from .paths import REPO
@@ -143,15 +143,14 @@ def _current(match: re.Match) -> str:
     """The block as ``show_source`` writes it today (the object may have moved module); the block
     unchanged when the library no longer has the object (then only executing again helps)."""
     obj = _library_object(match["name"])
-    if obj is None:
-        return match[0]
-    return f"`{obj.__module__}.{obj.__qualname__}`\n```python\n{inspect.getsource(obj).rstrip()}\n```"
+    return match[0] if obj is None else source_block(obj)
 
 
 def outdated_shown_sources(nb) -> list[str]:
-    """Names of the library objects whose code ``nb`` shows differently from the library now."""
+    """Names of the library objects whose code ``nb`` shows differently from the library now, or
+    that the library no longer has."""
     return [m["name"] for output in _shown_source_outputs(nb) for m in SHOWN_SOURCE.finditer(output["data"]["text/markdown"])
-            if _current(m) != m[0]]
+            if _library_object(m["name"]) is None or _current(m) != m[0]]
 
 
 def refresh_shown_sources(nb) -> int:
@@ -181,7 +180,7 @@ def stale_copies(out: Path = BOOK) -> list[str]:
                             f"attnlib.chapters.{CHAPTERS[src.stem].__name__} defines now: {again}")
         elif outdated := outdated_shown_sources(copy):
             problems.append(f"{shown} shows older code of {', '.join(outdated)} than the library holds: "
-                            "run `python -m booktools.book refresh-sources`")
+                            "run `python -m booktools.book refresh-sources` (or execute it again if the library no longer has it)")
     return problems
 
 
