@@ -163,6 +163,57 @@ def test_the_answer_must_agree_with_the_students_own_numbers(capsys):
         checks.check_runs(results, ["a", "b"], num_classes=10, answer="a")
 
 
+def seeded(*finals, start=2.0):
+    """One label's runs over seeds: the final test accuracies given, losses that fall and differ."""
+    return [history([start + i, 1.0 + i / 10], [0.2, acc]) for i, acc in enumerate(finals)]
+
+
+def test_the_verdict_names_the_label_ahead_in_every_seed(capsys):
+    results = {"a": seeded(0.5, 0.6, 0.55), "b": seeded(0.6, 0.7, 0.65, start=3.0)}
+    checks.check_seed_runs(results, ["a", "b"], num_classes=10, verdict="b")
+    assert "verdict 'b' agrees" in capsys.readouterr().out
+    with pytest.raises(checks.LabCheckError, match="'b' has the highest final test_acc in every seed"):
+        checks.check_seed_runs(results, ["a", "b"], num_classes=10, verdict="a")
+    with pytest.raises(checks.LabCheckError, match="'a' has the lowest"):
+        checks.check_seed_runs(results, ["a", "b"], num_classes=10, verdict="b", highest=False)
+
+
+def test_a_gap_that_one_seed_reverses_is_a_tie():
+    results = {"a": seeded(0.5, 0.6, 0.75), "b": seeded(0.6, 0.7, 0.65, start=3.0)}
+    checks.check_seed_runs(results, ["a", "b"], num_classes=10, verdict=checks.TIE)
+    with pytest.raises(checks.LabCheckError, match="no label has the highest final test_acc in every seed"):
+        checks.check_seed_runs(results, ["a", "b"], num_classes=10, verdict="b")
+
+
+def test_the_verdict_can_be_on_another_metric_among_some_labels():
+    results = {"plain": seeded(0.8, 0.8, 0.8, start=4.0), "a": seeded(0.5, 0.6, 0.55), "b": seeded(0.6, 0.7, 0.65, start=3.0)}
+    for run, gamma in zip(results["a"] + results["b"], [0.9, 0.9, 0.9, 0.99, 0.99, 0.99]):
+        run["gamma"] = gamma
+    checks.check_seed_runs(results, ["plain", "a", "b"], 10, "a", among=["a", "b"], metric="gamma", highest=False)
+
+
+@pytest.mark.parametrize("results, message", [
+    ({"a": history([2.0, 1.0], [0.5, 0.6]), "b": seeded(0.5, 0.6, 0.7)}, r"results\['a'\] should be a list of 3 histories"),
+    ({"a": seeded(0.5, 0.6), "b": seeded(0.5, 0.6, 0.7)}, "of length 2"),
+    ({"a": [history([2.0, 1.0], [0.2, 0.5])] * 3, "b": seeded(0.5, 0.6, 0.7, start=3.0)},
+     "seed 0 and seed 1 trained identically: call torch.manual_seed"),
+    ({"a": seeded(0.5, 0.6, 0.7), "b": seeded(0.5, 0.6, 0.7)}, "'a' and 'b' trained identically at seed 0: .* the gate"),
+    ({"a": seeded(0.5, 0.6, 0.7), "b": [history([2.0, 2.5], [0.2, 0.5])] + seeded(0.6, 0.7, start=3.0)},
+     "b, seed 0: the training loss did not fall"),
+])
+def test_seed_runs_that_cannot_answer_are_explained(results, message):
+    with pytest.raises(checks.LabCheckError, match=message):
+        checks.check_seed_runs(results, ["a", "b"], num_classes=10, verdict="b", changed="the gate's start")
+
+
+def test_a_dynamic_run_that_was_never_annealed_is_named():
+    results = {"DY": [{"final_temperature": 1.0}, {"final_temperature": 1.0}]}
+    checks.check_final_temperature(results, ["DY"])
+    results["DY"][1]["final_temperature"] = 30.0
+    with pytest.raises(checks.LabCheckError, match="DY, seed 1 ended at temperature 30, not 1: the annealing never ran"):
+        checks.check_final_temperature(results, ["DY"])
+
+
 # --- stubbing a solution ---------------------------------------------------------------------
 
 @needs_otter
@@ -375,6 +426,20 @@ def test_merging_hand_grades_refuses_unknown_students_and_missing_columns(tmp_pa
     (tmp_path / "hand.csv").write_text("name,score\nada,3\n")
     with pytest.raises(SystemExit, match="needs the columns student and points"):
         gradebook.merge_hand_grades(tmp_path, tmp_path / "hand.csv")
+
+
+def test_the_time_of_each_exercise_is_summed_from_its_cells():
+    def code(seconds):
+        cell = nbformat.v4.new_code_cell("pass")
+        cell.metadata["execution"] = {"iopub.execute_input": "2026-11-30T10:00:00.000000Z",
+                                      "shell.execute_reply": f"2026-11-30T10:00:{seconds:02d}.500000Z"}
+        return cell
+
+    nb = nbformat.v4.new_notebook(cells=[
+        code(3), nbformat.v4.new_markdown_cell("**Exercise 1 (4 points): write it.**"), code(1),
+        nbformat.v4.new_markdown_cell("<!-- BEGIN QUESTION -->\n\n**Exercise 2 (3 points): train.**"), code(20), code(9),
+        nbformat.v4.new_markdown_cell("Exercise 3 is not a heading here"), code(0), nbformat.v4.new_code_cell("1")])
+    assert grading.exercise_seconds(nb) == {"setup": 3.5, "exercise 1": 1.5, "exercise 2": 30.5}
 
 
 def test_colab_links_use_the_configured_repository():

@@ -366,6 +366,42 @@ def check_dynamic_conv(dynamic_conv: Callable, seed: int = 0) -> None:
 
 # --- the small experiments -------------------------------------------------------------------
 
+TIE = "tie"
+"""The verdict when no arm ends ahead in every seed: their difference is inside the seed spread."""
+
+
+def _final(run: Mapping, key: str) -> float:
+    value = run[key]
+    return float(value[-1] if isinstance(value, (list, tuple)) else value)
+
+
+def _check_run(where: str, run) -> None:
+    """One run's history: a dict whose training loss is finite and fell, with accuracies in [0, 1]."""
+    if not isinstance(run, Mapping):
+        raise LabCheckError(f"{where}: a run is {type(run).__name__}, not a dict: store `history.to_dict()` of fit().")
+    for key in ("train_loss", "test_acc"):
+        if key not in run or len(run[key]) == 0:
+            raise LabCheckError(f"{where} has no {key!r} list: store `history.to_dict()` of fit().")
+    loss, acc = [float(v) for v in run["train_loss"]], [float(v) for v in run["test_acc"]]
+    if not all(math.isfinite(v) for v in loss):
+        raise LabCheckError(f"{where}: the training loss is not finite ({loss}); lower the learning rate.")
+    if len(loss) > 1 and loss[-1] >= loss[0]:
+        raise LabCheckError(f"{where}: the training loss did not fall ({loss[0]:.3f} -> {loss[-1]:.3f}); "
+                            "train for more steps or check the learning rate.")
+    if not all(0.0 <= v <= 1.0 for v in acc):
+        raise LabCheckError(f"{where}: test accuracies {acc} are not fractions in [0, 1].")
+
+
+def _check_labels(results, labels: list[str], value: str) -> None:
+    """``results`` is a dict with a run for every label (``value`` says what a run is)."""
+    if results is None or results is Ellipsis or not isinstance(results, Mapping):
+        raise LabCheckError(f"results is {results!r}: run your experiment and store a dict "
+                            f"{{label: {value}}} with the labels {labels}.")
+    missing = [label for label in labels if label not in results]
+    if missing:
+        raise LabCheckError(f"results has no run for {missing}; it has {list(results)}.")
+
+
 def check_runs(results, labels: list[str], num_classes: int, answer=None) -> None:
     """Plausibility of a small experiment: ``results[label]`` is a History dict of each run.
 
@@ -373,25 +409,9 @@ def check_runs(results, labels: list[str], num_classes: int, answer=None) -> Non
     the best final accuracy be above chance, and ``answer`` (if given) name the label with
     the highest final test accuracy in *these* results (either one, if two tie).
     """
-    if results is None or results is Ellipsis or not isinstance(results, Mapping):
-        raise LabCheckError(f"results is {results!r}: run your experiment and store a dict "
-                            f"{{label: history dict}} with the labels {labels}.")
-    missing = [label for label in labels if label not in results]
-    if missing:
-        raise LabCheckError(f"results has no run for {missing}; it has {list(results)}.")
+    _check_labels(results, labels, "history dict")
     for label in labels:
-        run = results[label]
-        for key in ("train_loss", "test_acc"):
-            if key not in run or len(run[key]) == 0:
-                raise LabCheckError(f"results[{label!r}] has no {key!r} list: store `history.to_dict()` of fit().")
-        loss, acc = [float(v) for v in run["train_loss"]], [float(v) for v in run["test_acc"]]
-        if not all(math.isfinite(v) for v in loss):
-            raise LabCheckError(f"{label}: the training loss is not finite ({loss}); lower the learning rate.")
-        if len(loss) > 1 and loss[-1] >= loss[0]:
-            raise LabCheckError(f"{label}: the training loss did not fall ({loss[0]:.3f} -> {loss[-1]:.3f}); "
-                                "train for more steps or check the learning rate.")
-        if not all(0.0 <= v <= 1.0 for v in acc):
-            raise LabCheckError(f"{label}: test accuracies {acc} are not fractions in [0, 1].")
+        _check_run(label, results[label])
     finals = {label: float(results[label]["test_acc"][-1]) for label in labels}
     chance = 1.0 / num_classes
     if max(finals.values()) <= 1.2 * chance:
@@ -406,3 +426,86 @@ def check_runs(results, labels: list[str], num_classes: int, answer=None) -> Non
                                 f"{which} ({finals}). Answer from your own numbers.")
     print(f"✓ plausible: {', '.join(f'{k} {100 * v:.1f}%' for k, v in finals.items())} final test accuracy"
           + (f"; answer {answer!r} agrees with them" if answer is not None else ""))
+
+
+def _check_runs_differ(results, labels: list[str], seeds: int, changed: str) -> None:
+    for label in labels:
+        for i in range(1, seeds):
+            if results[label][i]["train_loss"] == results[label][0]["train_loss"]:
+                raise LabCheckError(f"{label}: the runs of seed 0 and seed {i} trained identically: call "
+                                    "torch.manual_seed(seed) with each run's own seed before building its network.")
+    for i in range(seeds):
+        for a, b in zip(labels, labels[1:]):
+            if results[a][i]["train_loss"] == results[b][i]["train_loss"]:
+                raise LabCheckError(f"{a!r} and {b!r} trained identically at seed {i}: the two runs should "
+                                    f"differ in {changed or 'what the exercise changes'}.")
+
+
+def check_seed_runs(results, labels: list[str], num_classes: int, verdict, *, seeds: int = 3,
+                    among: list[str] | None = None, metric: str = "test_acc", highest: bool = True,
+                    changed: str = "") -> None:
+    """A small experiment over seeds, and the student's verdict on it.
+
+    ``results[label]`` is a list of History dicts (``fit(...).to_dict()``), one per seed, in
+    the same seed order for every label. Every run's training loss must be finite and fall,
+    its test accuracies lie in [0, 1], and the best mean final accuracy be above chance. The
+    runs of one label must differ between seeds, and two labels must differ at the same seed
+    (``changed`` says what the exercise changes, for the message).
+
+    ``verdict`` names the label of ``among`` (default: all of ``labels``) whose final ``metric``
+    is the highest in every seed (``highest=False``: the lowest), or :data:`TIE` when none
+    is: a difference that one seed reverses is inside the seed spread.
+    """
+    _check_labels(results, labels, "[history dict of each seed]")
+    for label in labels:
+        runs = results[label]
+        if isinstance(runs, Mapping) or not isinstance(runs, (list, tuple)) or len(runs) < seeds:
+            raise LabCheckError(f"results[{label!r}] should be a list of {seeds} histories, one per seed "
+                                f"(seeds 0 to {seeds - 1}); it is {type(runs).__name__}"
+                                + (f" of length {len(runs)}" if isinstance(runs, (list, tuple)) else "") + ".")
+        for seed, run in enumerate(runs[:seeds]):
+            _check_run(f"{label}, seed {seed}", run)
+    _check_runs_differ(results, labels, seeds, changed)
+    accuracy = {label: [_final(run, "test_acc") for run in results[label][:seeds]] for label in labels}
+    chance = 1.0 / num_classes
+    if max(sum(values) / seeds for values in accuracy.values()) <= 1.2 * chance:
+        raise LabCheckError(f"no run is above chance ({chance:.2f}) on average: final test accuracies {accuracy}; "
+                            "train longer or check the data and labels.")
+    among = list(labels if among is None else among)
+    for label in among:
+        if any(metric not in run for run in results[label][:seeds]):
+            raise LabCheckError(f"the runs of {label!r} have no {metric!r}: store it in each run's dict.")
+    values = {label: [_final(run, metric) for run in results[label][:seeds]] for label in among}
+    pick = max if highest else min
+    ahead = set()
+    for seed in range(seeds):
+        best = pick(values[label][seed] for label in among)
+        leaders = [label for label in among if values[label][seed] == best]
+        ahead.add(leaders[0] if len(leaders) == 1 else TIE)
+    right = ahead.pop() if len(ahead) == 1 else TIE
+    word = "highest" if highest else "lowest"
+    table = "; ".join(f"{label}: {', '.join(f'{v:.3f}' for v in values[label])}" for label in among)
+    if verdict != right:
+        why = (f"{right!r} has the {word} final {metric} in every seed" if right != TIE else
+               f"no label has the {word} final {metric} in every seed, so the verdict is {TIE!r}")
+        raise LabCheckError(f"verdict is {verdict!r}, but in your results {why} ({table}). Answer from your own "
+                            f"numbers: the label {word} in every seed, or {TIE!r}.")
+    seconds = {label: sum(sum(run.get("epoch_time", [])) for run in results[label][:seeds]) / seeds for label in labels}
+    timing = ("; training time per run " + ", ".join(f"{label} {s:.1f} s" for label, s in seconds.items())
+              if all(seconds.values()) else "")
+    print(f"✓ plausible over {seeds} seeds (final {metric} per seed: {table}){timing}; verdict {verdict!r} "
+          "agrees with them")
+
+
+def check_final_temperature(results, labels: list[str], end: float = 1.0) -> None:
+    """Every run of the dynamic ``labels`` stored its network's final softmax temperature
+    (``"final_temperature"``), and it reached the schedule's ``end``."""
+    for label in labels:
+        for seed, run in enumerate(results[label]):
+            if "final_temperature" not in run:
+                raise LabCheckError(f"{label}, seed {seed} has no 'final_temperature': store the temperature of "
+                                    "the temperature of its DynamicConv2d layers after training (e.g. `net.stages[0][0].conv1.temperature`).")
+            if abs(float(run["final_temperature"]) - end) > 1e-3 * end:
+                raise LabCheckError(f"{label}, seed {seed} ended at temperature {run['final_temperature']:g}, not {end:g}: "
+                                    "the annealing never ran. Pass TemperatureAnnealing(...) in fit's callbacks, with "
+                                    "as many epochs as the run has.")

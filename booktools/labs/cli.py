@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "(default build/teacher/, outside the published book)")
     s.add_argument("chapters", nargs="*")
     s.add_argument("--out", type=Path, default=solutions.TEACHER_DIR, help="folder (default build/teacher/)")
-    t = sub.add_parser("time", help="run the solution notebooks and record their time and score")
+    t = sub.add_parser("time", help="run the solution notebooks and record their time, exercise by exercise")
     t.add_argument("chapters", nargs="*")
     t.add_argument("--profile", default="quick")
     args = parser.parse_args(argv)

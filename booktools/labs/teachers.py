@@ -50,8 +50,10 @@ def _duration(seconds: float) -> str:
 def _time(timing: dict | None) -> str:
     if timing is None:
         return NOT_MEASURED
-    return (f"{_duration(timing['seconds'])} ({_duration(timing['cpu_seconds'])} of CPU time; "
-            f"{timing['score']:g}/{timing['max_score']:g} auto-graded points)")
+    parts = timing.get("parts", {})
+    experiment = f"; exercise 2: {_duration(parts['exercise 2'])}" if "exercise 2" in parts else ""
+    return (f"{_duration(timing['seconds'])} ({_duration(timing['cpu_seconds'])} of CPU time{experiment}; "
+            "every self-check passed)")
 
 
 def _exercise_list(items: list[dict]) -> str:
@@ -73,11 +75,12 @@ def lab_table(sources: list[Path] | None = None) -> str:
                      f"{_exercise_list(exercises(source))} | {_time(runs.get('quick'))} | {NOT_MEASURED} |")
     measured = f"on {', '.join(sorted(machines))}" if machines else "not yet measured"
     return "\n".join(lines) + (
-        f"\n\nSolution runs: the whole lab notebook with the solutions, run and graded by its autograder "
-        f"(`python -m booktools.labs time`), {measured}. The wall time grows when the machine runs other work; "
-        "the CPU time (of the notebook's processes, summed over cores) does not, and the load average at the "
-        f"start of each run is in `book/labs/timings.json`. No GPU was available for these measurements, so "
-        f"the time on Colab's GPU is {NOT_MEASURED}.\n")
+        f"\n\nSolution runs: the whole lab notebook with the solutions and its self-checks, run from start to "
+        f"end (`python -m booktools.labs time`), {measured}; exercise 2 is the experiment's share of it. "
+        "The wall time grows when the machine runs other work; the CPU time (of the notebook's processes, "
+        "summed over cores) does not, and the load average at the start of each run is in "
+        "`book/labs/timings.json`. No GPU was available for these measurements, so the time on Colab's GPU "
+        f"is {NOT_MEASURED}.\n")
 
 
 def write_lab_table() -> Path:
