@@ -496,16 +496,3 @@ def check_seed_runs(results, labels: list[str], num_classes: int, verdict, *, se
     print(f"✓ plausible over {seeds} seeds (final {metric} per seed: {table}){timing}; verdict {verdict!r} "
           "agrees with them")
 
-
-def check_final_temperature(results, labels: list[str], end: float = 1.0) -> None:
-    """Every run of the dynamic ``labels`` stored its network's final softmax temperature
-    (``"final_temperature"``), and it reached the schedule's ``end``."""
-    for label in labels:
-        for seed, run in enumerate(results[label]):
-            if "final_temperature" not in run:
-                raise LabCheckError(f"{label}, seed {seed} has no 'final_temperature': store the temperature of "
-                                    "the temperature of its DynamicConv2d layers after training (e.g. `net.stages[0][0].conv1.temperature`).")
-            if abs(float(run["final_temperature"]) - end) > 1e-3 * end:
-                raise LabCheckError(f"{label}, seed {seed} ended at temperature {run['final_temperature']:g}, not {end:g}: "
-                                    "the annealing never ran. Pass TemperatureAnnealing(...) in fit's callbacks, with "
-                                    "as many epochs as the run has.")
