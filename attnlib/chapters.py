@@ -83,12 +83,20 @@ def setup_and_baseline(setup: Profile) -> list[Experiment]:
             Experiment("convergence", (twice,), seed_count=3)]
 
 
-def iebn(setup: Profile, small_batch: int = 16, small_batch_subset: int | None = 3000,
-         small_batch_test: int | None = 5000) -> list[Experiment]:
-    batch = tuple(Variant(f"{name} b{b}", model="resnet20", norm=norm, train=_linear_lr(b, setup))
-                  for b in (small_batch, setup.batch_size) for name, norm in (("BN", "bn"), ("IEBN", "iebn")))
+def iebn(setup: Profile, norm_batch: int = 16, norm_batch_subset: int | None = 3000,
+         norm_batch_test: int | None = 5000) -> list[Experiment]:
+    """``batch``: BN and IEBN at the profile's batch, with statistics over the whole batch and
+    over groups of ``norm_batch`` images (ghost batches): more batch noise in BN's statistics
+    at the same number of SGD steps, learning rate and gradient noise."""
+    if setup.batch_size % norm_batch:
+        raise ValueError(f"01_iebn: norm_batch={norm_batch} does not divide the {setup.name!r} profile's batch "
+                         f"of {setup.batch_size}: pick a divisor of it, e.g. 16")
+    batch = tuple(Variant(f"{name}, {groups}", model="resnet20",
+                          norm=norm if size is None else (norm, {"norm_batch": size}))
+                  for size, groups in ((None, "whole batch"), (norm_batch, f"groups of {norm_batch}"))
+                  for name, norm in (("BN", "bn"), ("IEBN", "iebn")))
     return [Experiment("main", (Variant("BN", model="resnet20"), Variant("IEBN", model="resnet20", norm="iebn"))),
-            Experiment("batch", batch, small_batch_subset, small_batch_test)]
+            Experiment("batch", batch, norm_batch_subset, norm_batch_test)]
 
 
 def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | None = 5000) -> list[Experiment]:
@@ -201,7 +209,7 @@ MABN_BATCHES = (2, 4, 8, 16, 32)
 #: against the profile's data size in :func:`check_parameters`.
 PARAMETER_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "subset": (lambda v: v is None or _positive_whole(v), "a whole number of images >= 1, or None for all"),
-    "small_batch": (_positive_whole, "a batch size, a whole number >= 1"),
+    "norm_batch": (_positive_whole, "a whole number of images >= 1 that divides the batch size"),
     "bn_batches": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(map(_positive_whole, v)),
                    "a non-empty tuple of batch sizes, e.g. (2, 4, 8, 32)"),
     "mabn_batches": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(b in MABN_BATCHES for b in v),
