@@ -4,6 +4,17 @@ from __future__ import annotations
 import torch
 
 
+def class_means(values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mean of each column of ``values`` ``(images, columns)`` over the images of each class:
+    ``(classes, means (classes, columns), counts (classes,))``, classes in ascending order."""
+    if values.dim() != 2 or labels.shape != values.shape[:1]:
+        raise ValueError(f"values must be (images, columns) and labels (images,); got {tuple(values.shape)} "
+                         f"and {tuple(labels.shape)}")
+    classes, index, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(classes), values.shape[1], dtype=values.dtype).index_add_(0, index, values)
+    return classes, sums / counts[:, None].to(values.dtype), counts
+
+
 def class_share(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The share of each column's variance over images that lies between the class means.
 
@@ -15,14 +26,8 @@ def class_share(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     classes have the same mean (it varies from image to image, not with the class). A
     column that does not vary at all has no share to give: its value is NaN.
     """
-    if values.dim() != 2 or labels.shape != values.shape[:1]:
-        raise ValueError(f"values must be (images, columns) and labels (images,); got {tuple(values.shape)} "
-                         f"and {tuple(labels.shape)}")
     values = values.double()
-    classes, index, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(classes), values.shape[1], dtype=values.dtype).index_add_(0, index, values)
-    class_means = sums / counts[:, None]
-    overall = values.mean(0)
-    between = (counts[:, None] * (class_means - overall) ** 2).sum(0) / len(values)
+    _, means, counts = class_means(values, labels)
+    between = (counts[:, None] * (means - values.mean(0)) ** 2).sum(0) / len(values)
     total = values.var(0, correction=0)
     return torch.where(total > 0, between / total, torch.full_like(total, float("nan")))

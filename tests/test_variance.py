@@ -24,3 +24,11 @@ def test_a_constant_column_has_no_share_and_bad_shapes_are_named():
     assert class_share(torch.ones(2, 1), labels).isnan().all()
     with pytest.raises(ValueError, match=r"values must be \(images, columns\)"):
         class_share(torch.ones(3, 1), labels)
+
+
+def test_class_means_are_per_class_column_means_in_class_order():
+    from attnlib.variance import class_means
+
+    classes, means, counts = class_means(torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]]), torch.tensor([7, 2, 7]))
+    assert classes.tolist() == [2, 7] and counts.tolist() == [1, 2]
+    assert means.tolist() == [[3.0, 2.0], [3.0, 2.0]]

@@ -63,8 +63,8 @@ class IEBN2d(nn.BatchNorm2d):
       so does this layer: ``x_hat * (gamma * g) + beta``. Applying the gate to ``x_hat`` first
       and then BN's affine, ``(x_hat * g) * gamma + beta``, is the same function up to
       rounding; what matters is that ``beta`` is added after the gate and is not gated.
-    * **What is pooled.** The official code pools the layer's input ``x``, not the normalised ``x_hat``; so does this layer (why it matters is
-      the chapter's lab question). Gradients flow through ``GAP(x)`` (nothing is detached), as
+    * **What is pooled.** The official code pools the layer's input ``x``, not the normalised
+      ``x_hat``; so does this layer (why it matters is the chapter's lab question). Gradients flow through ``GAP(x)`` (nothing is detached), as
       in the official code.
     * **Initialisation.** As in the official code: ``gamma = 1``, ``beta = 0``, ``w = 0``,
       ``b = -1``, so every gate starts at ``sigmoid(-1) ~ 0.269`` and a fresh IEBN2d is
@@ -143,7 +143,7 @@ class IEBN2d(nn.BatchNorm2d):
 
         if x.device.type == "cpu":
             return IEBNFunction.apply(x, self.weight, self.bias, self.weight_readjust, self.bias_readjust,
-                                       running_mean, running_var, batch_stats, factor, self.eps)
+                                      running_mean, running_var, batch_stats, factor, self.eps)
 
         # Half precision (autocast) and other devices: batch_norm without affine, then one
         # multiply-add with (N, C, 1, 1) factors cast to the normalised map's dtype.
