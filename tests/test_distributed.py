@@ -78,6 +78,12 @@ def _train(model: nn.Module, config: TrainConfig = RECIPE, **kw) -> dict:
     return {"history": history.to_dict(), "state": copy.deepcopy(model.state_dict())}
 
 
+def _norm_batch(variant: Variant) -> int:
+    """The group size of a variant's ghost norm (1 when it normalises over the whole batch)."""
+    options = variant.norm[1] if isinstance(variant.norm, tuple) else {}
+    return options.get("norm_batch", 1)
+
+
 def _chapter_choices() -> list[Variant]:
     """One variant per distinct network of every chapter (labels and recipes aside)."""
     setup = resolve_profile("smoke")
@@ -125,9 +131,10 @@ def _scenarios(out: Path) -> dict:
     results["penalty_step"] = gammas[1] - gammas[0]
 
     choices = {}
-    two_steps = TrainConfig(epochs=1, batch_size=WORLD * 4, lr=0.01, eval_batch_size=40)
-    small = data.subset(train=16)  # 2 steps of a global batch of 8
     for variant in _chapter_choices():
+        per_rank = max(4, _norm_batch(variant))  # ghost norms need whole groups on each rank
+        two_steps = TrainConfig(epochs=1, batch_size=WORLD * per_rank, lr=0.01, eval_batch_size=40)
+        small = data.subset(train=2 * WORLD * per_rank)  # 2 steps
         model = variant.build(small, seed=0)
         flops_per_image(model, small)
         callbacks = [copy.deepcopy(cb) for cb in variant.callbacks]
