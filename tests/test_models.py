@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from attnlib.layers import ATTENTIONS, CONVS, NORMS, register_attention, register_conv, register_norm
+from attnlib.layers.basic import SubsampledConv2d
 from attnlib.models import MODELS, Parts, build_model, count_parameters
 from attnlib.models.resnet import cifar_resnet
 
@@ -287,3 +290,43 @@ def test_channels_last_forward_equals_contiguous(name):
         ref = model(x)
         out = cl_model(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(ref, out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [27, 28])
+def test_subsampled_conv_is_the_strided_1x1_conv(size):
+    """Forward and gradients equal to nn.Conv2d's, in float64, for odd and even sizes."""
+    torch.manual_seed(0)
+    reference = nn.Conv2d(4, 8, 1, stride=2).double()
+    subsampled = CONVS["conv"].factory(4, 8, 1, 2, 0).double()
+    assert isinstance(subsampled, SubsampledConv2d)
+    subsampled.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 4, size, size, dtype=torch.float64, requires_grad=True)
+    grads = [torch.autograd.grad(conv(x).square().sum(), [x, conv.weight, conv.bias])
+             for conv in (reference, subsampled)]
+    torch.testing.assert_close(subsampled(x), reference(x), rtol=0, atol=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_only_narrow_strided_1x1_convs_are_subsampled():
+    make = CONVS["conv"].factory
+    assert type(make(8, 16, 1, 2, 0)) is nn.Conv2d
+    assert type(make(4, 8, 1, 1, 0)) is nn.Conv2d
+    assert type(make(4, 8, 3, 2, 1)) is nn.Conv2d
+    assert type(build_model("resnet20", in_channels=1, width_mult=0.25).stages[1][0].shortcut[0]) is SubsampledConv2d
+
+
+def test_narrow_resnet_trains_in_channels_last():
+    """The x0.25 ResNet-20 (4 channels) once crashed the process in oneDNN's strided 1x1 backward
+    (SubsampledConv2d); a subprocess, so that a crash fails this test instead of the test run."""
+    script = (
+        "import torch\n"
+        "from attnlib.models import build_model\n"
+        "torch.manual_seed(0); torch.set_num_threads(1)\n"
+        "model = build_model('resnet20', in_channels=1, width_mult=0.25).to(memory_format=torch.channels_last)\n"
+        "for _ in range(5):\n"
+        "    x = torch.randn(32, 1, 28, 28).to(memory_format=torch.channels_last)\n"
+        "    model(x).square().mean().backward()\n"
+        "print('trained')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
