@@ -61,8 +61,19 @@ def _network(record: dict) -> dict:
     return {k: v for k, v in record["variant"].items() if k not in ("label", "train")}
 
 
+def _plain_of(network: dict) -> dict:
+    """The plain network a method is compared with: the same architecture and width, and the
+    same normalisation batch (a ghost norm's ``norm_batch``: a method that normalises over groups
+    of 16 images is compared with BN over groups of 16, not over the whole batch)."""
+    plain = {**network, **PLAIN}
+    norm = network.get("norm")
+    if isinstance(norm, list) and "norm_batch" in norm[1]:
+        plain["norm"] = [PLAIN["norm"], {"norm_batch": norm[1]["norm_batch"]}]
+    return plain
+
+
 def _is_plain(network: dict) -> bool:
-    return all(network.get(k) == v for k, v in PLAIN.items())
+    return network == _plain_of(network)
 
 
 def _steady_speed(record: dict) -> float:
@@ -88,8 +99,7 @@ def method_rows(records: list[dict]) -> list[dict]:
         network = json.loads(net_key)
         if _is_plain(network):
             continue
-        plain = {**network, **PLAIN}
-        base = groups.get((setting, json.dumps(plain, sort_keys=True)))
+        base = groups.get((setting, json.dumps(_plain_of(network), sort_keys=True)))
         if not base:
             continue
         acc = [100 * r["final_test_acc"] for r in runs]

@@ -14,7 +14,9 @@ def records(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     variants = [Variant("plain", model_kwargs={"width_mult": 0.5}),
                 Variant("SE", attention="se", model_kwargs={"width_mult": 0.5}),
-                Variant("wide plain", model_kwargs={"width_mult": 1.0})]  # no plain network of its width
+                Variant("wide plain", model_kwargs={"width_mult": 1.0}),  # no plain network of its width
+                Variant("plain, groups of 4", norm=("bn", {"norm_batch": 4}), model_kwargs={"width_mult": 0.5}),
+                Variant("IEBN, groups of 4", norm=("iebn", {"norm_batch": 4}), model_kwargs={"width_mult": 0.5})]
     cmp = compare(variants, "smoke", epochs=1, seeds=(0, 1), results_dir=results, device="cpu", progress=False)
     return cmp, load_records(results)
 
@@ -22,8 +24,10 @@ def records(tmp_path_factory):
 def test_each_method_is_paired_with_the_plain_network_of_its_setting(records):
     cmp, recs = records
     rows = method_rows(recs)
-    assert [(r["method"], r["baseline"]) for r in rows] == [("SE", "plain")]
-    row, d = rows[0], difference(cmp, "SE", "plain")
+    # a ghost norm's method is compared with BN over the same groups; BN over groups is no method
+    assert [(r["method"], r["baseline"]) for r in rows] == [("IEBN, groups of 4", "plain, groups of 4"),
+                                                            ("SE", "plain")]
+    row, d = rows[1], difference(cmp, "SE", "plain")
     assert row["delta"] == pytest.approx(d["delta"]) and row["se"] == pytest.approx(d["se"])
     assert row["p_value"] == pytest.approx(d["p_value"]) and row["within_noise"] == d["within_noise"]
     assert row["seeds"] == 2 and row["params_ratio"] > 1 and "Hu et al." in row["paper"]
@@ -33,10 +37,10 @@ def test_table_and_chart(records):
     _, recs = records
     rows = method_rows(recs)
     table = markdown_table(rows).splitlines()
-    assert len(table) == 2 + len(rows) and table[2].startswith("| SE | plain | ") and "| resnet20 |" in table[2]
+    assert len(table) == 2 + len(rows) and table[3].startswith("| SE | plain | ") and "| resnet20 |" in table[3]
     fig = plots.gain_vs_speed(rows)
     assert fig.axes[0].get_xlabel().startswith("training speed")
     (legend,) = fig.legends  # names in a legend under the plot, numbers beside the points
-    assert [t.get_text() for t in legend.get_texts()][0].startswith("1. SE (resnet20")
+    assert [t.get_text() for t in legend.get_texts()][1].startswith("2. SE (resnet20")
     fig.canvas.draw()
     assert legend.get_window_extent().y1 < fig.axes[0].get_window_extent().y0
