@@ -330,20 +330,36 @@ def test_fast_sharpening_at_the_end_of_annealing_collapses_and_linear_in_inverse
     linear). Annealed linearly in T, 1/T grows tenfold in the schedule's last third and doubles in its
     last 1/29: the network, in eval mode, falls to chance even on its own training images. The
     same steps with 1/T moving evenly end well above it. Measured over seeds 0-2 in this setting:
-    0.08-0.11 against 0.27-0.39."""
+    0.08-0.11 against 0.27-0.39.
+
+    The cause is not BN's running statistics: recomputed from the final weights over the 1,500
+    training images, they leave the collapsed network near chance (seeds 0 and 1: 0.15 and 0.17;
+    with 1/T linear 0.48 and 0.52). The kernels changed faster than the weights could follow.
+    """
     data = load_dataset("fashion_mnist", DEBIAN_FASHION_MNIST).subset(train=1500, test=500)
     seen = DeviceLoader(data.train_images[:500], data.train_labels[:500], batch_size=500,
                         mean=data.mean, std=data.std)
+    every = DeviceLoader(data.train_images, data.train_labels, batch_size=100, mean=data.mean, std=data.std)
 
-    def eval_accuracy_after_annealing(linear_in: str) -> float:
+    def eval_accuracies_after_annealing(linear_in: str) -> tuple[float, float]:
+        """Eval accuracy with the running statistics of training, and with them recomputed."""
         torch.manual_seed(0)
         model = build_model("resnet20", in_channels=1, conv="dynamic", width_mult=0.5)
         fit(model, data, BOOK_RECIPE.replace(epochs=2, batch_size=50), device="cpu", progress=False,
             callbacks=[TemperatureAnnealing(start=30.0, end=1.0, epochs=2, linear_in=linear_in)])
-        return evaluate(model.eval(), seen)[1]
+        trained = evaluate(model.eval(), seen)[1]
+        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over the batches below
+        with torch.no_grad():
+            for x, _ in every:
+                model.train()(x)
+        return trained, evaluate(model.eval(), seen)[1]
 
-    assert eval_accuracy_after_annealing("T") < 0.15  # chance is 0.10
-    assert eval_accuracy_after_annealing("1/T") > 0.25
+    collapsed, recalibrated = eval_accuracies_after_annealing("T")
+    assert collapsed < 0.15 and recalibrated < 0.25  # chance is 0.10
+    assert min(eval_accuracies_after_annealing("1/T")) > 0.25
 
 
 # ----------------------------------------------------------------------------- init and size
