@@ -78,12 +78,6 @@ def _train(model: nn.Module, config: TrainConfig = RECIPE, **kw) -> dict:
     return {"history": history.to_dict(), "state": copy.deepcopy(model.state_dict())}
 
 
-def _norm_batch(variant: Variant) -> int:
-    """The group size of a variant's ghost norm (1 when it normalises over the whole batch)."""
-    options = variant.norm[1] if isinstance(variant.norm, tuple) else {}
-    return options.get("norm_batch", 1)
-
-
 def _chapter_choices() -> list[Variant]:
     """One variant per distinct network of every chapter (labels and recipes aside)."""
     setup = resolve_profile("smoke")
@@ -132,7 +126,8 @@ def _scenarios(out: Path) -> dict:
 
     choices = {}
     for variant in _chapter_choices():
-        per_rank = max(4, _norm_batch(variant))  # ghost norms need whole groups on each rank
+        # a ghost norm needs whole groups of norm_batch images on each rank
+        per_rank = max(4, variant.parts().options("norm").get("norm_batch", 1))
         two_steps = TrainConfig(epochs=1, batch_size=WORLD * per_rank, lr=0.01, eval_batch_size=40)
         small = data.subset(train=2 * WORLD * per_rank)  # 2 steps
         model = variant.build(small, seed=0)

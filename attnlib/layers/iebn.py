@@ -64,8 +64,8 @@ class IEBN2d(nn.BatchNorm2d):
       and then BN's affine, ``(x_hat * g) * gamma + beta``, is the same function up to
       rounding; what matters is that ``beta`` is added after the gate and is not gated.
     * **What is pooled.** The official code pools the layer's input ``x``, not the normalised
-      ``x_hat``; so does this layer (why it matters is the chapter's lab question). Gradients flow through ``GAP(x)`` (nothing is detached), as
-      in the official code.
+      ``x_hat``; so does this layer (why it matters is the chapter's lab question). Gradients
+      flow through ``GAP(x)`` (nothing is detached), as in the official code.
     * **Initialisation.** As in the official code: ``gamma = 1``, ``beta = 0``, ``w = 0``,
       ``b = -1``, so every gate starts at ``sigmoid(-1) ~ 0.269`` and a fresh IEBN2d is
       ``BatchNorm2d(affine=False)`` times ``sigmoid(-1)``: IEBN starts with a smaller
