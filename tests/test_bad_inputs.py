@@ -461,13 +461,15 @@ def test_notebook_checks_its_parameters_in_the_setup_cell(stem: str):
     assert after.index("experiments(") < after.index("setup.load()")
 
 
-def test_anneal_epochs_none_means_half_the_run_and_a_number_is_kept():
+def test_anneal_epochs_none_means_a_tenth_of_the_run_and_a_number_is_kept():
     from attnlib.chapters import experiments
 
-    def annealing(**params) -> int:
-        return experiments("05", resolve_profile("smoke", epochs=10), **params)["main"].variants[1].callbacks[0].epochs
+    def annealing(epochs: int, **params) -> int:
+        chapter = experiments("05", resolve_profile("smoke", epochs=epochs), **params)
+        return chapter["main"].variants[1].callbacks[0].epochs
 
-    assert annealing() == 5 and annealing(anneal_epochs=None) == 5 and annealing(anneal_epochs=1) == 1
+    assert annealing(30) == 3 and annealing(30, anneal_epochs=None) == 3 and annealing(30, anneal_epochs=1) == 1
+    assert annealing(6) == 1 and annealing(3) == 1  # at least one epoch
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)

@@ -402,32 +402,6 @@ def _check_labels(results, labels: list[str], value: str) -> None:
         raise LabCheckError(f"results has no run for {missing}; it has {list(results)}.")
 
 
-def check_runs(results, labels: list[str], num_classes: int, answer=None) -> None:
-    """Plausibility of a small experiment: ``results[label]`` is a History dict of each run.
-
-    Every run's training loss must be finite and fall, its test accuracies lie in [0, 1],
-    the best final accuracy be above chance, and ``answer`` (if given) name the label with
-    the highest final test accuracy in *these* results (either one, if two tie).
-    """
-    _check_labels(results, labels, "history dict")
-    for label in labels:
-        _check_run(label, results[label])
-    finals = {label: float(results[label]["test_acc"][-1]) for label in labels}
-    chance = 1.0 / num_classes
-    if max(finals.values()) <= 1.2 * chance:
-        raise LabCheckError(f"no run is above chance ({chance:.2f}): final test accuracies {finals}; "
-                            "train longer or check the data and labels.")
-    if answer is not None:
-        top = max(finals.values())
-        best = [label for label, value in finals.items() if value == top]  # a tie has several
-        if answer not in best:
-            which = f"{best[0]!r}" if len(best) == 1 else f"shared by {' and '.join(map(repr, best))} (a tie)"
-            raise LabCheckError(f"answer is {answer!r}, but in your results the highest final test accuracy is "
-                                f"{which} ({finals}). Answer from your own numbers.")
-    print(f"✓ plausible: {', '.join(f'{k} {100 * v:.1f}%' for k, v in finals.items())} final test accuracy"
-          + (f"; answer {answer!r} agrees with them" if answer is not None else ""))
-
-
 def _check_runs_differ(results, labels: list[str], seeds: int, changed: str) -> None:
     for label in labels:
         for i in range(1, seeds):
@@ -496,3 +470,16 @@ def check_seed_runs(results, labels: list[str], num_classes: int, verdict, *, se
     print(f"✓ plausible over {seeds} seeds (final {metric} per seed: {table}){timing}; verdict {verdict!r} "
           "agrees with them")
 
+
+def check_final_temperature(results, labels: list[str], end: float = 1.0) -> None:
+    """Every run of the dynamic ``labels`` stored its network's final softmax temperature
+    (``"final_temperature"``), and it reached the schedule's ``end``."""
+    for label in labels:
+        for seed, run in enumerate(results[label]):
+            if "final_temperature" not in run:
+                raise LabCheckError(f"{label}, seed {seed} has no 'final_temperature': store the temperature of "
+                                    "its DynamicConv2d layers after training (e.g. `net.stages[0][0].conv1.temperature`).")
+            if abs(float(run["final_temperature"]) - end) > 1e-3 * end:
+                raise LabCheckError(f"{label}, seed {seed} ended at temperature {run['final_temperature']:g}, not {end:g}: "
+                                    "the annealing never ran. Pass TemperatureAnnealing(...) in fit's callbacks, with "
+                                    "as many epochs as the run has.")
