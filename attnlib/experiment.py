@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import copy
 import json
+import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -163,13 +164,17 @@ class Comparison:
                 "final_mean": statistics.fmean(final), "final_std": seed_std(final),
                 "best_mean": statistics.fmean(best), "best_std": seed_std(best),
                 "params": runs[0]["params"], "flops_per_image": runs[0]["flops_per_image"],
-                "train_images_per_s": statistics.median(_steady(r, "train_images_per_s") for r in runs),
-                "eval_images_per_s": statistics.median(_steady(r, "eval_images_per_s") for r in runs),
+                "train_images_per_s": statistics.median(steady_median(r, "train_images_per_s") for r in runs),
+                "eval_images_per_s": statistics.median(steady_median(r, "eval_images_per_s") for r in runs),
+                "footing": common_footing(runs),
             })
         base = rows[0]
         for row in rows:
             row["delta_mean"] = row["final_mean"] - base["final_mean"]
-            row["speed_vs_first"] = row["train_images_per_s"] / base["train_images_per_s"]
+            comparable = row["footing"] is not None and row["footing"] == base["footing"]
+            for key in ("train", "eval"):
+                row[f"{key}_speed_vs_first"] = (row[f"{key}_images_per_s"] / base[f"{key}_images_per_s"]
+                                                if comparable else math.nan)
         return rows
 
     def run_card(self) -> dict:
@@ -193,10 +198,23 @@ class Comparison:
         }
 
 
-def _steady(record: dict, key: str) -> float:
-    """Median over epochs after the first (which pays one-off warm-up costs)."""
-    values = record["history"][key]
-    return statistics.median(values[1:] if len(values) > 1 else values)
+def _steady_epochs(values: list) -> list:
+    """The epochs after the first (which pays one-off warm-up costs), or the only one."""
+    return values[1:] if len(values) > 1 else values
+
+
+def steady_median(record: dict, key: str) -> float:
+    """The median of a record's per-epoch ``key`` (images per second) over its steady epochs."""
+    return statistics.median(_steady_epochs(record["history"][key]))
+
+
+def common_footing(records: Iterable[dict]) -> str | None:
+    """The one footing (device, threads, precision) every steady epoch of ``records`` ran
+    on, or None if they ran on several or one of them did not record it. Images per second
+    measured on different footings do not compare: a bf16 CPU, another thread count or a
+    busier machine moves them more than most layers do."""
+    footings = {f for r in records for f in _steady_epochs(History.from_dict(r["history"]).footing)}
+    return next(iter(footings)) if len(footings) == 1 and NOT_RECORDED not in footings else None
 
 
 def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, recipe: TrainConfig | None = None,

@@ -162,11 +162,11 @@ def results_table(cmp: Comparison, paper: dict[str, str] | None = None) -> str:
         cells = [row["label"], str(row["seeds"]), _fmt_acc(row["final_mean"], row["final_std"]),
                  f"{100 * row['delta_mean']:+.2f}", _fmt_acc(row["best_mean"], row["best_std"]),
                  f"{row['params'] / 1e6:.3f} M", f"{row['flops_per_image'] / 1e6:.1f}",
-                 f"{row['train_images_per_s']:.0f}", f"{row['speed_vs_first']:.2f}x"]
+                 f"{row['train_images_per_s']:.0f}", _ratio(row["train_speed_vs_first"], 2)]
         if paper:
             cells.append(paper.get(row["label"], "–"))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + _footing_note(cmp)
 
 
 def cost_table(cmp: Comparison) -> str:
@@ -180,9 +180,22 @@ def cost_table(cmp: Comparison) -> str:
         lines.append(f"| {r['label']} | {r['params']:,d} | {r['flops_per_image'] / 1e6:.2f} "
                      f"| {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} "
                      f"| {r['params'] / base['params']:.2f}x "
-                     f"| {r['train_images_per_s'] / base['train_images_per_s']:.3f}x "
-                     f"| {r['eval_images_per_s'] / base['eval_images_per_s']:.3f}x |")
-    return "\n".join(lines)
+                     f"| {_ratio(r['train_speed_vs_first'], 3)} | {_ratio(r['eval_speed_vs_first'], 3)} |")
+    return "\n".join(lines) + _footing_note(cmp)
+
+
+def _ratio(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}x"
+
+
+def _footing_note(cmp: Comparison) -> str:
+    """A note under a table with a speed ratio left out (–), saying why."""
+    rows = cmp.summary()
+    if not any(math.isnan(r["train_speed_vs_first"]) for r in rows):
+        return ""
+    return ("\n\n*–: these runs and the first variant's did not all run on one footing (machine, threads "
+            "and precision, as the run card lists them), so their images per second do not compare. The book's "
+            "benchmark page times every layer against the plain network on one machine.*")
 
 
 def benchmark_table(rows: list[dict]) -> str:
@@ -280,10 +293,13 @@ def augmentation_examples(data: ImageDataset, n: int = 8, versions: int = 4, see
 
 def gain_vs_speed(rows: list[dict]):
     """Accuracy difference to the baseline (± one standard error) against the training speed
-    relative to the baseline, one point per row of :func:`booktools.overview.method_rows`.
+    relative to the baseline, one point per row of :func:`booktools.overview.method_rows`
+    whose speed ratio is known (method and baseline runs on one footing).
 
     Points are numbered and named in a legend under the plot, never on the data, so labels
     cannot overlap however close the points are."""
+    left_out = sum(math.isnan(r["speed_ratio"]) for r in rows)
+    rows = [r for r in rows if not math.isnan(r["speed_ratio"])]  # runs on several footings
     names = [f"{r['method']} ({r['model']}, {r['dataset']}, {r['profile']})" for r in rows]
     colors = _colors({name: r["part"] for name, r in zip(names, rows)})
     fig, ax = plt.subplots(figsize=(9, 5.2 + 0.22 * len(rows)))
@@ -297,7 +313,9 @@ def gain_vs_speed(rows: list[dict]):
     ax.axvline(1, color="grey", lw=1, ls=":")
     ax.set(xlabel="training speed relative to the baseline (images/s ratio)",
            ylabel="final test accuracy − baseline (points, ± 1 SE)",
-           title="what each method buys and costs (circles: book profile; squares: smaller experiments)")
+           title="what each method buys and costs (circles: book profile; squares: smaller experiments)"
+                 + (f"\n{left_out} comparisons left out: their runs' speeds were measured on different footings"
+                    if left_out else ""))
     fig.legend(loc="lower center", ncol=2 if len(rows) > 6 else 1, fontsize=7)
     legend_rows = math.ceil(len(rows) / (2 if len(rows) > 6 else 1))
     fig.tight_layout(rect=(0, min(0.6, 0.03 + 0.032 * legend_rows * 5.2 / (5.2 + 0.22 * len(rows))), 1, 1))

@@ -97,6 +97,34 @@ def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | No
 
 
 @torch.no_grad()
+def recompute_bn_statistics(model: nn.Module, loader: DeviceLoader) -> nn.Module:
+    """Replace every BatchNorm's running mean and variance by plain averages of the batch
+    statistics over ``loader``, the weights fixed ("precise BN"), and return ``model`` in
+    eval mode.
+
+    During training the running statistics are an exponential average over the last ten or
+    so steps (momentum 0.1); while the weights move fast they describe a network that no
+    longer exists, and eval mode can be far worse than the network. Recomputing them shows
+    how much of an eval-mode accuracy is the network and how much is that lag. Pass the
+    training images without augmentation. Other layers run in train mode meanwhile, so a
+    network with dropout before a BatchNorm gets slightly different statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer: there are no statistics to recompute")
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: every batch counts the same
+    model.train()
+    for x, _ in loader:
+        model(x)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return model.eval()
+
+
+@torch.no_grad()
 def predict(model: nn.Module, data: ImageDataset, *, device: str | torch.device = "auto",
             batch_size: int = 1000, amp: str = "auto", split: str = "test") -> torch.Tensor:
     """Predicted class of every image of ``split`` (a CPU int64 tensor)."""

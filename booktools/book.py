@@ -224,8 +224,10 @@ over seeds; Δ is the difference of the means with its standard error (SE). *noi
 whether Δ is within two standard errors and gives the exact permutation p-value, which
 does not trust the seeds' spread, with the smallest value it can take for that number of
 seeds (3 against 3: 0.1, so never below 0.05). The speed is the ratio of training images
-per second measured during those runs (other work on the machine can move it; each
-chapter's *Cost* section times the networks alone). The paper's figure is the paper's own
+per second measured during those runs, given only when the method's and the baseline's
+runs all ran on one footing (machine, threads and precision): "–" otherwise, since a bf16
+CPU or another thread count moves it more than most layers do. Other work on the machine
+can still move it; the benchmark page times every layer against the plain network alone. The paper's figure is the paper's own
 result in its own setting, quoted with its source, not a prediction of ours.
 
 ## Converged comparisons

@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from attnlib.checkpoints import CorruptFileError
+from attnlib.experiment import common_footing, steady_median
 from attnlib.records import read_record
 from attnlib.significance import accuracy_difference
 from attnlib.variants import PLAIN_PARTS, method_of
@@ -77,8 +78,11 @@ def _is_plain(network: dict) -> bool:
 
 
 def _steady_speed(record: dict) -> float:
-    values = record["history"]["train_images_per_s"]
-    return statistics.median(values[1:] if len(values) > 1 else values)
+    return steady_median(record, "train_images_per_s")
+
+
+def _speed(ratio: float) -> str:
+    return "–" if math.isnan(ratio) else f"{ratio:.2f}x"
 
 
 def _paper(network: dict) -> str:
@@ -116,7 +120,8 @@ def method_rows(records: list[dict]) -> list[dict]:
             **difference, "part": method_of(network),
             "params_ratio": first["params"] / base[0]["params"],
             "flops_ratio": first["flops_per_image"] / base[0]["flops_per_image"],
-            "speed_ratio": statistics.median(map(_steady_speed, runs)) / statistics.median(map(_steady_speed, base)),
+            "speed_ratio": (statistics.median(map(_steady_speed, runs)) / statistics.median(map(_steady_speed, base))
+                            if common_footing([*runs, *base]) else math.nan),
             "paper": _paper(network),
         })
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["batch_size"], r["method"]))
@@ -142,6 +147,6 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['method']} | {r['baseline']} | {r['delta']:+.2f} ± {r['se']:.2f} "
             f"| {noise} 2 SE, p = {r['p_value']:.2g} (≥ {r['p_min']:.2g}) "
             f"| {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['base_mean']:.2f} ± {r['base_std']:.2f} "
-            f"| {r['speed_ratio']:.2f}x | {r['params_ratio']:.2f}x | {r['flops_ratio']:.2f}x | {r['model']} "
+            f"| {_speed(r['speed_ratio'])} | {r['params_ratio']:.2f}x | {r['flops_ratio']:.2f}x | {r['model']} "
             f"| {r['dataset']} | {r['profile']}, {r['batch_size']}, {r['epochs']} | {r['seeds']} | {r['paper']} |")
     return "\n".join(lines)

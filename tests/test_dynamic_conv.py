@@ -16,7 +16,7 @@ from attnlib.callbacks import TemperatureAnnealing
 from attnlib.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, DeviceLoader
 from attnlib.experiment import BOOK_RECIPE
 from attnlib.history import History, TrainState
-from attnlib.train import evaluate
+from attnlib.train import evaluate, recompute_bn_statistics
 from attnlib.layers import CONVS
 from attnlib.layers.dynamic_conv import (DynamicConv2d, expert_attention,
                                          reference_dynamic_conv, reference_expert_attention)
@@ -348,14 +348,7 @@ def test_fast_sharpening_at_the_end_of_annealing_collapses_and_linear_in_inverse
         fit(model, data, BOOK_RECIPE.replace(epochs=2, batch_size=50), device="cpu", progress=False,
             callbacks=[TemperatureAnnealing(start=30.0, end=1.0, epochs=2, linear_in=linear_in)])
         trained = evaluate(model.eval(), seen)[1]
-        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a plain average over the batches below
-        with torch.no_grad():
-            for x, _ in every:
-                model.train()(x)
-        return trained, evaluate(model.eval(), seen)[1]
+        return trained, evaluate(recompute_bn_statistics(model, every), seen)[1]
 
     collapsed, recalibrated = eval_accuracies_after_annealing("T")
     assert collapsed < 0.15 and recalibrated < 0.25  # chance is 0.10

@@ -1,6 +1,7 @@
 """attnlib.experiment: compare() records, reloads and reports; differences and the convergence check."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import statistics
@@ -12,8 +13,9 @@ import torch
 
 from attnlib import load_dataset
 from attnlib.config import TrainConfig
-from attnlib.experiment import Comparison, compare, convergence_check, difference
-from attnlib.history import Callback
+from attnlib.devices import autocast_dtype, precision_name
+from attnlib.experiment import Comparison, common_footing, compare, convergence_check, difference
+from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
 from attnlib.significance import smallest_p_value
@@ -73,7 +75,9 @@ def test_record_contents(comparison):
         assert card["torch"] == torch.__version__ and card["device"].startswith("CPU")
         history = record["history"]
         assert card["wall_time_s"] > 0 and card["wall_time_s"] == pytest.approx(sum(history["epoch_time"]), abs=0.06)
-        assert card["epochs_by_footing"] == {history["footing"][0]: 2} and "fp32" in history["footing"][0]
+        precision = precision_name(autocast_dtype("auto", torch.device("cpu")))  # bf16 on a CPU that has it
+        assert card["epochs_by_footing"] == {history["footing"][0]: 2} and history["footing"][0].endswith(precision)
+        assert card["precision"] == precision
         assert history["epoch"] == [1, 2] and len(history["test_acc"]) == 2
         assert record["final_test_acc"] == history["test_acc"][-1]
         assert record["best_test_acc"] == max(history["test_acc"])
@@ -112,8 +116,8 @@ def test_summary(comparison):
         assert row["final_std"] == pytest.approx(statistics.stdev(finals))
         assert row["best_mean"] >= row["final_mean"] and not math.isnan(row["best_std"])
         assert row["delta_mean"] == pytest.approx(row["final_mean"] - rows[0]["final_mean"])
-        assert row["train_images_per_s"] > 0 and row["speed_vs_first"] > 0
-    assert rows[0]["delta_mean"] == 0 and rows[0]["speed_vs_first"] == 1
+        assert row["train_images_per_s"] > 0 and row["train_speed_vs_first"] > 0 and row["eval_speed_vs_first"] > 0
+    assert rows[0]["delta_mean"] == 0 and rows[0]["train_speed_vs_first"] == rows[0]["eval_speed_vs_first"] == 1
     card = comparison.run_card()
     assert card["profile"] == "smoke" and card["seeds"] == "0, 1" and card["epochs"] == 2
     assert "4 runs (4 trained now, 0 loaded" in card["training wall time"]
@@ -213,3 +217,34 @@ def test_a_record_that_appears_while_training_is_kept(tmp_path):
     cmp = compare([variant], "smoke", epochs=2, seeds=(0,), results_dir=tmp_path, device="cpu", progress=False)
     assert cmp.records[0]["final_test_acc"] == 0.123, "the record that came first is kept"
     assert not list(tmp_path.glob("first-*")), "nothing of the second copy is written, its checkpoint is gone"
+
+
+def _moved(comparison, label: str, footing: str):
+    """A copy of ``comparison`` whose ``label`` runs say they trained on ``footing``."""
+    moved = copy.deepcopy(comparison)
+    for record in moved.records:
+        if record["label"] == label:
+            record["history"]["footing"] = [footing] * len(record["history"]["epoch"])
+    return moved
+
+
+def test_speeds_compare_only_on_one_footing(comparison):
+    second = comparison.labels[1]
+    rows = comparison.summary()
+    assert rows[0]["footing"] == rows[1]["footing"] is not None  # trained here, one after the other
+    moved = {r["label"]: r for r in _moved(comparison, second, "CPU: elsewhere, 1 threads, bf16 autocast").summary()}
+    assert moved[second]["footing"] == "CPU: elsewhere, 1 threads, bf16 autocast"
+    assert math.isnan(moved[second]["train_speed_vs_first"]) and math.isnan(moved[second]["eval_speed_vs_first"])
+    assert moved[second]["train_images_per_s"] == rows[1]["train_images_per_s"]  # still shown, not compared
+    unknown = {r["label"]: r for r in _moved(comparison, second, NOT_RECORDED).summary()}
+    assert unknown[second]["footing"] is None and math.isnan(unknown[second]["train_speed_vs_first"])
+
+
+def test_common_footing_skips_the_first_epoch_and_needs_one_recorded_footing():
+    def record(*footing):
+        return {"history": {"epoch": list(range(len(footing))), "footing": list(footing)}}
+
+    assert common_footing([record("a", "b", "b"), record("c", "b")]) == "b"  # the first epochs warm up
+    assert common_footing([record("a")]) == "a"  # a one-epoch run: its only epoch
+    assert common_footing([record("a", "b"), record("a", "c")]) is None
+    assert common_footing([record("a", NOT_RECORDED)]) is None

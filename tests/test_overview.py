@@ -1,6 +1,9 @@
 """booktools.overview: methods paired with their plain baseline from the records alone."""
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 
 from attnlib import plots
@@ -44,3 +47,19 @@ def test_table_and_chart(records):
     assert [t.get_text() for t in legend.get_texts()][1].startswith("2. SE (resnet20")
     fig.canvas.draw()
     assert legend.get_window_extent().y1 < fig.axes[0].get_window_extent().y0
+
+
+def test_a_speed_measured_on_two_footings_is_not_compared(records):
+    _, recs = records
+    moved = copy.deepcopy(recs)
+    for record in moved:
+        if record["label"] == "SE":
+            record["history"]["footing"] = ["GPU: elsewhere, bf16 autocast"] * len(record["history"]["epoch"])
+    rows = {r["method"]: r for r in method_rows(moved)}
+    assert math.isnan(rows["SE"]["speed_ratio"]) and rows["IEBN, groups of 4"]["speed_ratio"] > 0
+    se_line = next(line for line in markdown_table(list(rows.values())).splitlines() if line.startswith("| SE |"))
+    assert se_line.split("|")[7].strip() == "–"
+    fig = plots.gain_vs_speed(list(rows.values()))  # the SE point is left out, and the title says so
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["1. IEBN, groups of 4 (resnet20, synthetic "
+                                                                  "(512 train), smoke)"]
+    assert "1 comparisons left out" in fig.axes[0].get_title()

@@ -1,6 +1,7 @@
 """attnlib.plots: the figures and tables every chapter shows, drawn from a comparison's records."""
 from __future__ import annotations
 
+import copy
 import signal
 import statistics
 
@@ -70,6 +71,19 @@ def test_cost_table(comparison):
         expected = row["train_images_per_s"] / rows[0]["train_images_per_s"]
         assert cells[6] == f"{expected:.3f}x"
     assert lines[2].endswith("| 1.00x | 1.000x | 1.000x |")
+
+
+def test_speed_ratios_of_runs_on_another_footing_are_left_out_and_explained(comparison):
+    moved = copy.deepcopy(comparison)
+    second = moved.labels[1]
+    for record in moved.runs(second):
+        record["history"]["footing"] = ["CPU: elsewhere, 1 threads, fp32"] * len(record["history"]["epoch"])
+    for table, column in ((plots.cost_table(moved), 6), (plots.results_table(moved), 8)):
+        lines = table.splitlines()
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:4]]
+        assert cells[0][column].endswith("x") and cells[1][column] == "–"
+        assert lines[-1].startswith("*–: these runs and the first variant's did not all run on one footing")
+    assert "footing" not in plots.cost_table(comparison)  # one footing: no note
 
 
 def test_results_table(comparison):

@@ -12,8 +12,9 @@ from conftest import StopAt, history_values
 
 from attnlib import NonFiniteLossError, TrainConfig, build_model, fit, load_dataset
 from attnlib.data import DeviceLoader
+from attnlib.devices import autocast_dtype, precision_name
 from attnlib.history import Callback, History
-from attnlib.train import lr_factor, make_optimizer
+from attnlib.train import lr_factor, make_optimizer, recompute_bn_statistics
 
 # A short recipe for 256 16x16 training images: 8 steps of 32 per epoch.
 TINY = TrainConfig(epochs=3, batch_size=32, lr=0.05, eval_batch_size=128)
@@ -219,8 +220,9 @@ def test_a_run_resumed_under_another_thread_count_says_so(synthetic, tmp_path, c
                       resume=True)
     finally:
         torch.set_num_threads(threads)
-    assert history.footing[0].endswith(f", {threads} threads, fp32") and history.footing[0].startswith("CPU: ")
-    assert history.footing[1].endswith(f", {other} threads, fp32")
+    precision = precision_name(autocast_dtype("auto", torch.device("cpu")))  # bf16 on a CPU that has it
+    assert history.footing[0].endswith(f", {threads} threads, {precision}") and history.footing[0].startswith("CPU: ")
+    assert history.footing[1].endswith(f", {other} threads, {precision}")
     assert "on another footing" in capsys.readouterr().err
 
 
@@ -386,3 +388,33 @@ def test_callback_hooks_order(synthetic):
         expected += [("step", epoch, 8 * epoch + i) for i in range(1, 9)]
         expected.append(("end", epoch, 8 * (epoch + 1), epoch + 1))
     assert rec.events == expected
+
+
+# ----------------------------------------------------------------------------- BN statistics
+
+def test_recompute_bn_statistics_averages_the_batches_and_restores_the_momentum(synthetic):
+    model = _model(data=synthetic, width_mult=0.25)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    first = norms[0]
+    inputs = []
+    first.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach().clone()))
+    first.momentum = 0.3
+    loader = DeviceLoader(synthetic.train_images[:96], synthetic.train_labels[:96], batch_size=32,
+                          mean=synthetic.mean, std=synthetic.std)
+    returned = recompute_bn_statistics(model, loader)
+
+    assert returned is model and not model.training
+    assert first.momentum == 0.3 and all(m.momentum == 0.1 for m in norms[1:])
+    assert int(first.num_batches_tracked) == 3 and len(inputs) == 3
+    # momentum None: the running mean and variance are the plain averages of the three batches'
+    batch_means = torch.stack([x.mean((0, 2, 3)) for x in inputs])
+    batch_vars = torch.stack([x.var((0, 2, 3), unbiased=True) for x in inputs])
+    torch.testing.assert_close(first.running_mean, batch_means.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first.running_var, batch_vars.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_recompute_bn_statistics_needs_a_batchnorm(synthetic):
+    loader = DeviceLoader(synthetic.train_images[:8], synthetic.train_labels[:8], batch_size=8,
+                          mean=synthetic.mean, std=synthetic.std)
+    with pytest.raises(ValueError, match="no BatchNorm layer"):
+        recompute_bn_statistics(torch.nn.Conv2d(synthetic.in_channels, 4, 3), loader)
