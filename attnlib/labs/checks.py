@@ -474,9 +474,14 @@ def check_seed_runs(results, labels: list[str], num_classes: int, verdict, *, se
 def check_final_temperature(results, labels: list[str], end: float = 1.0) -> None:
     """Every run of the dynamic ``labels`` stored its network's final softmax temperature
     (``"final_temperature"``), and it reached the schedule's ``end``."""
+    _check_labels(results, labels, "[history dict of each seed]")
     for label in labels:
-        for seed, run in enumerate(results[label]):
-            if "final_temperature" not in run:
+        runs = results[label]
+        if isinstance(runs, Mapping) or not isinstance(runs, (list, tuple)):
+            raise LabCheckError(f"results[{label!r}] should be a list of histories, one per seed; it is "
+                                f"{type(runs).__name__}.")
+        for seed, run in enumerate(runs):
+            if not isinstance(run, Mapping) or "final_temperature" not in run:
                 raise LabCheckError(f"{label}, seed {seed} has no 'final_temperature': store the temperature of "
                                     "its DynamicConv2d layers after training (e.g. `net.stages[0][0].conv1.temperature`).")
             if abs(float(run["final_temperature"]) - end) > 1e-3 * end:
