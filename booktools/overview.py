@@ -17,6 +17,7 @@ from pathlib import Path
 
 from attnlib.checkpoints import CorruptFileError
 from attnlib.experiment import common_footing, steady_median
+from attnlib.layers import NORM_SETTINGS
 from attnlib.records import read_record
 from attnlib.significance import accuracy_difference
 from attnlib.variants import PLAIN_PARTS, method_of
@@ -64,12 +65,13 @@ def _network(record: dict) -> dict:
 
 def _plain_of(network: dict) -> dict:
     """The plain network a method is compared with: the same architecture and width, and the
-    same normalisation batch (a ghost norm's ``norm_batch``: a method that normalises over groups
-    of 16 images is compared with BN over groups of 16, not over the whole batch)."""
+    same normalisation setting (``NORM_SETTINGS``: a method that normalises over groups of 16
+    images is compared with BN over groups of 16, one under a noise attack with BN under it)."""
     plain = {**network, **PLAIN}
     norm = network.get("norm")
-    if isinstance(norm, list) and "norm_batch" in norm[1]:
-        plain["norm"] = [PLAIN["norm"], {"norm_batch": norm[1]["norm_batch"]}]
+    setting = {k: v for k, v in norm[1].items() if k in NORM_SETTINGS} if isinstance(norm, list) else {}
+    if setting:
+        plain["norm"] = [PLAIN["norm"], setting]
     return plain
 
 

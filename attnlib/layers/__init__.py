@@ -14,21 +14,22 @@ go with its name: ``build_model(..., norm=("mabn", {"B": 4}))``.
 import importlib
 import pkgutil
 
-from .registry import (ATTENTIONS, CONVS, NORMS, Choice, attention_factory, conv_spec, format_choice, norm_spec,
-                       options_of, register_attention, register_conv, register_norm, split_choice)
+from .registry import (ATTENTIONS, CONVS, NORM_SETTINGS, NORMS, Choice, attention_factory, conv_spec, format_choice,
+                       norm_spec, options_of, register_attention, register_conv, register_norm, split_choice)
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
-from .bridge_attention import BridgeAttention  # noqa: E402  (after the registrations above)
+from .basic import NoisyBatchNorm2d  # noqa: E402  (after the registrations above)
+from .bridge_attention import BridgeAttention  # noqa: E402
 from .dynamic_conv import DynamicConv2d  # noqa: E402
 from .ghost import GhostNorm  # noqa: E402
-from .iebn import IEBN2d  # noqa: E402
+from .iebn import IEBN2d, NoisyIEBN2d  # noqa: E402
 from .mabn import CenConv2d, MABN2d  # noqa: E402
 from .nam import ConstantScale, NAMAttention, NAMChannelAttention, NAMSpatialAttention  # noqa: E402
 from .se import SqueezeExcitation  # noqa: E402
 
-__all__ = ["ATTENTIONS", "CONVS", "NORMS", "BridgeAttention", "CenConv2d", "Choice", "ConstantScale",
-           "DynamicConv2d", "GhostNorm", "IEBN2d", "MABN2d", "NAMAttention", "NAMChannelAttention",
-           "NAMSpatialAttention", "SqueezeExcitation", "attention_factory", "conv_spec", "format_choice",
+__all__ = ["ATTENTIONS", "CONVS", "NORMS", "NORM_SETTINGS", "BridgeAttention", "CenConv2d", "Choice",
+           "ConstantScale", "DynamicConv2d", "GhostNorm", "IEBN2d", "MABN2d", "NAMAttention", "NAMChannelAttention",
+           "NAMSpatialAttention", "NoisyBatchNorm2d", "NoisyIEBN2d", "SqueezeExcitation", "attention_factory", "conv_spec", "format_choice",
            "norm_spec", "options_of", "register_attention", "register_conv", "register_norm", "split_choice"]

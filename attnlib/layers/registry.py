@@ -49,6 +49,10 @@ class ConvSpec:
 
 
 NORMS: dict[str, NormSpec] = {}
+#: Norm options that describe the setting, not the method: the normalisation batch of a ghost
+#: norm and the strength of the noise attack on batch statistics. A projection shortcut's norm
+#: keeps them, and a method is compared with plain BN under the same ones.
+NORM_SETTINGS = ("norm_batch", "noise")
 CONVS: dict[str, ConvSpec] = {}
 ATTENTIONS: dict[str, AttentionFactory] = {}
 

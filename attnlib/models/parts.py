@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import Choice, attention_factory, conv_spec, norm_spec, split_choice
+from ..layers import NORM_SETTINGS, Choice, attention_factory, conv_spec, norm_spec, split_choice
 
 
 #: Salt of the random stream that attention modules are initialised from (see make_attention).
@@ -42,11 +42,12 @@ class Parts:
 
     def make_shortcut_norm(self, channels: int) -> nn.Module:
         """The norm of a projection shortcut: the blocks' own, or the one their norm names
-        (IEBN: a plain BN), which keeps the blocks' normalisation batch (``norm_batch``)."""
+        (IEBN: a plain BN), which keeps the blocks' setting (``NORM_SETTINGS``: the normalisation
+        batch, the noise attack)."""
         shortcut = norm_spec(self.name("norm")).shortcut
         if shortcut is None:
             return self.make_norm(channels)
-        kept = {k: v for k, v in self.options("norm").items() if k == "norm_batch"}
+        kept = {k: v for k, v in self.options("norm").items() if k in NORM_SETTINGS}
         return norm_spec(shortcut).factory(channels, **kept)
 
     def _conv(self, replaced: bool, cin: int, cout: int, kernel_size: int, stride: int, padding: int) -> nn.Module:

@@ -1,0 +1,49 @@
+"""A noise attack on the batch statistics of BatchNorm and IEBN, for IEBN's claim.
+
+IEBN's paper calls the disturbance that normalising with a batch's statistics brings to each
+image *batch noise*, and supports its title claim ("an adaptive regulator of batch noise")
+with noise attacks during training. The attack here is the book's own: its exact protocol
+could not be read from the paper in this book's sources, so it is not the paper's. In
+training, each layer normalises with batch statistics that are wrong by a random amount
+drawn afresh at every step, per channel:
+
+    mu~ = mu + s * sigma * e1,    sigma~ = sigma * exp(s * e2),    e1, e2 ~ N(0, 1),
+
+where sigma = sqrt(var + eps), so that x_hat becomes (x - mu~) / sigma~ = (x_hat - s e1) exp(-s e2):
+a random shift and scale of every channel, shared by the whole batch, of strength ``s``. The
+running statistics are updated with the true batch statistics and eval mode is untouched,
+so the test accuracy measures what training under the noise did to the network.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def noise_factors(channels: int, strength: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)`` of shape (C,) with ``x_hat~ = a * x_hat + b`` (module docstring): ``e1`` then
+    ``e2`` drawn in fp32 from torch's random stream, so a seeded run draws the same noise in
+    any precision; computed in fp32 at least (fp64 for an fp64 ``like``)."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    e1 = torch.randn(channels, device=like.device, dtype=torch.float32).to(dtype)
+    e2 = torch.randn(channels, device=like.device, dtype=torch.float32).to(dtype)
+    a = torch.exp(-strength * e2)
+    return a, -strength * e1 * a
+
+
+class NoisyStatistics:
+    """A mixin for a ``_BatchNorm`` subclass with a ``noise`` strength: what the noisy norms share: BN's running-statistics bookkeeping, then x_hat with the
+    true batch statistics (updating the running ones), and the noise factors."""
+
+    noise: float
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return F.batch_norm(x, self.running_mean, self.running_var, None, None, True, factor, self.eps)
+
+    def _check_noise(self) -> None:
+        if isinstance(self.noise, bool) or not (isinstance(self.noise, (int, float)) and 0 <= self.noise < float("inf")):
+            raise ValueError(f"noise={self.noise!r}: the attack's strength must be a finite number >= 0")
