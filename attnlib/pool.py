@@ -101,6 +101,12 @@ def _has_record(results_dir: Path, job: Job) -> bool:
     return find_record(results_dir, stem, job.seed, job.key) is not None
 
 
+def _say(text: str) -> None:
+    """Print ``text`` and its newline in one write: the workers share stdout, and print's own
+    newline, a second write, can land after another worker's line."""
+    print(text + "\n", end="", flush=True)
+
+
 def _train_some(jobs: Sequence[Job], profile: str, results_dir: Path, device: torch.device, worker: int) -> int:
     """Train the free jobs one after another; returns how many failed."""
     failed: set[int] = set()
@@ -111,18 +117,17 @@ def _train_some(jobs: Sequence[Job], profile: str, results_dir: Path, device: to
             with claim(results_dir, job) as mine:
                 if not mine or _has_record(results_dir, job):  # taken, or finished just now
                     continue
-                print(f"[worker {worker}] start {job.name}", flush=True)
+                _say(f"[worker {worker}] start {job.name}")
                 start = time.perf_counter()
                 try:
                     record, _ = run_one(job.variant, job.data, job.config, job.seed, profile=profile,
                                         results_dir=results_dir, device=device, progress=False)
                 except Exception:  # noqa: BLE001 - reported, and the other jobs go on
                     failed.add(index)
-                    print(f"[worker {worker}] FAILED {job.name}:\n{traceback.format_exc()}", flush=True)
+                    _say(f"[worker {worker}] FAILED {job.name}:\n{traceback.format_exc()}")
                 else:
-                    print(f"[worker {worker}] done  {job.name}: final test accuracy "
-                          f"{100 * record['final_test_acc']:.2f} % in {(time.perf_counter() - start) / 60:.1f} min",
-                          flush=True)
+                    _say(f"[worker {worker}] done  {job.name}: final test accuracy "
+                         f"{100 * record['final_test_acc']:.2f} % in {(time.perf_counter() - start) / 60:.1f} min")
             break  # rescan from the top: earlier jobs may have been freed meanwhile
         else:
             return len(failed)
