@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
-from .batch_noise import NoisyStatistics, noise_factors
+from .batch_noise import NoisyStatistics
 from .ghost import ghost
 from .registry import register_attention, register_conv, register_norm
 
@@ -16,24 +16,10 @@ class NoisyBatchNorm2d(NoisyStatistics, nn.BatchNorm2d):
     noise of strength ``noise`` (:mod:`~attnlib.layers.batch_noise`); in eval mode a plain
     ``BatchNorm2d``."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
-                 noise: float = 0.0, **kwargs) -> None:
-        super().__init__(num_features, eps, momentum, **kwargs)
-        self.noise = noise
-        self._check_noise()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not self.noise:
-            return super().forward(x)
-        self._check_input_dim(x)
-        a, b = noise_factors(self.num_features, self.noise, x)
+    def _attacked(self, x: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:  # y = gamma * (a x_hat + b) + beta
             a, b = a * self.weight, b * self.weight if self.bias is None else torch.addcmul(self.bias, b, self.weight)
-        x_hat = self._normalised(x)
         return torch.addcmul(b.to(x_hat.dtype)[:, None, None], x_hat, a.to(x_hat.dtype)[:, None, None])
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", noise={self.noise:g}"
 
 
 @register_norm("bn")

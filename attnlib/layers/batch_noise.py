@@ -32,18 +32,31 @@ def noise_factors(channels: int, strength: float, like: torch.Tensor) -> tuple[t
 
 
 class NoisyStatistics:
-    """A mixin for a ``_BatchNorm`` subclass with a ``noise`` strength: what the noisy norms share: BN's running-statistics bookkeeping, then x_hat with the
-    true batch statistics (updating the running ones), and the noise factors."""
+    """A mixin, before a ``_BatchNorm`` subclass, adding the attack of strength ``noise``: the
+    subclass gives ``_attacked(x, x_hat, a, b)``, its output for the perturbed ``a * x_hat + b``.
+    In eval mode, or with ``noise=0``, the layer is its base class unchanged."""
 
-    noise: float
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
+                 noise: float = 0.0, **kwargs) -> None:
+        super().__init__(num_features, eps, momentum, **kwargs)
+        if isinstance(noise, bool) or not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
+            raise ValueError(f"noise={noise!r}: the attack's strength must be a finite number >= 0")
+        self.noise = noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.noise:
+            return super().forward(x)
+        self._check_input_dim(x)
+        a, b = noise_factors(self.num_features, self.noise, x)
+        return self._attacked(x, self._normalised(x), a, b)
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """x_hat with the true batch statistics, which update the running ones as in BatchNorm2d."""
         factor = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         return F.batch_norm(x, self.running_mean, self.running_var, None, None, True, factor, self.eps)
 
-    def _check_noise(self) -> None:
-        if isinstance(self.noise, bool) or not (isinstance(self.noise, (int, float)) and 0 <= self.noise < float("inf")):
-            raise ValueError(f"noise={self.noise!r}: the attack's strength must be a finite number >= 0")
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", noise={self.noise:g}"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .batch_noise import NoisyStatistics, noise_factors
+from .batch_noise import NoisyStatistics
 from .functional import sum_hw_product
 from .ghost import ghost
 from .registry import register_norm
@@ -244,27 +244,13 @@ class NoisyIEBN2d(NoisyStatistics, IEBN2d):
     """:class:`IEBN2d` under the same attack: ``y = x_hat~ * (gamma * gate) + beta``, the gate
     computed from the clean input as always; in eval mode a plain ``IEBN2d``."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, *,
-                 noise: float = 0.0, **kwargs) -> None:
-        super().__init__(num_features, eps, momentum, **kwargs)
-        self.noise = noise
-        self._check_noise()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not self.noise:
-            return super().forward(x)
-        self._check_input_dim(x)
-        a, b = noise_factors(self.num_features, self.noise, x)
+    def _attacked(self, x: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         scale = self.gate(x).flatten(1)                                       # (N, C)
         if self.weight is not None:
             scale = scale * self.weight                                       # gamma * gate
         shift = b * scale if self.bias is None else torch.addcmul(self.bias, b, scale)  # y = scale (a x_hat + b) + beta
-        x_hat = self._normalised(x)
         dtype = x_hat.dtype
         return torch.addcmul(shift.to(dtype)[:, :, None, None], x_hat, (a * scale).to(dtype)[:, :, None, None])
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", noise={self.noise:g}"
 
 
 @register_norm("iebn", shortcut="bn")
