@@ -158,7 +158,8 @@ def results_table(cmp: Comparison, paper: dict[str, str] | None = None) -> str:
     if paper:
         head.append("paper / post (for reference)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in cmp.summary():
+    rows = cmp.summary()
+    for row in rows:
         cells = [row["label"], str(row["seeds"]), _fmt_acc(row["final_mean"], row["final_std"]),
                  f"{100 * row['delta_mean']:+.2f}", _fmt_acc(row["best_mean"], row["best_std"]),
                  f"{row['params'] / 1e6:.3f} M", f"{row['flops_per_image'] / 1e6:.1f}",
@@ -166,7 +167,7 @@ def results_table(cmp: Comparison, paper: dict[str, str] | None = None) -> str:
         if paper:
             cells.append(paper.get(row["label"], "–"))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + _footing_note(cmp)
+    return "\n".join(lines) + _footing_note(rows)
 
 
 def cost_table(cmp: Comparison) -> str:
@@ -181,16 +182,15 @@ def cost_table(cmp: Comparison) -> str:
                      f"| {r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} "
                      f"| {r['params'] / base['params']:.2f}x "
                      f"| {_ratio(r['train_speed_vs_first'], 3)} | {_ratio(r['eval_speed_vs_first'], 3)} |")
-    return "\n".join(lines) + _footing_note(cmp)
+    return "\n".join(lines) + _footing_note(rows)
 
 
 def _ratio(value: float, digits: int) -> str:
     return "–" if math.isnan(value) else f"{value:.{digits}f}x"
 
 
-def _footing_note(cmp: Comparison) -> str:
-    """A note under a table with a speed ratio left out (–), saying why."""
-    rows = cmp.summary()
+def _footing_note(rows: list[dict]) -> str:
+    """A note under a table of ``Comparison.summary()`` rows with a speed ratio left out (–), saying why."""
     if not any(math.isnan(r["train_speed_vs_first"]) for r in rows):
         return ""
     return ("\n\n*–: these runs and the first variant's did not all run on one footing (machine, threads "
