@@ -12,7 +12,7 @@ from attnlib.callbacks import NAMSparsityPenalty
 from attnlib.config import TrainConfig
 from attnlib.layers import ATTENTIONS
 from attnlib.layers.nam import (NAMAttention, NAMChannelAttention, NAMSpatialAttention,
-                                nam_channel_weights, nam_scale_factors, reference_nam_channel,
+                                nam_channel_weights, nam_gates, nam_scale_factors, reference_nam_channel,
                                 reference_nam_spatial)
 from attnlib.models import build_model, count_parameters
 from attnlib.train import fit
@@ -300,6 +300,37 @@ def test_look_inside_helpers():
     w = weights["stages.1.2.attention.channel"]
     torch.testing.assert_close(w, block.channel.bn.weight.abs() / block.channel.bn.weight.abs().sum())
     assert not w.requires_grad and not factors["stages.0.0.attention.channel"].requires_grad
+
+
+
+def test_gates_are_what_each_module_multiplies_its_input_by_at_test_time():
+    model = build_model("resnet20", in_channels=1, attention=BOTH)
+    model.eval()(torch.randn(2, 1, 16, 16))
+    randomise_all(model)
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    inputs, outputs = {}, {}
+
+    def keep(name):
+        def hook(module, args, out):
+            inputs[name], outputs[name] = args[0], out
+        return hook
+
+    for name, m in model.named_modules():
+        if isinstance(m, (NAMChannelAttention, NAMSpatialAttention)):
+            m.register_forward_hook(keep(name))
+    gates = nam_gates(model, torch.randn(3, 1, 16, 16))
+    assert model.training  # the mode is restored
+    assert set(gates) == set(outputs) and len(gates) == 18
+    for name, gate in gates.items():
+        assert gate.shape == inputs[name].shape and ((gate > 0) & (gate < 1)).all()
+        torch.testing.assert_close(gate * inputs[name], outputs[name])  # eval-mode output = gate x input
+    block = model.stages[2][0].attention.channel
+    x = inputs["stages.2.0.attention.channel"]
+    torch.testing.assert_close(gates["stages.2.0.attention.channel"] * x, reference_nam_channel(
+        x, block.bn.weight, block.bn.bias, EPS, block.bn.running_mean, block.bn.running_var))
+    for key, value in model.state_dict().items():  # no running statistic or batch count moved
+        torch.testing.assert_close(value, before[key], msg=key)
 
 
 # ----------------------------------------------------------------------------- in the networks

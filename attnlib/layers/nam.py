@@ -68,7 +68,6 @@ network's; about half of that is the extra BN, the rest the gate's sigmoid and p
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,14 +133,18 @@ class NAMChannelAttention(nn.Module):
     def reset_parameters(self) -> None:
         self.bn.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's M_c: ``sigmoid(w * BN(x))``, the factor each element of ``x`` is multiplied by."""
         _check_input(self, x)
         bn, w = self.bn, self.weights()
         if bn.training:
             bn.num_batches_tracked.add_(1)  # as nn.BatchNorm2d does; momentum is fixed
         z = F.batch_norm(x, bn.running_mean, bn.running_var, w * bn.weight, w * bn.bias,
                          bn.training, bn.momentum, bn.eps)
-        return torch.sigmoid(z) * x
+        return torch.sigmoid(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x) * x
 
     def extra_repr(self) -> str:
         return f"{self.channels}, detach_weights={self.detach_weights}"
@@ -236,7 +239,8 @@ class NAMSpatialAttention(LazyModuleMixin, nn.Module):
             tensor.data = fn(torch.empty(0, device=tensor.device, dtype=tensor.dtype))
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's M_s: ``sigmoid(w * BN_s(x))``, the factor each element of ``x`` is multiplied by."""
         _check_input(self, x)
         if x.shape[-2:] != self.weight.shape:
             raise ValueError(f"{type(self).__name__} was sized for {tuple(self.weight.shape)} positions "
@@ -251,7 +255,10 @@ class NAMSpatialAttention(LazyModuleMixin, nn.Module):
         scale = w * self.weight * torch.rsqrt(var.to(acc) + self.eps)
         shift = w * self.bias - mean.to(acc) * scale
         z = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
-        return torch.sigmoid(z) * x
+        return torch.sigmoid(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x) * x
 
     def _batch_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position mean and biased variance over (N, C); updates the running statistics."""
@@ -348,6 +355,23 @@ def nam_scale_factors(model: nn.Module) -> dict[str, torch.Tensor]:
     """``|gamma|`` (channel modules, shape (C,)) or ``|lambda|`` (pixel modules, shape (H, W))
     of every NAM module, by module name, detached."""
     return {name: m.scale.detach().abs() for name, m in _nam_modules(model)}
+
+
+@torch.no_grad()
+def nam_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gates ``sigmoid(w * BN(.))`` that every NAM module of ``model`` applies to its input at test
+    time (eval mode, running statistics) when the model runs on ``x``, by module name, each the shape
+    of that module's input. The model's mode is restored afterwards; nothing else changes."""
+    was_training, gates = model.training, {}
+    hooks = [m.register_forward_hook(lambda m, args, out, name=name: gates.__setitem__(name, m.gate(args[0])))
+             for name, m in _nam_modules(model)]
+    try:
+        model.eval()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return gates
 
 
 def nam_channel_weights(model: nn.Module) -> dict[str, torch.Tensor]:
