@@ -84,10 +84,12 @@ def setup_and_baseline(setup: Profile) -> list[Experiment]:
 
 
 def iebn(setup: Profile, norm_batch: int = 16, norm_batch_subset: int | None = 3000,
-         norm_batch_test: int | None = 5000) -> list[Experiment]:
+         norm_batch_test: int | None = 5000, noise_strengths: tuple[float, ...] = (0.1, 0.2)) -> list[Experiment]:
     """``batch``: BN and IEBN at the profile's batch, with statistics over the whole batch and
     over groups of ``norm_batch`` images (ghost batches): more batch noise in BN's statistics
-    at the same number of SGD steps, learning rate and gradient noise."""
+    at the same number of SGD steps, learning rate and gradient noise. ``noise``: BN and IEBN
+    trained under a noise attack on their batch statistics of each strength in ``noise_strengths``
+    (:mod:`attnlib.layers.batch_noise`), on the main comparison's data."""
     if setup.batch_size % norm_batch:
         raise ValueError(f"01_iebn: norm_batch={norm_batch} does not divide the {setup.name!r} profile's batch "
                          f"of {setup.batch_size}: pick a divisor of it, e.g. 16")
@@ -95,13 +97,19 @@ def iebn(setup: Profile, norm_batch: int = 16, norm_batch_subset: int | None = 3
                           norm=norm if size is None else (norm, {"norm_batch": size}))
                   for size, groups in ((None, "whole batch"), (norm_batch, f"groups of {norm_batch}"))
                   for name, norm in (("BN", "bn"), ("IEBN", "iebn")))
+    noise = tuple(Variant(f"{name}, noise {s:g}", model="resnet20", norm=(norm, {"noise": s}))
+                  for s in noise_strengths for name, norm in (("BN", "bn"), ("IEBN", "iebn")))
     return [Experiment("main", (Variant("BN", model="resnet20"), Variant("IEBN", model="resnet20", norm="iebn"))),
-            Experiment("batch", batch, norm_batch_subset, norm_batch_test)]
+            Experiment("batch", batch, norm_batch_subset, norm_batch_test), Experiment("noise", noise)]
 
 
 def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | None = 5000) -> list[Experiment]:
+    """``main``: SE and BA with the book's bottleneck, max(8, C // 16), and BA with the official
+    code's, C // 16 (1, 2 and 4 channels in ResNet-20). ``alexnet``: the post's pair, its
+    discarded gate an exact null. ``ablation``: BA squeezing only the gated map."""
     main = (Variant("ResNet-20", model="resnet20"), Variant("SE", model="resnet20", attention="se"),
-            Variant("BA", model="resnet20", attention="ba"))
+            Variant("BA", model="resnet20", attention="ba"),
+            Variant("BA, official bottleneck", model="resnet20", attention=("ba", {"min_hidden": 1})))
     alex = (Variant("AlexNet", model="alexnet"), Variant("BA-AlexNet", model="alexnet", attention="ba"),
             Variant("BA-AlexNet, gate discarded", model="alexnet", attention=("ba", {"discard_output": True})))
     ablation = (Variant("BA", model="resnet20", attention="ba"),
@@ -127,7 +135,13 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
 
 def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, small_subset: int | None = 3000,
         small_test: int | None = 5000) -> list[Experiment]:
-    main = (Variant("ResNet-20", model="resnet20"), Variant("NAM", model="resnet20", attention="nam"),
+    """``main``: NAM with the penalty off, at ``penalty`` and at ``strong_penalty``, and its two
+    controls: every residual branch times 0.5 (the value NAM's gates start at) and NAM with the
+    weights' gradient let through. ``pixel``: the pixel module alone and after the channel one."""
+    main = (Variant("ResNet-20", model="resnet20"),
+            Variant("ResNet-20, branches x0.5", model="resnet20", attention=("scale", {"factor": 0.5})),
+            Variant("NAM", model="resnet20", attention="nam"),
+            Variant("NAM, weights not detached", model="resnet20", attention=("nam", {"detach_weights": False})),
             Variant(f"NAM + penalty {penalty:g}", model="resnet20", attention="nam",
                     callbacks=(NAMSparsityPenalty(penalty),)),
             Variant(f"NAM + penalty {strong_penalty:g}", model="resnet20", attention="nam",
@@ -226,6 +240,9 @@ PARAMETER_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "penalty": (_non_negative_number, "a finite number >= 0"),
     "anneal_epochs": (lambda v: v is None or _positive_whole(v),
                       "a whole number of epochs >= 1, or None for a tenth of the training"),
+    "noise_strengths": (lambda v: isinstance(v, tuple) and len(v) > 0 and all(_non_negative_number(s) and s > 0
+                                                                              for s in v),
+                        "a non-empty tuple of attack strengths > 0, e.g. (0.1, 0.2)"),
     "widths": (lambda v: isinstance(v, tuple) and all(_non_negative_number(w) and 0 < w < 1 for w in v),
                "a tuple of width multipliers between 0 and 1, e.g. (0.25, 0.5)"),
 }

@@ -326,6 +326,8 @@ CLI_CASES = [
     (["--chapter", "05", "--param", "anneal_epochs=0"],
      r"05_dynamic_conv: anneal_epochs=0 is not allowed; anneal_epochs must be a whole number of epochs >= 1, or None"),
     (["--chapter", "05", "--param", "anneal_epochs=2.5"], r"anneal_epochs=2\.5 is not allowed"),
+    (["--chapter", "01", "--param", "noise_strengths=(0.1, 0)"],
+     r"01_iebn: noise_strengths=\(0\.1, 0\) is not allowed; noise_strengths must be a non-empty tuple of attack strengths > 0"),
     (["--chapter", "01", "--param", "norm_batch=0"], r"01_iebn: norm_batch=0 is not allowed; norm_batch must be a whole number"),
     (["--chapter", "01", "--param", "norm_batch=24"], r"01_iebn: norm_batch=24 does not divide the 'smoke' profile's batch of 64"),
     (["--chapter", "02", "--param", "small_subset=0"], r"small_subset=0 is not allowed; .*whole number of images >= 1"),

@@ -2,10 +2,9 @@
 
 IEBN's paper calls the disturbance that normalising with a batch's statistics brings to each
 image *batch noise*, and supports its title claim ("an adaptive regulator of batch noise")
-with noise attacks during training. The attack here is the book's own: its exact protocol
-could not be read from the paper in this book's sources, so it is not the paper's. In
-training, each layer normalises with batch statistics that are wrong by a random amount
-drawn afresh at every step, per channel:
+with noise attacks during training. The attack here is the book's own, not the paper's
+protocol. In training, each layer normalises with batch statistics that are wrong by a
+random amount drawn afresh at every step, per channel:
 
     mu~ = mu + s * sigma * e1,    sigma~ = sigma * exp(s * e2),    e1, e2 ~ N(0, 1),
 
