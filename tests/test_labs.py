@@ -214,6 +214,25 @@ def test_a_solution_keeps_signatures_docstrings_and_assigned_names():
     assert namespace["result"] == 3
 
 
+def _chapter(*cells) -> nbformat.NotebookNode:
+    question = nbformat.v4.new_markdown_cell("**Exercise 1**", metadata={"lab": {"question": "q1", "points": 1}})
+    return nbformat.v4.new_notebook(cells=[*cells, nbformat.v4.new_markdown_cell("## Implementation"),
+                                           nbformat.v4.new_code_cell("hidden = 1"),
+                                           nbformat.v4.new_markdown_cell("## Exercises"), question])
+
+
+def test_a_lab_keeps_the_setup_and_the_exercises_without_the_claims():
+    claim = nbformat.v4.new_code_cell("claim(setup, True, 'x')", metadata={"tags": ["claim", "remove-cell"]})
+    kept = build.lab_cells(_chapter(nbformat.v4.new_code_cell("setup = 1"), claim))
+    assert [c.source for c in kept] == ["setup = 1", "## Exercises", "**Exercise 1**"]
+
+
+def test_a_glued_value_before_the_implementation_is_refused_by_name():
+    glued = nbformat.v4.new_markdown_cell("**What it shows.** {glue:md}`reading`.\nMore.")
+    with pytest.raises(ValueError, match=r"cite glued values.*\*\*What it shows\.\*\* \{glue:md\}`reading`\."):
+        build.lab_cells(_chapter(glued))
+
+
 # --- the labs -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,9 @@ def _heading(cell) -> str:
 
 
 def lab_cells(nb) -> list:
-    """The cells a lab keeps: before "## Implementation", and from "## Exercises" on."""
+    """The cells a lab keeps: before "## Implementation", and from "## Exercises" on, without the
+    ``claim`` cells (they check the book's prose against its records; a lab has no records). A
+    kept markdown cell must not cite a glued value: the lab's plain notebook cannot show it."""
     kept, skipping = [], False
     for cell in nb.cells:
         heading = _heading(cell)
@@ -80,8 +82,12 @@ def lab_cells(nb) -> list:
             skipping = True
         elif heading.startswith(LAB_SECTIONS_RESUME):
             skipping = False
-        if not skipping:
+        if not skipping and "claim" not in cell.metadata.get("tags", []):
             kept.append(cell)
+    if glued := [c.source.split("\n", 1)[0] for c in kept if c.cell_type == "markdown" and "{glue:" in c.source]:
+        raise ValueError(f"a lab keeps the sections before {LAB_SECTIONS_END!r}, where these markdown cells cite glued "
+                         f"values a lab notebook cannot show: {glued}; print the value in the code cell instead, or "
+                         "move the paragraph below that heading")
     if not any(_lab(c).get("question") for c in kept):
         raise ValueError("the chapter has no lab questions: mark its exercises (see booktools/labs/build.py)")
     return kept
