@@ -123,14 +123,32 @@ def _mabn_for(batch: int):
     return "mabn" if batch == 2 else ("mabn", {"B": batch})
 
 
+#: The paper's ImageNet setting: statistics over small groups inside an SGD batch of 32 images.
+PAPER_SGD_BATCH, PAPER_NORM_GROUPS = 32, (2, 4, 8)
+
+
 def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None = 5000,
          bn_batches: tuple[int, ...] = (2, 4, 8, 32), mabn_batches: tuple[int, ...] = (2, 4)) -> list[Experiment]:
+    """``paper``: the paper's setting, every arm at SGD batch 32 with the same learning rate and
+    steps, BN and MABN normalising over groups of n images of it (ghost batches; BN n32 is plain
+    BN). ``sweep``: real SGD batches of ``bn_batches`` and ``mabn_batches`` images, the learning
+    rate scaled linearly, so the batch also changes the steps and the gradient noise."""
+    paper_lr = _linear_lr(PAPER_SGD_BATCH, setup)
+    smallest = PAPER_NORM_GROUPS[0]
+    paper = ([Variant(f"BN n{n}", model="resnet20", norm=("bn", {"norm_batch": n}), train=paper_lr)
+              for n in PAPER_NORM_GROUPS]
+             + [Variant(f"BN n{PAPER_SGD_BATCH}", model="resnet20", train=paper_lr),
+                Variant(f"MABN n{smallest}", model="resnet20", norm=("mabn", {"norm_batch": smallest}), conv="cenconv",
+                        train=paper_lr),
+                Variant(f"MABN n{smallest}, plain conv", model="resnet20", norm=("mabn", {"norm_batch": smallest}),
+                        train=paper_lr)])
     sweep = ([Variant(f"BN b{b}", model="resnet20", train=_linear_lr(b, setup)) for b in bn_batches]
              + [Variant(f"MABN b{b}", model="resnet20", norm=_mabn_for(b), conv="cenconv",
                         train=_linear_lr(b, setup)) for b in mabn_batches]
              + [Variant(f"MABN b{b}, plain conv", model="resnet20", norm=_mabn_for(b),
                         train=_linear_lr(b, setup)) for b in mabn_batches[:1]])
-    return [Experiment("sweep", tuple(sweep), sweep_subset, sweep_test)]
+    return [Experiment("paper", tuple(paper), sweep_subset, sweep_test),
+            Experiment("sweep", tuple(sweep), sweep_subset, sweep_test)]
 
 
 def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, small_subset: int | None = 3000,
