@@ -308,6 +308,7 @@ def test_gates_are_what_each_module_multiplies_its_input_by_at_test_time():
     model.eval()(torch.randn(2, 1, 16, 16))
     randomise_all(model)
     model.train()
+    model.stages[0][0].eval()  # a frozen block keeps its own mode
     before = copy.deepcopy(model.state_dict())
     inputs, outputs = {}, {}
 
@@ -320,7 +321,7 @@ def test_gates_are_what_each_module_multiplies_its_input_by_at_test_time():
         if isinstance(m, (NAMChannelAttention, NAMSpatialAttention)):
             m.register_forward_hook(keep(name))
     gates = nam_gates(model, torch.randn(3, 1, 16, 16))
-    assert model.training  # the mode is restored
+    assert model.training and not model.stages[0][0].training and model.stages[1][0].training  # modes restored
     assert set(gates) == set(outputs) and len(gates) == 18
     for name, gate in gates.items():
         assert gate.shape == inputs[name].shape and ((gate > 0) & (gate < 1)).all()

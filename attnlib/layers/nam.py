@@ -361,8 +361,8 @@ def nam_scale_factors(model: nn.Module) -> dict[str, torch.Tensor]:
 def nam_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The gates ``sigmoid(w * BN(.))`` that every NAM module of ``model`` applies to its input at test
     time (eval mode, running statistics) when the model runs on ``x``, by module name, each the shape
-    of that module's input. The model's mode is restored afterwards; nothing else changes."""
-    was_training, gates = model.training, {}
+    of that module's input. Every module's mode is restored afterwards; nothing else changes."""
+    modes, gates = {m: m.training for m in model.modules()}, {}
     hooks = [m.register_forward_hook(lambda m, args, out, name=name: gates.__setitem__(name, m.gate(args[0])))
              for name, m in _nam_modules(model)]
     try:
@@ -370,7 +370,8 @@ def nam_gates(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return gates
 
 
