@@ -170,6 +170,16 @@ def results_table(cmp: Comparison, paper: dict[str, str] | None = None) -> str:
     return "\n".join(lines) + _footing_note(rows)
 
 
+def difference_table(differences: dict[tuple[str, str], dict]) -> str:
+    """A markdown table of :func:`~attnlib.experiment.difference` results, keyed by (label, baseline):
+    the difference in points with its standard error, the permutation p-value with the smallest
+    one these seeds can reach, and the verdict in words."""
+    lines = ["| comparison | Δ ± SE (points) | p (smallest attainable) | reading |", "|---|---|---|---|"]
+    lines += [f"| {a} − {b} | {d['delta']:+.2f} ± {d['se']:.2f} | {d['p_value']:.2g} ({d['p_min']:.2g}) "
+              f"| {a} is {d['verdict']} {b} |" for (a, b), d in differences.items()]
+    return "\n".join(lines)
+
+
 def cost_table(cmp: Comparison) -> str:
     """A markdown table of what each variant costs: parameters, FLOPs, measured train and
     eval images per second, and each of those relative to the first variant."""

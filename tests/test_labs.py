@@ -233,6 +233,16 @@ def test_a_glued_value_before_the_implementation_is_refused_by_name():
         build.lab_cells(_chapter(glued))
 
 
+def test_a_lab_leaves_out_the_book_only_cells_and_refuses_to_show_a_reference():
+    shown = nbformat.v4.new_code_cell("plots.show_source(reference_gate, other)")
+    with pytest.raises(ValueError, match=r"show a reference implementation.*show_source\(reference_gate"):
+        build.lab_cells(_chapter(shown))
+    intro = nbformat.v4.new_markdown_cell("The reference:", metadata={"lab": {"role": "book"}})
+    shown.metadata["lab"] = {"role": "book"}
+    kept = build.lab_cells(_chapter(nbformat.v4.new_code_cell("setup = 1"), intro, shown))
+    assert [c.source for c in kept] == ["setup = 1", "## Exercises", "**Exercise 1**"]
+
+
 # --- the labs -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,18 @@ def test_results_table(comparison):
     assert "| git_commit |" in plots.run_card_table(comparison)
 
 
+def test_difference_table_has_one_row_per_pair_with_its_numbers_and_verdict(comparison):
+    from attnlib.experiment import difference
+
+    pair = ("AlexNet", comparison.labels[0])
+    d = difference(comparison, *pair)
+    lines = plots.difference_table({pair: d}).splitlines()
+    assert len(lines) == 3 and lines[0].startswith("| comparison | Δ ± SE (points) | p (smallest attainable) |")
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells == [f"AlexNet − {pair[1]}", f"{d['delta']:+.2f} ± {d['se']:.2f}", f"{d['p_value']:.2g} ({d['p_min']:.2g})",
+                     f"AlexNet is {d['verdict']} {pair[1]}"]
+
+
 def test_colors_follow_the_layer_not_the_label():
     """A method keeps its colour whatever its label says: IEBN is IEBN's blue even when
     labelled "BN-like", and a label with "SE" in it on a plain network is the plain grey."""

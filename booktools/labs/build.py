@@ -12,7 +12,9 @@ metadata, invisible on the book page:
   replaced by ``...`` in the student notebook, signatures and docstrings stay; markdown:
   removed, otter leaves an answer cell);
 * ``{"role": "check"}``: a self-check the student runs (kept);
-* ``{"role": "test"}``: a hidden test of the autograder (removed from the student notebook).
+* ``{"role": "test"}``: a hidden test of the autograder (removed from the student notebook);
+* ``{"role": "book"}``: on the book page only (the reference implementation beside the maths,
+  which is the answer to the first exercise, and the paragraph that introduces it).
 
 ``build`` turns these into otter's own notebook format (raw ``# BEGIN QUESTION`` ... cells),
 runs ``otter assign``, and keeps the sections a lab needs: everything before
@@ -44,6 +46,7 @@ LAB_SECTIONS_END, LAB_SECTIONS_RESUME = "## Implementation", "## Exercises"
 BIBLIOGRAPHY_FILE = REPO / "references.bib"
 CITATION = re.compile(r"\{footcite[pt]?\}`([^`]+)`")
 BIBLIOGRAPHY = re.compile(r"```\{footbibliography\}\s*```")
+SHOWS_REFERENCE = re.compile(r"show_source\([^)]*\breference_")
 BOOK_DISPLAY_TAGS = {"hide-input", "hide-output", "hide-cell", "remove-input", "remove-output", "remove-cell"}
 ASSIGNMENT_CONFIG = {
     "init_cell": False, "check_all_cell": False, "export_cell": False, "run_tests": False,
@@ -73,8 +76,9 @@ def _heading(cell) -> str:
 
 def lab_cells(nb) -> list:
     """The cells a lab keeps: before "## Implementation", and from "## Exercises" on, without the
-    ``claim`` cells (they check the book's prose against its records; a lab has no records). A
-    kept markdown cell must not cite a glued value: the lab's plain notebook cannot show it."""
+    ``claim`` cells (they check the book's prose against its records; a lab has no records) and
+    the book-only ones. A kept markdown cell must not cite a glued value (the lab's plain notebook
+    cannot show it), and no kept cell may show a reference implementation (an exercise's answer)."""
     kept, skipping = [], False
     for cell in nb.cells:
         heading = _heading(cell)
@@ -82,8 +86,11 @@ def lab_cells(nb) -> list:
             skipping = True
         elif heading.startswith(LAB_SECTIONS_RESUME):
             skipping = False
-        if not skipping and "claim" not in cell.metadata.get("tags", []):
+        if not skipping and "claim" not in cell.metadata.get("tags", []) and _lab(cell).get("role") != "book":
             kept.append(cell)
+    if shown := [c.source.split("\n", 1)[0] for c in kept if c.cell_type == "code" and SHOWS_REFERENCE.search(c.source)]:
+        raise ValueError(f"a lab would show a reference implementation, the answer to an exercise: {shown}; mark the "
+                         'cell (and the paragraph that introduces it) with the lab role "book"')
     if glued := [c.source.split("\n", 1)[0] for c in kept if c.cell_type == "markdown" and "{glue:" in c.source]:
         raise ValueError(f"a lab keeps the sections before {LAB_SECTIONS_END!r}, where these markdown cells cite glued "
                          f"values a lab notebook cannot show: {glued}; print the value in the code cell instead, or "
