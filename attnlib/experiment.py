@@ -144,6 +144,21 @@ class Comparison:
         model.load_state_dict(read_weights(path, f"{label!r} seed {record['seed']}"))
         return model.eval()
 
+    def last_epoch_move(self, labels: Sequence[str] | None = None) -> float:
+        """The largest change, in points, of a variant's mean test accuracy (over seeds) during its
+        last epoch: near 0 when the curves have flattened, large while the networks still learn."""
+        moves = []
+        for label in labels or self.labels:
+            curves = torch.tensor([r["history"]["test_acc"] for r in self.runs(label)], dtype=torch.float64)
+            mean = curves.mean(0)
+            moves.append(100 * (mean[-1] - mean[-2]).abs().item() if len(mean) > 1 else math.nan)
+        return max(moves)
+
+    def shared_mistakes(self, label: str, other: str) -> tuple[int, int]:
+        """(test images that ``label`` or ``other`` gets wrong, those both get wrong), first seeds."""
+        wrong = [torch.tensor(self.runs(name)[0]["predictions"]) != self.data.test_labels for name in (label, other)]
+        return int((wrong[0] | wrong[1]).sum()), int((wrong[0] & wrong[1]).sum())
+
     def confusion(self, label: str) -> torch.Tensor:
         """Counts ``[true class, predicted class]`` of ``label``'s test predictions, summed over seeds."""
         truth, k = self.data.test_labels, self.data.num_classes
@@ -267,6 +282,15 @@ def difference(cmp: Comparison, label: str, baseline: str) -> dict:
                     f"{'within' if within else 'outside'} two standard errors "
                     f"over {len(a)} and {len(b)} seeds; permutation p = {p:.3g}, the smallest "
                     f"attainable with these seeds being {p_min:.2g})"}
+
+
+def learning_state(cmp: Comparison, labels: Sequence[str] | None = None, tolerance: float = 0.3) -> tuple[bool, str]:
+    """Have the curves of ``labels`` flattened by the end of their runs? True when no variant's mean
+    test accuracy moved by ``tolerance`` points or more in the last epoch; and a phrase saying so."""
+    move = cmp.last_epoch_move(labels)
+    flat = move < tolerance
+    return flat, (f"in the last epoch no mean test accuracy moved by more than {move:.2f} points: "
+                  + ("the curves have flattened" if flat else "the networks are still learning"))
 
 
 def convergence_check(cmp: Comparison, label: str, longer: Comparison, longer_label: str) -> dict:

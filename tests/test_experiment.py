@@ -7,6 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ import torch
 from attnlib import load_dataset
 from attnlib.config import TrainConfig
 from attnlib.devices import autocast_dtype, precision_name
-from attnlib.experiment import Comparison, common_footing, compare, convergence_check, difference
+from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference,
+                                learning_state)
 from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
@@ -183,6 +185,26 @@ def _fake_comparison(label: str, epochs: int, accuracies: list[float]) -> Compar
     records = [{"label": label, "seed": i, "final_test_acc": a, "config": {"epochs": epochs}}
                for i, a in enumerate(accuracies)]
     return Comparison([Variant(label)], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
+
+
+def test_last_epoch_move_is_the_largest_change_of_a_mean_curve_in_its_last_epoch():
+    records = [{"label": "A", "seed": 0, "history": {"test_acc": [0.50, 0.80, 0.81]}},
+               {"label": "A", "seed": 1, "history": {"test_acc": [0.50, 0.80, 0.83]}},   # A's mean: +2 points
+               {"label": "B", "seed": 0, "history": {"test_acc": [0.50, 0.90, 0.85]}}]   # B: -5 points
+    cmp = Comparison([Variant("A"), Variant("B")], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
+    assert cmp.last_epoch_move() == pytest.approx(5.0) and cmp.last_epoch_move(["A"]) == pytest.approx(2.0)
+    assert learning_state(cmp) == (False, "in the last epoch no mean test accuracy moved by more than 5.00 points: "
+                                          "the networks are still learning")
+    assert learning_state(cmp, ["A"], tolerance=2.5)[0] and "have flattened" in learning_state(cmp, ["A"], 2.5)[1]
+
+
+def test_shared_mistakes_counts_the_images_either_and_both_first_seeds_get_wrong():
+    data = SimpleNamespace(test_labels=torch.tensor([0, 1, 2, 3, 4]))
+    records = [{"label": "A", "seed": 0, "predictions": [0, 9, 9, 3, 4]},   # wrong on 1, 2
+               {"label": "A", "seed": 1, "predictions": [9, 9, 9, 9, 9]},   # not the first seed: ignored
+               {"label": "B", "seed": 0, "predictions": [0, 9, 2, 9, 4]}]   # wrong on 1, 3
+    cmp = Comparison([Variant("A"), Variant("B")], records, data=data, profile=PROFILES["book"], results_dir=Path("."))
+    assert cmp.shared_mistakes("A", "B") == (3, 1)
 
 
 @pytest.mark.parametrize("longer, converged", [([0.9402, 0.9398, 0.9405], True), ([0.9440, 0.9450, 0.9445], False),
