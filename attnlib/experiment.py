@@ -146,13 +146,14 @@ class Comparison:
 
     def last_epoch_move(self, labels: Sequence[str] | None = None) -> float:
         """The largest change, in points, of a variant's mean test accuracy (over seeds) during its
-        last epoch: near 0 when the curves have flattened, large while the networks still learn."""
+        last epoch: near 0 when the curves have flattened, large while the networks still learn;
+        NaN when a run has a single epoch."""
         moves = []
         for label in labels or self.labels:
             curves = torch.tensor([r["history"]["test_acc"] for r in self.runs(label)], dtype=torch.float64)
             mean = curves.mean(0)
             moves.append(100 * (mean[-1] - mean[-2]).abs().item() if len(mean) > 1 else math.nan)
-        return max(moves)
+        return math.nan if any(math.isnan(m) for m in moves) else max(moves)
 
     def shared_mistakes(self, label: str, other: str) -> tuple[int, int]:
         """(test images that ``label`` or ``other`` gets wrong, those both get wrong), first seeds."""
@@ -288,6 +289,8 @@ def learning_state(cmp: Comparison, labels: Sequence[str] | None = None, toleran
     """Have the curves of ``labels`` flattened by the end of their runs? True when no variant's mean
     test accuracy moved by ``tolerance`` points or more in the last epoch; and a phrase saying so."""
     move = cmp.last_epoch_move(labels)
+    if math.isnan(move):
+        return False, "the runs have a single epoch, so whether their curves flattened cannot be seen"
     flat = move < tolerance
     return flat, (f"in the last epoch no mean test accuracy moved by more than {move:.2f} points: "
                   + ("the curves have flattened" if flat else "the networks are still learning"))

@@ -196,6 +196,11 @@ def test_last_epoch_move_is_the_largest_change_of_a_mean_curve_in_its_last_epoch
     assert learning_state(cmp) == (False, "in the last epoch no mean test accuracy moved by more than 5.00 points: "
                                           "the networks are still learning")
     assert learning_state(cmp, ["A"], tolerance=2.5)[0] and "have flattened" in learning_state(cmp, ["A"], 2.5)[1]
+    one_epoch = Comparison([Variant("C"), Variant("A")], [{"label": "C", "seed": 0, "history": {"test_acc": [0.5]}},
+                                                          *records[:2]], data=None, profile=PROFILES["book"],
+                           results_dir=Path("."))
+    assert math.isnan(one_epoch.last_epoch_move()) and learning_state(one_epoch) == (
+        False, "the runs have a single epoch, so whether their curves flattened cannot be seen")
 
 
 def test_shared_mistakes_counts_the_images_either_and_both_first_seeds_get_wrong():

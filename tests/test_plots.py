@@ -110,8 +110,8 @@ def test_difference_table_has_one_row_per_pair_with_its_numbers_and_verdict(comp
     lines = plots.difference_table({pair: d}).splitlines()
     assert len(lines) == 3 and lines[0].startswith("| comparison | Δ ± SE (points) | p (smallest attainable) |")
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert cells == [f"AlexNet − {pair[1]}", f"{d['delta']:+.2f} ± {d['se']:.2f}", f"{d['p_value']:.2g} ({d['p_min']:.2g})",
-                     f"AlexNet is {d['verdict']} {pair[1]}"]
+    assert cells == [f"AlexNet − {pair[1]}", f"{d['delta']:+.2f} ± {d['se']:.2f}",
+                     f"{d['p_value']:.2g} ({d['p_min']:.2g})", f"AlexNet is {d['verdict']} {pair[1]}"]
 
 
 def test_colors_follow_the_layer_not_the_label():

@@ -88,7 +88,8 @@ def lab_cells(nb) -> list:
             skipping = False
         if not skipping and "claim" not in cell.metadata.get("tags", []) and _lab(cell).get("role") != "book":
             kept.append(cell)
-    if shown := [c.source.split("\n", 1)[0] for c in kept if c.cell_type == "code" and SHOWS_REFERENCE.search(c.source)]:
+    shown = [c.source.split("\n", 1)[0] for c in kept if c.cell_type == "code" and SHOWS_REFERENCE.search(c.source)]
+    if shown:
         raise ValueError(f"a lab would show a reference implementation, the answer to an exercise: {shown}; mark the "
                          'cell (and the paragraph that introduces it) with the lab role "book"')
     if glued := [c.source.split("\n", 1)[0] for c in kept if c.cell_type == "markdown" and "{glue:" in c.source]:
