@@ -138,6 +138,11 @@ def is_headline(row: dict) -> bool:
     return row["profile"] == HEADLINE_PROFILE and row["seeds"] >= HEADLINE_SEEDS and row["full_data"]
 
 
+def is_in_progress(row: dict) -> bool:
+    """A headline comparison still training: the ``book`` profile's full data, fewer than five seeds so far."""
+    return row["profile"] == HEADLINE_PROFILE and row["full_data"] and row["seeds"] < HEADLINE_SEEDS
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One row per comparison: the verdict first (what a reader looks for), the setting after."""
     head = ["method", "baseline", "Δ (pts) ± SE", "noise", "method acc (%)", "baseline acc (%)", "train speed",

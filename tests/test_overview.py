@@ -63,3 +63,19 @@ def test_a_speed_measured_on_two_footings_is_not_compared(records):
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["1. IEBN, groups of 4 (resnet20, synthetic "
                                                                   "(512 train), smoke)"]
     assert "1 comparisons left out" in fig.axes[0].get_title()
+
+
+def test_a_headline_comparison_still_training_is_listed_apart_with_its_seed_count(records, monkeypatch):
+    """A book-profile comparison with fewer than five seeds is neither a verdict nor a smaller experiment:
+    the overview names it with its seed count, and its row (whose spread is undefined at one seed) is in no table."""
+    import booktools.overview as overview
+    from booktools.book import overview_page
+
+    _, recs = records
+    rows = method_rows(recs)
+    rows[1] = {**rows[1], "profile": "book", "full_data": True, "seeds": 1, "acc_std": math.nan}  # SE, one seed
+    assert overview.is_in_progress(rows[1]) and not overview.is_in_progress(rows[0])
+    monkeypatch.setattr(overview, "method_rows", lambda _: rows)
+    page = overview_page()
+    assert "Still training, no verdict before all its seeds are in: SE against plain (resnet20), 1 of 5 seeds." in page
+    assert "| SE |" not in page and "| IEBN, groups of 4 |" in page and "nan" not in page
