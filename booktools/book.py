@@ -205,12 +205,9 @@ BENCHMARK = BOOK / "benchmark.md"
 
 def overview_page(results_dir: Path = BOOK / "results") -> str:
     """The results overview page (markdown), generated from the experiment records."""
-    from .overview import HEADLINE_SEEDS, is_headline, is_in_progress, load_records, markdown_table, method_rows
+    from .overview import HEADLINE_SEEDS, load_records, markdown_table, method_rows, split_rows
 
-    rows = method_rows(load_records(results_dir))
-    headline = [r for r in rows if is_headline(r)]
-    training = [r for r in rows if is_in_progress(r)]
-    smaller = [r for r in rows if not is_headline(r) and not is_in_progress(r)]
+    headline, training, smaller = split_rows(method_rows(load_records(results_dir)))
     main = (markdown_table(headline) if headline else
             "*No converged comparison has finished yet: the `book` profile's runs are trained by a "
             "queue (see [Running the notebooks](running.md)), and this table fills in as their records land.*")
@@ -266,14 +263,13 @@ def benchmark_page() -> str:
 def write_overview() -> None:
     from attnlib.plots import gain_vs_speed
 
-    from .overview import is_headline, is_in_progress, load_records, method_rows
+    from .overview import load_records, method_rows, split_rows
 
     atomic_write_text(OVERVIEW, overview_page())
     atomic_write_text(BENCHMARK, benchmark_page())
     OVERVIEW_FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    rows = method_rows(load_records(BOOK / "results"))
-    headline = [r for r in rows if is_headline(r)]
-    gain_vs_speed(headline or [r for r in rows if not is_in_progress(r)]).savefig(OVERVIEW_FIGURE, dpi=110)
+    headline, _, smaller = split_rows(method_rows(load_records(BOOK / "results")))
+    gain_vs_speed(headline or smaller).savefig(OVERVIEW_FIGURE, dpi=110)
 
 
 #: Markdown generated from the executed copies, included by book/running.md and book/reproducibility.md.

@@ -143,6 +143,13 @@ def is_in_progress(row: dict) -> bool:
     return row["profile"] == HEADLINE_PROFILE and row["full_data"] and row["seeds"] < HEADLINE_SEEDS
 
 
+def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(headline comparisons, headline comparisons still training, smaller experiments)."""
+    headline = [r for r in rows if is_headline(r)]
+    training = [r for r in rows if is_in_progress(r)]
+    return headline, training, [r for r in rows if r not in headline and r not in training]
+
+
 def markdown_table(rows: list[dict]) -> str:
     """One row per comparison: the verdict first (what a reader looks for), the setting after."""
     head = ["method", "baseline", "Δ (pts) ± SE", "noise", "method acc (%)", "baseline acc (%)", "train speed",
