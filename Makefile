@@ -41,7 +41,7 @@ check: venv
 # The book profile's runs, in order of need (the headline comparisons before the controls and the
 # post's AlexNet pair), trained by a queue that resumes where it stopped
 # (hours per run on a 2-core CPU: run it in the background, never beside `make bench`).
-BOOK_PLAN ?= 00:main:ResNet-20 00:convergence 01:main 02:main 04:main 00:main:AlexNet 01:noise 03:paper 05:main 05:widths
+BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 02:main 04:main 00:precision 00:main:AlexNet 01:noise 03:paper 05:main 05:widths
 QUEUE_ARGS ?= --workers 2 --threads 1
 queue: venv
 	$(PY) -m attnlib.run --profile book --results-dir book/results --no-progress $(QUEUE_ARGS) $(addprefix --plan ,$(BOOK_PLAN))

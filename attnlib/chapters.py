@@ -77,10 +77,20 @@ def _linear_lr(batch: int, setup: Profile) -> dict:
 
 
 def setup_and_baseline(setup: Profile) -> list[Experiment]:
-    twice = Variant("ResNet-20, twice the epochs", model="resnet20", train={"epochs": 2 * setup.epochs})
-    # the convergence check is a control: three seeds are enough to see a shift of the mean
-    return [Experiment("main", (Variant("ResNet-20", model="resnet20"), Variant("AlexNet", model="alexnet"))),
-            Experiment("convergence", (twice,), seed_count=3)]
+    """``main``: the baseline and the post's AlexNet. ``convergence``: ResNet-20 and IEBN (the
+    first paper chapter's method) with twice the epochs, to see whether the mean, and the
+    difference a chapter reports (IEBN's against chapter 1's ``main``), still move.
+    ``precision``: ResNet-20 in full fp32 against the same seeds of the ``main`` runs, in their
+    precision (``amp="auto"``: bf16 autocast on a GPU or a bf16-native CPU)."""
+    longer = {"epochs": 2 * setup.epochs}
+    twice = (Variant("ResNet-20, twice the epochs", model="resnet20", train=longer),
+             Variant("IEBN, twice the epochs", model="resnet20", norm="iebn", train=longer))
+    baseline = Variant("ResNet-20", model="resnet20")
+    fp32 = Variant("ResNet-20, fp32", model="resnet20", train={"amp": "off"})
+    # the checks are controls: three or four seeds are enough to see a shift of the mean
+    return [Experiment("main", (baseline, Variant("AlexNet", model="alexnet"))),
+            Experiment("convergence", twice, seed_count=3),
+            Experiment("precision", (baseline, fp32), seed_count=4)]
 
 
 def iebn(setup: Profile, norm_batch: int = 16, norm_batch_subset: int | None = 3000,

@@ -315,3 +315,27 @@ def convergence_check(cmp: Comparison, label: str, longer: Comparison, longer_la
                     f"({statistics.fmean(a):.2f} -> {statistics.fmean(b):.2f} %, {len(a)} and {len(b)} seeds): "
                     f"{'less' if converged else 'more'} than one seed standard deviation ({spread:.2f}), "
                     f"so the {epochs[0]}-epoch runs {'have converged' if converged else 'are still improving'}"}
+
+
+def difference_check(cmp: Comparison, pair: tuple[str, str], longer: Comparison, longer_pair: tuple[str, str]) -> dict:
+    """Does a verdict depend on where training stops? Compares the difference ``method -
+    baseline`` of ``pair`` in ``cmp`` with the same difference trained twice as long
+    (``longer_pair`` in ``longer``).
+
+    Stable: the two differences agree within two standard errors of their change, the
+    errors of the two differences added in quadrature (their runs are independent draws).
+    Values in percentage points.
+    """
+    short, long = difference(cmp, *pair), difference(longer, *longer_pair)
+    change = long["delta"] - short["delta"]
+    se = math.hypot(short["se"], long["se"])
+    stable = abs(change) < 2 * se
+    epochs = (cmp.runs(pair[0])[0]["config"]["epochs"], longer.runs(longer_pair[0])[0]["config"]["epochs"])
+    return {"delta": short["delta"], "longer_delta": long["delta"], "change": change, "se": se,
+            "stable": stable, "epochs": epochs, "short": short, "long": long,
+            "text": f"{pair[0]} - {pair[1]}: {short['delta']:+.2f} points after {epochs[0]} epochs "
+                    f"({len(cmp.runs(pair[0]))} and {len(cmp.runs(pair[1]))} seeds), {long['delta']:+.2f} after "
+                    f"{epochs[1]} ({len(longer.runs(longer_pair[0]))} and {len(longer.runs(longer_pair[1]))} "
+                    f"seeds): a change of {change:+.2f}, {'within' if stable else 'outside'} two standard "
+                    f"errors ({se:.2f}), so the difference {'does not depend' if stable else 'depends'} on "
+                    f"where training stops"}

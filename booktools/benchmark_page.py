@@ -86,7 +86,7 @@ def summary_table(runs: list[dict]) -> str:
 def section(runs: list[dict]) -> str:
     """One machine and setting: its quiet runs summarised, the others only counted."""
     quiet = [r for r in runs if is_quiet(r)]
-    s, env = runs[-1]["settings"], runs[-1]["environment"]
+    s, env = (quiet or runs)[-1]["settings"], (quiet or runs)[-1]["environment"]
     flags = ["channels_last" if s["channels_last"] else "NCHW", "torch.compile" if s["compile"] else "eager"]
     threads = f"{s['threads']} thread" + ("s" if s["threads"] > 1 else "")
     machine = env["device"].split(",")[0] + (f", {threads}" if env["device"].startswith("CPU") else "")
@@ -102,8 +102,9 @@ def section(runs: list[dict]) -> str:
     loop = [r["loop"]["overhead"] for r in quiet]
     missed = _missed(quiet)
     dates = sorted(r["environment"]["date"] for r in quiet)
+    commits = ", ".join(f"`{c}`" for c in sorted({r["environment"]["git_commit"] for r in quiet}))
     text = (f"{head}{needed} Median [range] over the quiet runs ({dates[0]} to {dates[-1]}; torch "
-            f"{env['torch']}, commit `{env['git_commit']}`):\n\n{summary_table(quiet)}\n\n"
+            f"{env['torch']}, commit {commits}):\n\n{summary_table(quiet)}\n\n"
             f"Training loop: `fit` adds {_spread([100 * v for v in loop], '+.1f')} % to the bare step (target ≤ 10 %). "
             + (f"Targets missed: {', '.join(missed)}." if missed else "Every method meets its target.") + "\n")
     return text + "".join(f"\n*{label}:* {WHY_MISSED[label]}\n" for label in missed if label in WHY_MISSED)

@@ -348,7 +348,7 @@ CLI_CASES = [
     (["--plan", "04", "--status", "--results-dir", str(A_FILE / "results")], r"results folder \S+ cannot be written"),
     (["--variant", "R:model=resnet20", "--chapter", "04"], r"say what to train one way"),
     (["--plan", "04", "--only", "NAM"], r"--plan names the comparisons and variants itself"),
-    (["--plan", "00:nothing", "--status"], r"chapter 00 has no comparison \['nothing'\]; it has \['main', 'convergence'\]"),
+    (["--plan", "00:nothing", "--status"], r"chapter 00 has no comparison \['nothing'\]; it has \['main', 'convergence', 'precision'\]"),
     (["--plan", "00:main:Nope", "--status"], r"no variant labelled \['Nope'\]"),
     (["--plan", "00", "--chapter", "00", "--status"], r"say what to train one way"),
     (["--variant", "R:model=resnet20", "--epochs", "0"], r"argument --epochs: 0 must be >= 1"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from booktools.benchmark_page import page
 
 
-def _run(ratio: float, quiet: bool | None, date: str, overhead: float = 0.05) -> dict:
+def _run(ratio: float, quiet: bool | None, date: str, overhead: float = 0.05, commit: str = "abc") -> dict:
     rows = [{"label": "plain (BN)", "target": None, "train_step_ms_vs_first": 1.0, "eval_images_per_s_vs_first": 1.0,
              "train_step_ms": 100.0, "params": 1000, "flops_per_image": 2e6},
             {"label": "SE", "target": 1.10, "train_step_ms_vs_first": ratio, "eval_images_per_s_vs_first": 0.9,
@@ -12,15 +12,16 @@ def _run(ratio: float, quiet: bool | None, date: str, overhead: float = 0.05) ->
     load = None if quiet is None else {"quiet": quiet, "other_processes_cpu_share": 0.02 if quiet else 0.6}
     return {"settings": {"model": "resnet20", "batch_size": 128, "image_shape": [1, 28, 28], "dtype": "float32",
                          "channels_last": True, "compile": False, "steps": 3, "repeats": 5, "threads": 1},
-            "environment": {"device": "CPU: AMD EPYC, 1 threads", "torch": "2.14.1", "git_commit": "abc", "date": date},
+            "environment": {"device": "CPU: AMD EPYC, 1 threads", "torch": "2.14.1", "git_commit": commit, "date": date},
             "rows": rows, "loop": {"overhead": overhead}, "machine_load": load}
 
 
 def test_the_page_shows_the_median_and_range_of_the_quiet_runs_only():
     runs = [_run(1.05, True, "2026-12-01 10:00 UTC"), _run(1.09, True, "2026-12-01 10:05 UTC"),
             _run(1.12, True, "2026-12-01 10:10 UTC"), _run(1.60, False, "2026-12-01 11:00 UTC"),
-            _run(1.70, None, "2026-11-20 09:00 UTC")]
+            _run(1.70, None, "2026-11-20 09:00 UTC", commit="old")]
     text = page(runs)
+    assert "commit `abc`)" in text and "`old`" not in text  # the commit of the runs shown
     assert "3 quiet runs of 5 (2 under load or with the load not recorded, not shown)" in text
     assert "| SE | 1.09 [1.05–1.12]x | ≤ 1.10x met (not in every run) |" in text
     assert "1.60" not in text and "1.70" not in text and "provisional" not in text

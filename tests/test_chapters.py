@@ -12,12 +12,20 @@ from attnlib.run import parse_choice
 FIVE_SEEDS = resolve_profile("smoke", epochs=1, seeds=range(5))
 
 
-def test_the_convergence_check_uses_the_first_three_seeds():
+def test_the_checks_use_the_first_seeds_and_change_one_thing():
     comparisons = experiments("00", FIVE_SEEDS)
     assert comparisons["main"].seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
     assert comparisons["convergence"].seeds(FIVE_SEEDS) == (0, 1, 2)
+    assert comparisons["precision"].seeds(FIVE_SEEDS) == (0, 1, 2, 3)
     jobs = make_jobs([comparisons["convergence"]], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
-    assert [j.seed for j in jobs] == [0, 1, 2] and {j.config.epochs for j in jobs} == {2}
+    assert [j.seed for j in jobs] == [0, 0, 1, 1, 2, 2] and {j.config.epochs for j in jobs} == {2}
+    # the longer IEBN is chapter 1's IEBN but for the epochs; the fp32 baseline is chapter 0's but for amp
+    ch01_iebn = experiments("01", FIVE_SEEDS)["main"].variants[1]
+    assert comparisons["convergence"].variants[1].spec() == {**ch01_iebn.spec(), "label": "IEBN, twice the epochs",
+                                                              "train": {"epochs": 2}}
+    baseline, fp32 = comparisons["precision"].variants
+    assert baseline == comparisons["main"].variants[0]
+    assert fp32.spec() == {**baseline.spec(), "label": "ResNet-20, fp32", "train": {"amp": "off"}}
     one = resolve_profile("smoke", seeds=[4])  # fewer seeds than the check asks for: the profile's
     assert experiments("00", one)["convergence"].seeds(one) == (4,)
 

@@ -15,7 +15,7 @@ import torch
 from attnlib import load_dataset
 from attnlib.config import TrainConfig
 from attnlib.devices import autocast_dtype, precision_name
-from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference,
+from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference, difference_check,
                                 learning_state)
 from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
@@ -221,6 +221,24 @@ def test_convergence_check(longer, converged):
     assert check["shift"] == pytest.approx(100 * (statistics.fmean(longer) - 0.94))
     assert check["converged"] is converged and check["epochs"] == (30, 60)
     assert ("have converged" in check["text"]) is converged
+
+
+def _fake_pair(epochs: int, method: list[float], baseline: list[float]) -> Comparison:
+    records = [{"label": label, "seed": i, "final_test_acc": a, "config": {"epochs": epochs}}
+               for label, accs in (("M", method), ("B", baseline)) for i, a in enumerate(accs)]
+    return Comparison([Variant("M"), Variant("B")], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
+
+
+@pytest.mark.parametrize("longer_method, stable", [([0.9400, 0.9410, 0.9390], True),    # -0.20 again
+                                                   ([0.9450, 0.9460, 0.9440], False)])  # +0.30: the sign flips
+def test_difference_check_compares_the_difference_at_both_lengths(longer_method, stable):
+    short = _fake_pair(30, [0.9380, 0.9390, 0.9400, 0.9370, 0.9410], [0.9400, 0.9410, 0.9420, 0.9390, 0.9430])
+    longer = _fake_pair(60, longer_method, [0.9420, 0.9430, 0.9410])
+    check = difference_check(short, ("M", "B"), longer, ("M", "B"))
+    se_short, se_long = difference(short, "M", "B")["se"], difference(longer, "M", "B")["se"]
+    assert check["delta"] == pytest.approx(-0.2) and check["se"] == pytest.approx(math.hypot(se_short, se_long))
+    assert check["change"] == pytest.approx(check["longer_delta"] + 0.2) and check["epochs"] == (30, 60)
+    assert check["stable"] is stable and ("does not depend" in check["text"]) is stable
 
 
 @dataclass(frozen=True)
