@@ -144,15 +144,19 @@ class Comparison:
         model.load_state_dict(read_weights(path, f"{label!r} seed {record['seed']}"))
         return model.eval()
 
+    def mean_curve(self, label: str, key: str = "test_acc") -> torch.Tensor:
+        """``label``'s history ``key`` per epoch, averaged over its seeds; accuracies in points."""
+        curves = torch.tensor([r["history"][key] for r in self.runs(label)], dtype=torch.float64)
+        return curves.mean(0) * (100 if key.endswith("_acc") else 1)
+
     def last_epoch_move(self, labels: Sequence[str] | None = None) -> float:
         """The largest change, in points, of a variant's mean test accuracy (over seeds) during its
         last epoch: near 0 when the curves have flattened, large while the networks still learn;
         NaN when a run has a single epoch."""
         moves = []
         for label in labels or self.labels:
-            curves = torch.tensor([r["history"]["test_acc"] for r in self.runs(label)], dtype=torch.float64)
-            mean = curves.mean(0)
-            moves.append(100 * (mean[-1] - mean[-2]).abs().item() if len(mean) > 1 else math.nan)
+            mean = self.mean_curve(label)
+            moves.append((mean[-1] - mean[-2]).abs().item() if len(mean) > 1 else math.nan)
         return math.nan if any(math.isnan(m) for m in moves) else max(moves)
 
     def shared_mistakes(self, label: str, other: str) -> tuple[int, int]:

@@ -193,6 +193,7 @@ def test_last_epoch_move_is_the_largest_change_of_a_mean_curve_in_its_last_epoch
                {"label": "B", "seed": 0, "history": {"test_acc": [0.50, 0.90, 0.85]}}]   # B: -5 points
     cmp = Comparison([Variant("A"), Variant("B")], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
     assert cmp.last_epoch_move() == pytest.approx(5.0) and cmp.last_epoch_move(["A"]) == pytest.approx(2.0)
+    assert cmp.mean_curve("A").tolist() == pytest.approx([50.0, 80.0, 82.0])
     assert learning_state(cmp) == (False, "in the last epoch no mean test accuracy moved by more than 5.00 points: "
                                           "the networks are still learning")
     assert learning_state(cmp, ["A"], tolerance=2.5)[0] and "have flattened" in learning_state(cmp, ["A"], 2.5)[1]
