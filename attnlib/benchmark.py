@@ -11,7 +11,8 @@ the same networks and settings on the same machine loads it instead of timing ag
 
 :func:`fit_overhead` measures the training loop itself: images/s of :func:`~attnlib.train.fit`
 (device-resident data, augmentation, forward, backward, optimiser, scheduler, bookkeeping)
-against the bare step of the same model and optimiser on pre-made tensors.
+against the bare step of the same model and optimiser on pre-made tensors, the two timed
+in alternation (an epoch of ``fit``, a round of bare steps, ...), as :func:`measure` does.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from .data import synthetic_dataset
 from .devices import autocast, autocast_dtype, resolve_device
 from .files import atomic_write_text
 from .runinfo import environment
+from .history import Callback, TrainState
 from .train import fit, make_optimizer
 
 BENCH_FORMAT = 1
@@ -236,16 +238,31 @@ def _measure_rows(models: dict[str, Callable[[], nn.Module]], batch_size: int, i
     return rows
 
 
+class _BareRounds(Callback):
+    """After every epoch of ``fit``, one round of ``steps`` bare steps: the loop and the bare
+    step timed in alternation, so that a machine that slows down or speeds up during the
+    measurement slows both alike."""
+
+    def __init__(self, step: Callable[[], None], steps: int, device: torch.device) -> None:
+        self.step, self.steps, self.device = step, steps, device
+        self.seconds: list[float] = []
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.seconds.append(_interleaved_seconds({"bare": self.step}, self.device, steps=self.steps,
+                                                 warmup=0, repeats=1)["bare"])
+
+
 def fit_overhead(build: Callable[[], nn.Module], batch_size: int, image_shape: Shape, *, steps: int = 10,
-                 epochs: int = 3, amp: str = "auto", channels_last: bool = True,
+                 epochs: int = 6, amp: str = "auto", channels_last: bool = True,
                  device: str | torch.device = "auto") -> dict:
     """How much the training loop adds to the bare step, in images/s.
 
     ``fit`` trains ``epochs`` epochs of ``steps`` steps on synthetic uint8 images kept on the
     device, with the book's augmentation, SGD with Nesterov momentum, a cosine schedule
-    and the loop's bookkeeping; its train images/s is the median over the epochs after
-    the first. The bare step is the same model, loss and optimiser on one pre-made
-    batch. ``overhead`` = bare / fit - 1 (0.05 means the loop adds 5 %).
+    and the loop's bookkeeping. The bare step is the same model, loss and optimiser on one
+    pre-made batch, timed for ``steps`` steps after each epoch. ``overhead`` is the median,
+    over the pairs after the first (warm-up), of bare / fit - 1 (0.05: the loop adds 5 %);
+    the two rates are the medians of their sides.
     """
     if epochs < 2:
         raise ValueError(f"epochs must be at least 2 (the first is warm-up), got {epochs}")
@@ -254,17 +271,16 @@ def fit_overhead(build: Callable[[], nn.Module], batch_size: int, image_shape: S
     data = synthetic_dataset(channels=channels, image_size=size, train=batch_size * steps, test=batch_size)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.01, amp=amp, channels_last=channels_last,
                          eval_batch_size=batch_size)
-    history = fit(build(), data, config, device=device, progress=False)
-    fit_rate = statistics.median(history.train_images_per_s[1:])
-
     model = build().to(device, memory_format=_memory_format(channels_last))
     x, y = _inputs(model, batch_size, image_shape, device, channels_last)
-    bare_step = _step_function(model, x, y, train=True, dtype=autocast_dtype(amp, device),
-                               optimizer=make_optimizer(model, config))
-    seconds = _interleaved_seconds({"bare": bare_step}, device, steps=steps, warmup=2, repeats=epochs - 1)
-    bare_rate = batch_size / seconds["bare"]
-    return {"batch_size": batch_size, "fit_images_per_s": fit_rate, "bare_images_per_s": bare_rate,
-            "overhead": bare_rate / fit_rate - 1}
+    bare = _BareRounds(_step_function(model, x, y, train=True, dtype=autocast_dtype(amp, device),
+                                      optimizer=make_optimizer(model, config)), steps, device)
+    history = fit(build(), data, config, device=device, progress=False, callbacks=[bare])
+    fit_rates = history.train_images_per_s[1:]
+    bare_rates = [batch_size / s for s in bare.seconds[1:]]
+    return {"batch_size": batch_size, "fit_images_per_s": statistics.median(fit_rates),
+            "bare_images_per_s": statistics.median(bare_rates),
+            "overhead": statistics.median(b / f - 1 for b, f in zip(bare_rates, fit_rates))}
 
 
 # ----------------------------------------------------------------------------- machine load

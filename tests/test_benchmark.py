@@ -112,6 +112,19 @@ def test_fit_overhead_compares_the_loop_with_the_bare_step():
 
     loop = fit_overhead(small_net, 8, SHAPE, steps=3, epochs=2, device="cpu")
     assert loop["fit_images_per_s"] > 0 and loop["bare_images_per_s"] > 0
+    # one pair after the warm-up: the overhead is that pair's ratio
     assert loop["overhead"] == pytest.approx(loop["bare_images_per_s"] / loop["fit_images_per_s"] - 1)
     with pytest.raises(ValueError, match="at least 2"):
         fit_overhead(small_net, 8, SHAPE, epochs=1, device="cpu")
+
+
+def test_fit_overhead_times_the_bare_step_after_every_epoch(monkeypatch):
+    from attnlib import benchmark
+
+    rounds = []
+    timed = benchmark._interleaved_seconds
+    monkeypatch.setattr(benchmark, "_interleaved_seconds",
+                        lambda *args, **kwargs: rounds.append(kwargs["steps"]) or timed(*args, **kwargs))
+    loop = benchmark.fit_overhead(small_net, 8, SHAPE, steps=3, epochs=4, device="cpu")
+    assert rounds == [3, 3, 3, 3]   # one round of the bare step after each of the 4 epochs
+    assert loop["overhead"] > -1

@@ -25,7 +25,8 @@ def test_the_page_shows_the_median_and_range_of_the_quiet_runs_only():
     assert "3 quiet runs of 5 (2 under load or with the load not recorded, not shown)" in text
     assert "| SE | 1.09 [1.05–1.12]x | ≤ 1.10x met (not in every run) |" in text
     assert "1.60" not in text and "1.70" not in text and "provisional" not in text
-    assert "Every method meets its target." in text and "+5.0 %" in text
+    assert "Every method meets its target." in text and "+5.0 % to the bare step (target ≤ 5 %, met)" in text
+    assert "(target ≤ 5 %, **missed**)" in page([_run(1.05, True, "d", overhead=0.08)])
 
 
 def test_fewer_than_three_quiet_runs_are_provisional_and_none_shows_no_figure():
