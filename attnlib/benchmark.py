@@ -34,8 +34,8 @@ from .config import TrainConfig
 from .data import synthetic_dataset
 from .devices import autocast, autocast_dtype, resolve_device
 from .files import atomic_write_text
-from .runinfo import environment
 from .history import Callback, TrainState
+from .runinfo import environment
 from .train import fit, make_optimizer
 
 BENCH_FORMAT = 1

@@ -40,8 +40,9 @@ WHY_MISSED = {
           "a broadcast, into that map's main gradient, one full pass per bridge, and the gated map's two "
           "gradients likewise. SE avoids its one such pass with a hand-written backward "
           "(`dx = g * s + dpooled / HW` in one `addcmul`); for BA that needs the whole gate, with its "
-          "BatchNorm1d layers, in one autograd function, not written yet. Where convolutions run on "
-          "AMX, these memory-bound passes weigh about twice what they do in fp32 on an AVX2 CPU.",
+          "BatchNorm1d layers, in one autograd function, not written yet. Where the convolutions run on "
+          "AMX in bf16, such memory-bound passes are a larger share of the step than in fp32 on an AVX2 "
+          "CPU (compare this page's sections).",
     "DynamicConv (K=4)": "Every dynamic convolution mixes K kernels per image and runs a grouped "
                          "convolution with one group per image; on this CPU oneDNN's forward for that grouped "
                          "convolution took about 2.7x the plain convolution's in an earlier profiling run of this project, "
