@@ -5,9 +5,11 @@
   test set), a few epochs: about 10-15 minutes per notebook on a 2-core CPU. The networks
   are still learning fast when it stops: it shows how a layer starts, not where it ends.
 * ``book``: all of Fashion-MNIST (60,000 training, 10,000 test images), 30 epochs, five
-  seeds: the plain ResNet-20 has converged (the baseline chapter checks it against the same
-  recipe with twice the epochs). The book's pages are executed with it. On a 2-core CPU one
-  run takes hours (the README gives the measured time); not yet timed on a GPU.
+  seeds: the plain ResNet-20 ends on a plateau. The baseline chapter checks the length with
+  twice the epochs: whether the baseline's mean moves by more than one seed standard
+  deviation, and whether a layer's difference from it (IEBN's) moves at all. The book's
+  pages are executed with it. On a 2-core CPU one run takes hours (the README gives the
+  measured time); not yet timed on a GPU.
 * ``full``: CIFAR-10 at the paper-like length, for a GPU (Colab or better).
 
 A notebook may override any field (``resolve_profile("quick", epochs=10)``), and its
@@ -60,7 +62,7 @@ PROFILES: dict[str, Profile] = {
                      train_subset=12_000,
                      description="Fashion-MNIST, 12k training images, 6 epochs: minutes on a CPU"),
     "book": Profile("book", "fashion_mnist", epochs=30, batch_size=128, seeds=(0, 1, 2, 3, 4),
-                    description="all of Fashion-MNIST, 30 epochs, 5 seeds: converged; the book's pages"),
+                    description="all of Fashion-MNIST, 30 epochs, 5 seeds: on a plateau; the book's pages"),
     "full": Profile("full", "cifar10", epochs=200, batch_size=128, seeds=(0, 1, 2),
                     description="CIFAR-10, 200 epochs: the paper-like recipe, for a GPU"),
 }
