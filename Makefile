@@ -62,8 +62,9 @@ test-autograder: venv
 teacher: venv
 	$(PY) -m booktools.labs teacher
 
-# Every chapter's layer against the plain network, three runs (2-core CPU: 76 s each with 2 threads,
-# 122 s with --threads 1); the page shows the median of the runs taken on a quiet machine.
+# Every chapter's layer against the plain network, three runs (2-core AMD EPYC: 76 s each with
+# 2 threads, 122 s with --threads 1; 2-core Xeon with AMX, bf16: about 55 s and 80 s); the page
+# shows the median of the runs taken on a quiet machine.
 # BENCH_ARGS e.g. "--threads 1" or "--device cuda --compile". Never beside the training queue.
 BENCH_ARGS ?=
 BENCH_RUNS ?= 3
