@@ -28,7 +28,31 @@ def load_results(bench_dir: Path = BENCH_DIR) -> list[dict]:
 
 
 #: Why a method misses its target, from torch.profiler (shown on the page when it does).
+PROFILED = ("Per-operator self CPU time of six bf16 training steps under `torch.profiler` "
+            "(the benchmark's network and batch, one thread, queue paused), the layer's network minus "
+            "the plain one")
 WHY_MISSED = {
+    "IEBN": f"{PROFILED}: +47 ms per step (1.15x under the profiler). Of it, addcmul +47 ms and "
+            "addcmul_ +22 ms (the forward's one multiply-add `y = x A + B`; the backward's "
+            "`dx = g A + x Q + R` in two), the batch statistics +21 ms, sums over the map +16 ms "
+            "(GAP(x) in the forward, the per-sample sums of `g` in the backward), multiplies +15 ms "
+            "(the per-sample sums of `g x`); the native BatchNorm kernels these replace account for "
+            "-93 ms. `IEBNFunction` already writes the backward out (1.09x in fp32 on the AMD, "
+            "against 1.24x for the same formula in library ops); what is left is two passes BatchNorm "
+            "does not make: the per-sample sums of `g` and `g x` (BatchNorm's backward takes its "
+            "per-channel sums in one pass) and `dx` in two multiply-adds instead of one kernel. "
+            "Each needs a kernel eager PyTorch does not have (a C++ operator; not written). With "
+            "bf16 on AMX the convolutions take half the time they take in fp32, so the same passes "
+            "weigh twice as much.",
+    "SE": f"{PROFILED}: +30 ms per step (1.09x under the profiler): addcmul +10 ms (`dx = g s + "
+          "dpooled / HW`, one pass), multiplies +9 ms (the rescale `x s`), bmm +8 ms (the sums "
+          "`sum_hw g x` for the gate's gradient, read in place as the diagonal of a batched product "
+          "for 16 and 32 channels), sums +4 ms (the squeeze), the gate's small ops and autograd "
+          "bookkeeping +7 ms. Each of the four is one pass over the branch's output, the least "
+          "this formula needs in eager PyTorch; the one left to remove is the rescale, folded into "
+          "the residual add (`shortcut + x s` in one `addcmul`, then ReLU), which needs the block "
+          "to hand the shortcut to the attention module (not done: it changes the attention "
+          "interface every layer and model here shares).",
     "NAM": "NAM adds a whole BatchNorm (statistics, normalisation and their backward), a sigmoid, "
            "a product and, in the backward, the sum of the two gradients of its input: about six "
            "passes over every residual branch's output, each a memory-bound kernel in eager PyTorch. "
@@ -47,8 +71,16 @@ WHY_MISSED = {
                          "convolution with one group per image; on this CPU oneDNN's forward for that grouped "
                          "convolution took about 2.7x the plain convolution's in an earlier profiling run of this project, "
                          "and the backward adds the gradients of the K experts. The K-branch form (K plain convolutions weighted "
-                         "per image, see the chapter) is slower still here.",
+                         "per image) is faster only on the 7x7 maps, where `auto` uses it. Tried and not kept: "
+                         "the per-sample convolution as a batched matrix product over unfolded patches "
+                         "(bf16 on AMX), 3.5-11x a static conv's forward+backward against 2.2-4.4x for "
+                         "the better of the other two forms, measured per shape (the table in "
+                         "`attnlib/layers/dynamic_conv.py`): building and summing back the patches moves "
+                         "9x the map through memory.",
 }
+
+
+NOT_PROFILED = "not profiled yet: where its extra time goes is not known."
 
 
 def is_quiet(record: dict) -> bool:
@@ -116,7 +148,7 @@ def section(runs: list[dict]) -> str:
             f"Training loop: `fit` adds {_spread([100 * v for v in loop], '+.1f')} % to the bare step (target "
             f"≤ {100 * LOOP_TARGET:.0f} %, {'met' if statistics.median(loop) <= LOOP_TARGET else '**missed**'}). "
             + (f"Targets missed: {', '.join(missed)}." if missed else "Every method meets its target.") + "\n")
-    return text + "".join(f"\n*{label}:* {WHY_MISSED[label]}\n" for label in missed if label in WHY_MISSED)
+    return text + "".join(f"\n*{label}:* {WHY_MISSED.get(label, NOT_PROFILED)}\n" for label in missed)
 
 
 def page(results: list[dict]) -> str:

@@ -1,13 +1,14 @@
 """booktools.benchmark_page: only runs on a quiet machine, each figure the median of them with its range."""
 from __future__ import annotations
 
-from booktools.benchmark_page import page
+from booktools.benchmark_page import NOT_PROFILED, WHY_MISSED, page
 
 
-def _run(ratio: float, quiet: bool | None, date: str, overhead: float = 0.05, commit: str = "abc") -> dict:
+def _run(ratio: float, quiet: bool | None, date: str, overhead: float = 0.05, commit: str = "abc",
+         label: str = "SE") -> dict:
     rows = [{"label": "plain (BN)", "target": None, "train_step_ms_vs_first": 1.0, "eval_images_per_s_vs_first": 1.0,
              "train_step_ms": 100.0, "params": 1000, "flops_per_image": 2e6},
-            {"label": "SE", "target": 1.10, "train_step_ms_vs_first": ratio, "eval_images_per_s_vs_first": 0.9,
+            {"label": label, "target": 1.10, "train_step_ms_vs_first": ratio, "eval_images_per_s_vs_first": 0.9,
              "train_step_ms": 100.0 * ratio, "params": 1100, "flops_per_image": 2e6}]
     load = None if quiet is None else {"quiet": quiet, "other_processes_cpu_share": 0.02 if quiet else 0.6}
     return {"settings": {"model": "resnet20", "batch_size": 128, "image_shape": [1, 28, 28], "dtype": "float32",
@@ -34,3 +35,9 @@ def test_fewer_than_three_quiet_runs_are_provisional_and_none_shows_no_figure():
     assert "| SE | 1.20x | ≤ 1.10x **missed** |" in page([_run(1.2, True, "d")])
     text = page([_run(1.2, False, "d"), _run(1.3, None, "e")])
     assert "0 quiet runs of 2" in text and "No figure is shown" in text and "| SE |" not in text
+
+
+def test_every_missed_target_is_followed_by_where_the_time_goes_or_says_it_is_not_known():
+    assert f"*SE:* {WHY_MISSED['SE']}" in page([_run(1.2, True, "d")])
+    assert WHY_MISSED["SE"] not in page([_run(1.05, True, "d")])  # met: no explanation
+    assert f"*New layer:* {NOT_PROFILED}" in page([_run(1.2, True, "d", label="New layer")])

@@ -64,6 +64,28 @@ Two forward paths, equal because convolution is linear in its kernel
   ``"branches"`` everywhere. At batch 1 the grouped form is a plain conv with the mixed
   kernel, so ``FlopCounterMode`` counts the paper's FLOPs there.
 
+  A third form was measured and not kept: the per-sample convolution as one batched matrix
+  product over unfolded patches, ``bmm(W~(x), im2col(x))``, whose products run on AMX in
+  bf16. Time of forward+backward relative to a static conv of the same shape (bf16
+  autocast, channels_last, batch 128, K=4, one thread, the training queue paused; two
+  interleaved rounds, the second shown), at the five conv shapes of a ResNet-20 on 28x28:
+
+  ==================  =======  ========  ===========  ===================
+  Cin-Cout, map, s    grouped  branches  ``unfold``   shifted views + cat
+  ==================  =======  ========  ===========  ===================
+  16-16, 28x28, 1     3.42     4.11      11.3         11.1
+  16-32, 28x28, 2     3.42     2.77      5.24         4.10
+  32-32, 14x14, 1     2.90     3.85      10.4         7.24
+  32-64, 14x14, 2     4.37     4.14      4.54         7.82
+  64-64, 7x7, 1       3.50     2.19      3.45         5.64
+  ==================  =======  ========  ===========  ===================
+
+  The products themselves are cheap; building the patches (``F.unfold``, or the
+  concatenated shifted channels_last views) and, in the backward, summing them back
+  (``fold``, or the shifted adds) move 9x the map through memory. Only the stride-2 14x14
+  layer came out ahead once (2.56 against 3.30 for grouped, first round) and not in the
+  second.
+
 What differs from the popular unofficial code (kaijieshi7/Dynamic-convolution-Pytorch,
 ``dynamic_conv.py``) and from timm's ``CondConv2d``:
 
