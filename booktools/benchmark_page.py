@@ -28,7 +28,7 @@ def load_results(bench_dir: Path = BENCH_DIR) -> list[dict]:
 
 
 #: Why a method misses its target, from torch.profiler (shown on the page when it does).
-PROFILED = ("Per-operator self CPU time of six bf16 training steps under `torch.profiler` "
+PROFILED = ("Per-operator self CPU time of six bf16 training steps on the 2-core Xeon under `torch.profiler` "
             "(the benchmark's network and batch, one thread, queue paused), the layer's network minus "
             "the plain one")
 WHY_MISSED = {
@@ -53,19 +53,27 @@ WHY_MISSED = {
           "the residual add (`shortcut + x s` in one `addcmul`, then ReLU), which needs the block "
           "to hand the shortcut to the attention module (not done: it changes the attention "
           "interface every layer and model here shares).",
-    "NAM": "NAM adds a whole BatchNorm (statistics, normalisation and their backward), a sigmoid, "
-           "a product and, in the backward, the sum of the two gradients of its input: about six "
-           "passes over every residual branch's output, each a memory-bound kernel in eager PyTorch. "
-           "A hand-written backward does not remove any of them (the BN backward is already one "
-           "kernel); only fusing the elementwise chain into one kernel would, which is what "
-           "`torch.compile` generates (not measured on a GPU here).",
-    "BA": "In a profile of five bf16 training steps on the 2-core Xeon (AMX), additions took about "
-          "140 ms against 44 ms in the plain network: autograd adds each bridged map's pooling gradient, "
-          "a broadcast, into that map's main gradient, one full pass per bridge, and the gated map's two "
-          "gradients likewise. SE avoids its one such pass with a hand-written backward "
-          "(`dx = g * s + dpooled / HW` in one `addcmul`); for BA that needs the whole gate, with its "
-          "BatchNorm1d layers, in one autograd function, not written yet. Where the convolutions run on "
-          "AMX in bf16, such memory-bound passes are a larger share of the step than in fp32 on an AVX2 "
+    "NAM": f"{PROFILED}: +83 ms per step (1.39x under the profiler): its BatchNorm's forward and "
+           "backward +31 ms, multiplies +16 ms, the sigmoid and its backward +15 ms, additions +6 ms "
+           "(the two gradients of the gated map), and +11 ms in the convolutions' backward over the "
+           "same calls (the gradients arrive in bf16 and channels_last as in the plain network; on "
+           "this host a memory-heavier step slows its neighbours' kernels too). NAM adds a whole "
+           "BatchNorm, a sigmoid and a product: about six passes over every residual branch's "
+           "output, each a memory-bound kernel in eager PyTorch. A hand-written backward does not "
+           "remove any of them (the BN backward is already one kernel, and the gate's weights are "
+           "already folded into the BN's affine); only fusing the elementwise chain into one kernel "
+           "would (a C++ operator, or what `torch.compile` generates on a GPU; neither measured here).",
+    "BA": f"{PROFILED}: +131 ms per step (1.62x under the profiler): additions +54 ms (add_ and "
+          "add, 234 more calls per step), multiplies +18 ms, the convolutions' backward +20 ms over "
+          "the same calls, sums +8 ms, the gate's BatchNorm1d backward +8 ms, its small matrix "
+          "products +7 ms. The additions are autograd's: each bridged map's pooling gradient, a "
+          "broadcast, is added into that map's main gradient, one full pass per bridge, and the "
+          "gated map's two gradients likewise. SE avoids its one such pass with a hand-written "
+          "backward (`dx = g * s + dpooled / HW` in one `addcmul`); for BA that needs the whole "
+          "gate, with its BatchNorm1d layers, in one autograd function, and the bridges' passes "
+          "would remain (their two gradients meet in autograd before the ReLU's backward; one "
+          "kernel for both is a C++ operator). Not written. Where the convolutions run on AMX in "
+          "bf16, such memory-bound passes are a larger share of the step than in fp32 on an AVX2 "
           "CPU (compare this page's sections).",
     "DynamicConv (K=4)": "Every dynamic convolution mixes K kernels per image and runs a grouped "
                          "convolution with one group per image; on this CPU oneDNN's forward for that grouped "
