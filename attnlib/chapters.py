@@ -24,16 +24,30 @@ from .profiles import Profile
 from .variants import PLAIN_PARTS, Variant
 
 
+#: Seeds of a secondary experiment or arm (a control or ablation beside a chapter's headline
+#: pair): the profile's first three. A headline comparison takes every seed of the profile.
+SECONDARY_SEEDS = 3
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One comparison of a chapter: its variants, the data subset it trains on, and how many
-    of the profile's seeds it uses (``None``: all; a secondary check may use fewer)."""
+    of the profile's seeds it uses (``None``: all; a secondary check may use fewer).
+    ``secondary`` names arms of the comparison that take only the first
+    :data:`SECONDARY_SEEDS` of them (a control beside the headline pair)."""
 
     name: str
     variants: tuple[Variant, ...]
     train_subset: int | None = None   # None: the profile's training images
     test_subset: int | None = None    # None: the profile's test images
     seed_count: int | None = None     # None: every seed of the profile; n: its first n
+    secondary: tuple[str, ...] = ()   # labels of arms on the first SECONDARY_SEEDS seeds only
+
+    def __post_init__(self) -> None:
+        unknown = set(self.secondary) - {v.label for v in self.variants}
+        if unknown:
+            raise ValueError(f"Experiment {self.name!r}: secondary arms {sorted(unknown)} are not among its "
+                             f"variants {[v.label for v in self.variants]}")
 
     def data(self, data: ImageDataset) -> ImageDataset:
         """The chapter's data for this comparison, cut from the profile's as the notebook does."""
@@ -43,14 +57,17 @@ class Experiment:
         # kept whole; for real data, check_parameters has refused a subset larger than the data.
         return data.subset(train=self.train_subset, test=self.test_subset, at_most=True)
 
-    def seeds(self, setup: Profile) -> tuple[int, ...]:
-        return setup.seeds if self.seed_count is None else setup.seeds[:self.seed_count]
+    def seeds(self, setup: Profile, label: str | None = None) -> tuple[int, ...]:
+        """The comparison's seeds, or those of the arm ``label`` (fewer for a secondary arm)."""
+        seeds = setup.seeds if self.seed_count is None else setup.seeds[:self.seed_count]
+        return seeds[:SECONDARY_SEEDS] if label in self.secondary else seeds
 
     def compare(self, setup: Profile, data: ImageDataset, *, results_dir: str | Path = "results",
                 device: str = "auto", progress: bool = True) -> Comparison:
-        """Train (or load) this comparison with the book's recipe: every variant, every seed."""
+        """Train (or load) this comparison with the book's recipe: every variant on its seeds."""
         return compare(self.variants, setup, recipe=BOOK_RECIPE, seeds=self.seeds(setup), data=self.data(data),
-                       results_dir=results_dir, device=device, progress=progress)
+                       results_dir=results_dir, device=device, progress=progress,
+                       seed_counts={label: SECONDARY_SEEDS for label in self.secondary})
 
     def table(self, setup: Profile) -> str:
         """The comparison as a Markdown table: each variant's network and recipe changes."""
@@ -66,9 +83,12 @@ class Experiment:
         rows = [f"| {v.label} | {v.model} | {parts(v)} | {changes(v)} |" for v in self.variants]
         train = "all" if self.train_subset is None else f"{self.train_subset:,}"
         test = "all" if self.test_subset is None else f"{self.test_subset:,}"
+        fewer = [label for label in self.secondary if self.seeds(setup, label) != self.seeds(setup)]
+        note = [] if not fewer else ["", f"Secondary arm{'s' * (len(fewer) > 1)}, on seeds "
+                                         f"{', '.join(map(str, self.seeds(setup, fewer[0])))} only: {', '.join(fewer)}."]
         return "\n".join([f"Comparison **{self.name}**: {train} training and {test} test images, "
                           f"seeds {', '.join(map(str, self.seeds(setup)))}, the book's recipe with:", "",
-                          "| variant | network | parts | recipe changes |", "|---|---|---|---|", *rows])
+                          "| variant | network | parts | recipe changes |", "|---|---|---|---|", *rows, *note])
 
 
 def _linear_lr(batch: int, setup: Profile) -> dict:
@@ -110,7 +130,8 @@ def iebn(setup: Profile, norm_batch: int = 16, norm_batch_subset: int | None = 3
     noise = tuple(Variant(f"{name}, noise {s:g}", model="resnet20", norm=(norm, {"noise": s}))
                   for s in noise_strengths for name, norm in (("BN", "bn"), ("IEBN", "iebn")))
     return [Experiment("main", (Variant("BN", model="resnet20"), Variant("IEBN", model="resnet20", norm="iebn"))),
-            Experiment("batch", batch, norm_batch_subset, norm_batch_test), Experiment("noise", noise)]
+            Experiment("batch", batch, norm_batch_subset, norm_batch_test),
+            Experiment("noise", noise, seed_count=SECONDARY_SEEDS)]
 
 
 def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | None = 5000) -> list[Experiment]:
@@ -124,8 +145,9 @@ def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | No
             Variant("BA-AlexNet, gate discarded", model="alexnet", attention=("ba", {"discard_output": True})))
     ablation = (Variant("BA", model="resnet20", attention="ba"),
                 Variant("BA, last feature only", model="resnet20", attention=("ba", {"last_feature_only": True})))
-    return [Experiment("main", main), Experiment("alexnet", alex, small_subset, small_test),
-            Experiment("ablation", ablation)]
+    return [Experiment("main", main, secondary=("BA, official bottleneck",)),
+            Experiment("alexnet", alex, small_subset, small_test),
+            Experiment("ablation", ablation, seed_count=SECONDARY_SEEDS)]
 
 
 def _mabn_for(batch: int):
@@ -177,7 +199,8 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
     pixel = (Variant("ResNet-20", model="resnet20"), Variant("NAM channel", model="resnet20", attention="nam"),
              Variant("NAM pixel", model="resnet20", attention=("nam", {"channel": False, "spatial": True})),
              Variant("NAM channel + pixel", model="resnet20", attention=("nam", {"spatial": True})))
-    return [Experiment("main", main), Experiment("pixel", pixel, small_subset, small_test)]
+    return [Experiment("main", main, secondary=("NAM, weights not detached",)),
+            Experiment("pixel", pixel, small_subset, small_test)]
 
 
 def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple[float, ...] = (0.25, 0.5),

@@ -15,7 +15,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -239,15 +239,20 @@ def common_footing(records: Iterable[dict]) -> str | None:
 
 def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, recipe: TrainConfig | None = None,
             dataset: str | None = None, epochs: int | None = None, seeds=None, data: ImageDataset | None = None,
-            results_dir: str | Path = "results", device: str = "auto", progress: bool = True) -> Comparison:
+            results_dir: str | Path = "results", device: str = "auto", progress: bool = True,
+            seed_counts: Mapping[str, int] | None = None) -> Comparison:
     """Train (or load) every variant with every seed of ``profile``.
 
     ``recipe`` is the chapter's base :class:`TrainConfig`; the profile sets its epochs and
-    batch size unless the variant's ``train`` overrides them.
+    batch size unless the variant's ``train`` overrides them. ``seed_counts`` gives arms
+    that take only the first n seeds (``{"BA, official bottleneck": 3}``: a secondary arm).
     """
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise ValueError(f"variant labels must be unique, got {labels}")
+    seed_counts = dict(seed_counts or {})
+    if unknown := set(seed_counts) - set(labels):
+        raise ValueError(f"seed_counts names {sorted(unknown)}, which are not among the variants {labels}")
     profile = resolve_profile(profile, dataset=dataset, epochs=epochs, seeds=seeds)
     data = data if data is not None else profile.load()
     results_dir = writable_folder(results_dir)
@@ -255,7 +260,7 @@ def compare(variants: Sequence[Variant], profile: str | Profile = "quick", *, re
     records, trained, start = [], 0, time.perf_counter()
     for variant in variants:
         config = run_config(recipe, profile, variant)
-        for seed in profile.seeds:
+        for seed in profile.seeds[:seed_counts.get(variant.label)]:
             record, fresh = run_one(variant, data, config, seed, profile=profile.name,
                              results_dir=results_dir, device=device, progress=progress)
             trained += fresh

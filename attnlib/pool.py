@@ -61,7 +61,7 @@ def make_jobs(experiments: Sequence, setup: Profile, recipe: TrainConfig, data: 
     for exp in experiments:
         exp_data = exp.data(data)
         for seed in exp.seeds(setup):
-            for variant in exp.variants:
+            for variant in (v for v in exp.variants if seed in exp.seeds(setup, v.label)):
                 config = run_config(recipe, setup, variant)
                 key = run_key(variant, exp_data, config, seed)
                 if (key, seed) not in seen:

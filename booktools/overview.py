@@ -8,16 +8,20 @@ table grows by itself as chapters add records, and nothing in it is typed.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
+from attnlib.chapters import CHAPTERS, experiments
 from attnlib.checkpoints import CorruptFileError
 from attnlib.experiment import common_footing, steady_median
 from attnlib.layers import NORM_SETTINGS
+from attnlib.profiles import resolve_profile
 from attnlib.records import read_record
 from attnlib.significance import accuracy_difference
 from attnlib.variants import PLAIN_PARTS, method_of
@@ -138,16 +142,53 @@ def is_headline(row: dict) -> bool:
     return row["profile"] == HEADLINE_PROFILE and row["seeds"] >= HEADLINE_SEEDS and row["full_data"]
 
 
+@functools.cache
+def planned_seeds() -> dict[str, int]:
+    """How many seeds the chapters train under the ``book`` profile, by arm label (the most any
+    comparison asks for): the profile's five for a headline arm, three for a secondary one."""
+    setup = resolve_profile(HEADLINE_PROFILE)
+    planned: dict[str, int] = {}
+    for stem in CHAPTERS:
+        for exp in experiments(stem, setup).values():
+            for v in exp.variants:
+                planned[v.label] = max(planned.get(v.label, 0), len(exp.seeds(setup, v.label)))
+    return planned
+
+
+def seeds_needed(row: dict) -> int:
+    """The seeds a ``book``-profile row is complete with: what the chapters plan for its method,
+    five for a network no chapter trains."""
+    return planned_seeds().get(row["method"], HEADLINE_SEEDS)
+
+
 def is_in_progress(row: dict) -> bool:
-    """A headline comparison still training: the ``book`` profile's full data, fewer than five seeds so far."""
-    return row["profile"] == HEADLINE_PROFILE and row["full_data"] and row["seeds"] < HEADLINE_SEEDS
+    """A comparison still training: the ``book`` profile's full data, fewer seeds so far than the
+    chapters plan for it (a secondary arm with all its three seeds is a smaller experiment)."""
+    return row["profile"] == HEADLINE_PROFILE and row["full_data"] and row["seeds"] < seeds_needed(row)
 
 
-def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
-    """(headline comparisons, headline comparisons still training, smaller experiments)."""
-    headline = [r for r in rows if is_headline(r)]
-    training = [r for r in rows if is_in_progress(r)]
-    return headline, training, [r for r in rows if r not in headline and r not in training]
+def is_control(row: dict) -> bool:
+    """A secondary arm of the ``book`` profile with all its planned seeds (fewer than five):
+    converged like a headline comparison, but no verdict on a method by itself."""
+    return (row["profile"] == HEADLINE_PROFILE and row["full_data"]
+            and seeds_needed(row) <= row["seeds"] < HEADLINE_SEEDS)
+
+
+class Rows(NamedTuple):
+    headline: list[dict]   # converged, five seeds or more: the book's verdicts
+    training: list[dict]   # book profile, seeds still missing
+    controls: list[dict]   # book profile, a secondary arm with its three seeds
+    smaller: list[dict]    # subsets and the quick profile: early training
+
+
+def split_rows(rows: list[dict]) -> Rows:
+    """The rows by what a reader may take from them (see :class:`Rows`)."""
+    groups = Rows([], [], [], [])
+    for r in rows:
+        group = (groups.headline if is_headline(r) else groups.training if is_in_progress(r)
+                 else groups.controls if is_control(r) else groups.smaller)
+        group.append(r)
+    return groups
 
 
 def markdown_table(rows: list[dict]) -> str:

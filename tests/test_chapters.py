@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from attnlib.chapters import CHAPTERS, experiments, source
+from attnlib.chapters import CHAPTERS, Experiment, experiments, source
 from attnlib.config import TrainConfig
 from attnlib.pool import make_jobs
 from attnlib.profiles import resolve_profile
@@ -47,3 +47,16 @@ def test_a_layer_with_options_reads_as_the_command_line_writes_it():
     table = experiments("02", FIVE_SEEDS)["alexnet"].table(FIVE_SEEDS)
     assert "attention=ba(discard_output=True)" in table
     assert parse_choice("ba(discard_output=True)") == ("ba", {"discard_output": True})
+
+
+def test_a_secondary_arm_trains_on_the_first_three_seeds_only():
+    main = experiments("04", FIVE_SEEDS)["main"]
+    assert main.seeds(FIVE_SEEDS, "NAM, weights not detached") == (0, 1, 2)
+    assert main.seeds(FIVE_SEEDS, "NAM") == main.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
+    jobs = make_jobs([main], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
+    seeds_of = {v.label: [j.seed for j in jobs if j.variant.label == v.label] for v in main.variants}
+    assert seeds_of["NAM, weights not detached"] == [0, 1, 2] and seeds_of["NAM"] == [0, 1, 2, 3, 4]
+    assert "Secondary arm, on seeds 0, 1, 2 only: NAM, weights not detached." in main.table(FIVE_SEEDS)
+    assert "Secondary" not in main.table(resolve_profile("smoke"))  # three seeds: every arm has them all
+    with pytest.raises(ValueError, match="not among its variants"):
+        Experiment("x", main.variants[:1], secondary=("typo",))

@@ -294,3 +294,13 @@ def test_common_footing_skips_the_first_epoch_and_needs_one_recorded_footing():
     assert common_footing([record("a")]) == "a"  # a one-epoch run: its only epoch
     assert common_footing([record("a", "b"), record("a", "c")]) is None
     assert common_footing([record("a", NOT_RECORDED)]) is None
+
+
+def test_a_secondary_arm_takes_only_the_first_seeds(comparison):
+    fewer = compare(VARIANTS, "smoke", epochs=2, seeds=SEEDS, results_dir=comparison.results_dir, device="cpu",
+                    progress=False, seed_counts={VARIANTS[1].label: 1})
+    assert fewer.trained_now == 0  # the same runs, loaded
+    assert [r["seed"] for r in fewer.runs(VARIANTS[0].label)] == list(SEEDS)
+    assert [r["seed"] for r in fewer.runs(VARIANTS[1].label)] == [SEEDS[0]]
+    with pytest.raises(ValueError, match="not among the variants"):
+        compare(VARIANTS, "smoke", seed_counts={"typo": 1}, results_dir=comparison.results_dir, progress=False)

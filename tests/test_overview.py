@@ -79,3 +79,26 @@ def test_a_headline_comparison_still_training_is_listed_apart_with_its_seed_coun
     page = overview_page()
     assert "Still training, no verdict before all its seeds are in: SE against plain (resnet20), 1 of 5 seeds." in page
     assert "| SE |" not in page and "| IEBN, groups of 4 |" in page and "nan" not in page
+
+
+def test_a_secondary_arm_is_complete_with_its_three_seeds_and_shown_as_a_control(records, monkeypatch):
+    """A chapter's secondary arm (three seeds by plan) is neither a verdict nor still training once its
+    three seeds are in: the page lists it under the converged controls."""
+    import booktools.overview as overview
+    from booktools.book import overview_page
+
+    _, recs = records
+    rows = method_rows(recs)
+    book = {"profile": "book", "full_data": True}
+    secondary = {**rows[1], **book, "method": "BA, official bottleneck", "seeds": 3}
+    assert overview.seeds_needed(secondary) == 3 and overview.seeds_needed({"method": "a reader's own"}) == 5
+    assert overview.is_control(secondary) and not overview.is_in_progress(secondary)
+    assert overview.is_in_progress({**secondary, "seeds": 2}) and not overview.is_control({**secondary, "seeds": 2})
+    assert not overview.is_control({**secondary, "method": "BA"})  # a headline arm with three seeds is still training
+    groups = overview.split_rows([secondary, {**secondary, "seeds": 2}, rows[0]])
+    assert groups.controls == [secondary] and groups.training == [{**secondary, "seeds": 2}]
+    monkeypatch.setattr(overview, "method_rows", lambda _: [secondary, {**secondary, "seeds": 2}, rows[0]])
+    page = overview_page()
+    controls = page.split("## Converged controls")[1].split("## Smaller experiments")[0]
+    assert "| BA, official bottleneck |" in controls and "1 comparisons." in controls
+    assert "BA, official bottleneck against plain (resnet20), 2 of 3 seeds" in page
