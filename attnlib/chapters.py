@@ -187,7 +187,9 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
         small_test: int | None = 5000) -> list[Experiment]:
     """``main``: NAM with the penalty off, at ``penalty`` and at ``strong_penalty``, and its two
     controls: every residual branch times 0.5 (the value NAM's gates start at) and NAM with the
-    weights' gradient let through. ``pixel``: the pixel module alone and after the channel one."""
+    weights' gradient let through. The headline arms are the plain network, the constant control
+    and NAM; the variants of NAM are secondary. ``pixel``: the pixel module alone and after the
+    channel one."""
     main = (Variant("ResNet-20", model="resnet20"),
             Variant("ResNet-20, branches x0.5", model="resnet20", attention=("scale", {"factor": 0.5})),
             Variant("NAM", model="resnet20", attention="nam"),
@@ -199,7 +201,7 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
     pixel = (Variant("ResNet-20", model="resnet20"), Variant("NAM channel", model="resnet20", attention="nam"),
              Variant("NAM pixel", model="resnet20", attention=("nam", {"channel": False, "spatial": True})),
              Variant("NAM channel + pixel", model="resnet20", attention=("nam", {"spatial": True})))
-    return [Experiment("main", main, secondary=("NAM, weights not detached",)),
+    return [Experiment("main", main, secondary=tuple(v.label for v in main[3:])),
             Experiment("pixel", pixel, small_subset, small_test)]
 
 

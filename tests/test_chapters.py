@@ -51,12 +51,13 @@ def test_a_layer_with_options_reads_as_the_command_line_writes_it():
 
 def test_a_secondary_arm_trains_on_the_first_three_seeds_only():
     main = experiments("04", FIVE_SEEDS)["main"]
-    assert main.seeds(FIVE_SEEDS, "NAM, weights not detached") == (0, 1, 2)
+    assert main.seeds(FIVE_SEEDS, "NAM, weights not detached") == main.seeds(FIVE_SEEDS, "NAM + penalty 0.01") == (0, 1, 2)
     assert main.seeds(FIVE_SEEDS, "NAM") == main.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
     jobs = make_jobs([main], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
     seeds_of = {v.label: [j.seed for j in jobs if j.variant.label == v.label] for v in main.variants}
     assert seeds_of["NAM, weights not detached"] == [0, 1, 2] and seeds_of["NAM"] == [0, 1, 2, 3, 4]
-    assert "Secondary arm, on seeds 0, 1, 2 only: NAM, weights not detached." in main.table(FIVE_SEEDS)
+    assert ("Secondary arms, on seeds 0, 1, 2 only: NAM, weights not detached, NAM + penalty 0.0001, "
+            "NAM + penalty 0.01.") in main.table(FIVE_SEEDS)
     assert "Secondary" not in main.table(resolve_profile("smoke"))  # three seeds: every arm has them all
     with pytest.raises(ValueError, match="not among its variants"):
         Experiment("x", main.variants[:1], secondary=("typo",))
