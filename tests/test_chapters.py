@@ -15,6 +15,7 @@ FIVE_SEEDS = resolve_profile("smoke", epochs=1, seeds=range(5))
 def test_the_checks_use_the_first_seeds_and_change_one_thing():
     comparisons = experiments("00", FIVE_SEEDS)
     assert comparisons["main"].seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
+    assert comparisons["main"].seeds(FIVE_SEEDS, "AlexNet") == (0, 1, 2)  # a secondary arm
     assert comparisons["convergence"].seeds(FIVE_SEEDS) == (0, 1, 2)
     assert comparisons["precision"].seeds(FIVE_SEEDS) == (0, 1, 2, 3)
     jobs = make_jobs([comparisons["convergence"]], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
