@@ -10,9 +10,10 @@ parameters, with the notebook's defaults, and returns its comparisons in noteboo
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,11 @@ class Experiment:
         if unknown:
             raise ValueError(f"Experiment {self.name!r}: secondary arms {sorted(unknown)} are not among its "
                              f"variants {[v.label for v in self.variants]}")
+
+    def only(self, labels: Collection[str]) -> Experiment:
+        """This comparison restricted to the arms in ``labels`` (none left: no variants)."""
+        return dataclasses.replace(self, variants=tuple(v for v in self.variants if v.label in labels),
+                                   secondary=tuple(label for label in self.secondary if label in labels))
 
     def data(self, data: ImageDataset) -> ImageDataset:
         """The chapter's data for this comparison, cut from the profile's as the notebook does."""

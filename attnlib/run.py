@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -192,8 +191,7 @@ def chapter_experiments(chapter: str, names: Sequence[str], only: Sequence[str],
         labels = {v.label for e in chosen for v in e.variants}
         if missing := set(only) - labels:
             raise ValueError(f"no variant labelled {sorted(missing)}; the labels are {sorted(labels)}")
-        chosen = [dataclasses.replace(e, variants=tuple(v for v in e.variants if v.label in only))
-                  for e in chosen]
+        chosen = [e.only(only) for e in chosen]
         chosen = [e for e in chosen if e.variants]
     return chosen
 

@@ -62,3 +62,12 @@ def test_a_secondary_arm_trains_on_the_first_three_seeds_only():
     assert "Secondary" not in main.table(resolve_profile("smoke"))  # three seeds: every arm has them all
     with pytest.raises(ValueError, match="not among its variants"):
         Experiment("x", main.variants[:1], secondary=("typo",))
+
+
+def test_one_arm_of_a_comparison_keeps_its_seeds():
+    """`--plan 00:main:ResNet-20` trains the baseline alone; `--only AlexNet` its three seeds."""
+    main = experiments("00", FIVE_SEEDS)["main"]
+    assert main.only(["ResNet-20"]).secondary == () and main.only(["ResNet-20"]).seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
+    alexnet = main.only(["AlexNet"])
+    assert [v.label for v in alexnet.variants] == ["AlexNet"] and alexnet.seeds(FIVE_SEEDS, "AlexNet") == (0, 1, 2)
+    assert len(make_jobs([alexnet], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())) == 3
