@@ -234,7 +234,7 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple
                  Variant("DY, K=2", model="resnet20", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
     alex = (Variant("AlexNet", model="alexnet"),
             Variant("AlexNet-DY, K=2", model="alexnet", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
-    return [Experiment("main", (static, dynamic)), Experiment("widths", thin),
+    return [Experiment("main", (static, dynamic)), Experiment("widths", thin, seed_count=SECONDARY_SEEDS),
             Experiment("ablations", ablations, small_subset, small_test),
             Experiment("alexnet", alex, small_subset, small_test)]
 
