@@ -252,9 +252,10 @@ official bottleneck change BA); none is a verdict on a method by itself. {len(co
 
 ## Smaller experiments
 
-Subsets, the `quick` profile (6 epochs on 12,000 images) and fewer seeds: the networks were
-still learning fast when these runs stopped, so a row says how fast a layer starts, not
-where it ends. Read them as early-training behaviour, not as verdicts. {len(smaller)}
+Everything else: the `quick` profile (6 epochs on 12,000 images), whose networks were still
+learning fast when their runs stopped, so that a row says how fast a layer starts, not where
+it ends; and the chapters' experiments on subsets of a few thousand images, whose chapters
+show their curves. Read them as the chapters do, not as verdicts. {len(smaller)}
 comparisons; {sum(r["within_noise"] for r in smaller)} of them are within two standard errors of zero.
 
 {markdown_table(smaller)}
