@@ -66,7 +66,7 @@ teacher: venv
 	$(PY) -m booktools.labs teacher
 
 # Every chapter's layer against the plain network, three runs (2-core AMD EPYC: 76 s each with
-# 2 threads, 122 s with --threads 1; 2-core Xeon with AMX, bf16: about 55 s and 80 s); the page
+# 2 threads, 122 s with --threads 1; 2-core Xeon with AMX, bf16: about 60 s and 90 s); the page
 # shows the median of the runs taken on a quiet machine.
 # BENCH_ARGS e.g. "--threads 1" or "--device cuda --compile". Never beside the training queue.
 BENCH_ARGS ?=
