@@ -73,7 +73,7 @@ class Experiment:
         """Train (or load) this comparison with the book's recipe: every variant on its seeds."""
         return compare(self.variants, setup, recipe=BOOK_RECIPE, seeds=self.seeds(setup), data=self.data(data),
                        results_dir=results_dir, device=device, progress=progress,
-                       seed_counts={label: SECONDARY_SEEDS for label in self.secondary})
+                       seed_counts={label: len(self.seeds(setup, label)) for label in self.secondary})
 
     def table(self, setup: Profile) -> str:
         """The comparison as a Markdown table: each variant's network and recipe changes."""

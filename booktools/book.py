@@ -205,6 +205,9 @@ BENCHMARK = BOOK / "benchmark.md"
 
 def overview_page(results_dir: Path = BOOK / "results") -> str:
     """The results overview page (markdown), generated from the experiment records."""
+    from attnlib.chapters import SECONDARY_SEEDS
+    from attnlib.significance import smallest_p_value
+
     from .overview import HEADLINE_SEEDS, load_records, markdown_table, method_rows, seeds_needed, split_rows
 
     headline, training, controls, smaller = split_rows(method_rows(load_records(results_dir)))
@@ -243,8 +246,8 @@ more. These are the book's verdicts. {len(headline)} comparisons.
 ## Converged controls
 
 Controls and ablations of the `book` profile: converged like the comparisons above, on the
-first three seeds (against a five-seed baseline the permutation p-value cannot go below
-0.018, against three not below 0.1). Each answers a question of its chapter (does a verdict
+first {SECONDARY_SEEDS} seeds (against a {HEADLINE_SEEDS}-seed baseline the permutation p-value cannot go below
+{smallest_p_value(SECONDARY_SEEDS, HEADLINE_SEEDS):.2g}, against {SECONDARY_SEEDS} not below {smallest_p_value(SECONDARY_SEEDS, SECONDARY_SEEDS):.2g}). Each answers a question of its chapter (does a verdict
 move with twice the epochs, does IEBN lose less than BN under a noise attack, does the
 official bottleneck change BA); none is a verdict on a method by itself. {len(controls)} comparisons.
 
