@@ -163,6 +163,47 @@ def section(runs: list[dict]) -> str:
     return text + "".join(f"\n*{label}:* {WHY_MISSED.get(label, NOT_PROFILED)}\n" for label in missed)
 
 
+def _inside(value: float, values: list[float], fmt: str) -> bool:
+    """Is ``value`` inside the range of ``values`` at the precision the page prints them?"""
+    low, middle, high = (float(format(v, fmt)) for v in (min(values), value, max(values)))
+    return low <= middle <= high
+
+
+def reproduction(page_runs: list[dict], new_runs: list[dict]) -> tuple[str, bool]:
+    """Do ``new_runs`` (say ``make bench-check``'s) reproduce the page? Per machine and setting, the
+    median of the new quiet runs of every figure the page summarises (each layer's step-time
+    ratio, the loop overhead) against the page's range over its quiet runs, at the precision the
+    page prints. Returns a markdown report and whether every figure compared landed inside."""
+    page_groups: dict[str, list[dict]] = defaultdict(list)
+    for r in filter(is_quiet, page_runs):
+        page_groups[record_name(r)].append(r)
+    new_groups: dict[str, list[dict]] = defaultdict(list)
+    for r in new_runs:
+        new_groups[record_name(r)].append(r)
+    lines, compared, outside = [], 0, 0
+    for name, runs in new_groups.items():
+        quiet = [r for r in runs if is_quiet(r)]
+        lines.append(f"## {name}: {len(quiet)} quiet new run(s) of {len(runs)}\n")
+        if not quiet or not page_groups.get(name):
+            lines.append("Nothing to compare: " + ("no new run was quiet." if not quiet else
+                                                   "the page has no quiet run with these settings."))
+            continue
+        old = page_groups[name]
+        figures = [(f"{row['label']} step time vs plain", _ratios(old, row["label"]), _ratios(quiet, row["label"]),
+                    ".2f") for row in old[0]["rows"] if row["target"] is not None]
+        figures.append(("`fit` over the bare step (%)", [100 * r["loop"]["overhead"] for r in old],
+                        [100 * r["loop"]["overhead"] for r in quiet], "+.1f"))
+        lines += ["| figure | page: median [range] | new: median | inside |", "|---|---|---|---|"]
+        for label, before, now, fmt in figures:
+            inside = _inside(statistics.median(now), before, fmt)
+            compared, outside = compared + 1, outside + (not inside)
+            lines.append(f"| {label} | {_spread(before, fmt)} | {statistics.median(now):{fmt}} "
+                         f"| {'yes' if inside else '**no**'} |")
+    lines.append(f"\n{compared - outside} of {compared} figures inside the page's range." if compared
+                 else "\nNo figure could be compared.")
+    return "\n".join(lines), compared > 0 and outside == 0
+
+
 def page(results: list[dict]) -> str:
     """The book's benchmark page (markdown) from the benchmark's JSON records."""
     groups: dict[str, list[dict]] = defaultdict(list)
@@ -182,7 +223,10 @@ convolutions hide the layers' extra passes) and does not reproduce, so this page
 runs on a quiet machine, each figure as the median over them with its range. The training-loop
 line times `fit` (device-resident data, augmentation, optimiser, schedule, bookkeeping) against
 the bare step on pre-made tensors. Everything below is rendered from the JSON files in
-`book/benchmark/` by `python -m booktools.book overview`; nothing is typed.
+`book/benchmark/` by `python -m booktools.book overview`; nothing is typed. To check that
+your machine reproduces a section, run `make bench-check` on a quiet machine (with
+`BENCH_ARGS="--threads 1"` for the one-thread sections): it compares the median of three new
+runs with each figure's range here.
 
 No GPU was available for the runs on this page: GPU figures are not measured yet.
 `bash scripts/gpu_check.sh OUT` on a GPU machine writes records that this page then shows.

@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("refresh-sources", help="rewrite the library code shown in the executed copies "
                                            "(show_source blocks) from the library as it is now")
     sub.add_parser("overview", help="write the results overview page from the experiment records")
+    bc = sub.add_parser("bench-check", help="do new benchmark records reproduce the benchmark page? "
+                                            "(exit status 1 when a figure lands outside the page's range)")
+    bc.add_argument("folder", type=Path, help="folder of the new records (`make bench-check` writes build/bench-check)")
     rp = sub.add_parser("set-repository", help="point the book at your fork: _config.yml and every notebook's "
                                                "Colab install cell (then run `make labs`)")
     rp.add_argument("url", help="https://github.com/OWNER/NAME")
@@ -370,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {WALL_TIMES.relative_to(REPO)} and {ENVIRONMENT.relative_to(REPO)}")
         print(f"wrote {OVERVIEW.relative_to(REPO)}, {OVERVIEW_FIGURE.relative_to(REPO)} and "
               f"{BENCHMARK.relative_to(REPO)}")
+    elif args.command == "bench-check":
+        from .benchmark_page import load_results, reproduction
+        report, reproduced = reproduction(load_results(), load_results(args.folder))
+        print(report)
+        return 0 if reproduced else 1
     elif args.command == "set-repository":
         changed = set_repository(args.url, args.branch)
         print(f"changed {len(changed)} files; now run `make labs` for the student notebooks")

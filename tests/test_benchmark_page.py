@@ -1,7 +1,7 @@
 """booktools.benchmark_page: only runs on a quiet machine, each figure the median of them with its range."""
 from __future__ import annotations
 
-from booktools.benchmark_page import NOT_PROFILED, WHY_MISSED, page
+from booktools.benchmark_page import NOT_PROFILED, WHY_MISSED, page, reproduction
 
 
 def _run(ratio: float, quiet: bool | None, date: str, overhead: float = 0.05, commit: str = "abc",
@@ -41,3 +41,14 @@ def test_every_missed_target_is_followed_by_where_the_time_goes_or_says_it_is_no
     assert f"*SE:* {WHY_MISSED['SE']}" in page([_run(1.2, True, "d")])
     assert WHY_MISSED["SE"] not in page([_run(1.05, True, "d")])  # met: no explanation
     assert f"*New layer:* {NOT_PROFILED}" in page([_run(1.2, True, "d", label="New layer")])
+
+
+def test_new_runs_reproduce_the_page_when_every_median_lands_inside_its_range_as_printed():
+    shown = [_run(1.05, True, "a"), _run(1.12, True, "b"), _run(1.30, False, "c")]  # the page's range: 1.05-1.12
+    report, reproduced = reproduction(shown, [_run(1.123, True, "d"), _run(1.2, True, "e"), _run(1.0, True, "f")])
+    assert reproduced and "| SE step time vs plain | 1.08 [1.05–1.12] | 1.12 | yes |" in report  # 1.123 prints 1.12
+    assert "2 of 2 figures inside" in report
+    report, reproduced = reproduction(shown, [_run(1.25, True, "d", overhead=0.02)])  # 1.25 is only in the loud run
+    assert not reproduced and "| 1.25 | **no** |" in report and "| `fit` over the bare step (%) | +5.0 | +2.0 | **no** |" in report
+    report, reproduced = reproduction(shown, [_run(1.08, False, "d")])
+    assert not reproduced and "0 quiet new run(s) of 1" in report and "No figure could be compared." in report
