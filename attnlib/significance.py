@@ -39,6 +39,15 @@ def smallest_p_value(n_a: int, n_b: int) -> float:
     return (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a)
 
 
+def accuracy_standard_error(accuracy: float, test_images: int) -> float:
+    """The binomial standard error of an accuracy measured on ``test_images`` images,
+    ``sqrt(p (1 - p) / n)`` (a fraction, like ``accuracy``): how finely one test set resolves
+    a network's accuracy, whatever the seeds. 94 % on 10,000 images: 0.0024."""
+    if not 0 <= accuracy <= 1 or test_images < 1:
+        raise ValueError(f"need an accuracy in [0, 1] and at least one test image, got {accuracy} and {test_images}")
+    return math.sqrt(accuracy * (1 - accuracy) / test_images)
+
+
 def accuracy_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     """``mean(a) - mean(b)`` of two groups of seeds' accuracies (in the units given), its standard
     error (seeds are independent), whether it is within two standard errors (also when the

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from attnlib.significance import permutation_p_value, smallest_p_value
+from attnlib.significance import accuracy_standard_error, permutation_p_value, smallest_p_value
 
 
 def test_permutation_p_value_against_enumeration():
@@ -24,3 +24,14 @@ def test_smallest_attainable_p_value():
     # completely separated groups reach it, and no split does better
     separated = permutation_p_value([0.95, 0.951, 0.952, 0.953, 0.954], [0.93, 0.931, 0.932, 0.933, 0.934])
     assert separated == pytest.approx(smallest_p_value(5, 5)) and separated < 0.05
+
+
+def test_accuracy_standard_error_is_the_spread_of_accuracies_on_random_test_sets():
+    import torch
+    assert accuracy_standard_error(0.94, 10_000) == pytest.approx(0.0023749, abs=1e-6)
+    assert accuracy_standard_error(1.0, 100) == 0.0
+    torch.manual_seed(0)  # 4,000 test sets of 2,500 images, each image right with probability 0.9
+    accuracies = (torch.rand(4000, 2500, dtype=torch.float64) < 0.9).double().mean(1)
+    assert accuracies.std().item() == pytest.approx(accuracy_standard_error(0.9, 2500), rel=0.05)
+    with pytest.raises(ValueError, match="accuracy in"):
+        accuracy_standard_error(94.0, 10_000)  # points, not a fraction
