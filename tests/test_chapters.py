@@ -1,13 +1,16 @@
 """attnlib.chapters: what each chapter trains, the one source its notebook and the command line use."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from attnlib.chapters import CHAPTERS, Experiment, experiments, source
 from attnlib.config import TrainConfig
 from attnlib.pool import make_jobs
 from attnlib.profiles import resolve_profile
-from attnlib.run import parse_choice
+from attnlib.run import parse_choice, plan_experiments
+from booktools.paths import REPO
 
 FIVE_SEEDS = resolve_profile("smoke", epochs=1, seeds=range(5))
 
@@ -71,3 +74,17 @@ def test_one_arm_of_a_comparison_keeps_its_seeds():
     alexnet = main.only(["AlexNet"])
     assert [v.label for v in alexnet.variants] == ["AlexNet"] and alexnet.seeds(FIVE_SEEDS, "AlexNet") == (0, 1, 2)
     assert len(make_jobs([alexnet], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())) == 3
+
+
+def test_the_queue_plan_covers_every_run_the_book_executes():
+    """`make queue` trains what `BOOK_PLAN` lists; a chapter arm left out of it would be trained
+    inline (hours) when its chapter is executed under ``book``."""
+    makefile = (REPO / "Makefile").read_text()
+    plan = re.search(r"^BOOK_PLAN \?=((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
+    setup = resolve_profile("book")
+    planned = {(item[:2], exp.name, v.label, seed) for item in plan for exp in plan_experiments([item], setup, {})
+               for v in exp.variants for seed in exp.seeds(setup, v.label)}
+    needed = {(stem[:2], exp.name, v.label, seed) for stem in CHAPTERS for exp in experiments(stem, setup).values()
+              for v in exp.variants for seed in exp.seeds(setup, v.label)}
+    assert needed - planned == set()
+    assert len(plan) == len(set(plan))  # each item once
