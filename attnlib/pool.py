@@ -127,7 +127,8 @@ def _train_some(jobs: Sequence[Job], profile: str, results_dir: Path, device: to
                     _say(f"[worker {worker}] FAILED {job.name}:\n{traceback.format_exc()}")
                 else:
                     _say(f"[worker {worker}] done  {job.name}: final test accuracy "
-                         f"{100 * record['final_test_acc']:.2f} % in {(time.perf_counter() - start) / 60:.1f} min")
+                         f"{100 * record['final_test_acc']:.2f} %, {record['run_card']['wall_time_s'] / 60:.1f} min "
+                         f"of training ({(time.perf_counter() - start) / 60:.1f} in this process)")
             break  # rescan from the top: earlier jobs may have been freed meanwhile
         else:
             return len(failed)
