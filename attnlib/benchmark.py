@@ -190,16 +190,19 @@ def measure(models: dict[str, Callable[[], nn.Module]], batch_size: int, image_s
     ``activation_mb`` (autograd's saved tensors of one fp32 step), ``peak_mb`` (peak
     allocated memory of a step; CUDA only, else None), ``params`` and ``flops_per_image``,
     plus each relative to the first row (``*_vs_first``; ``train_step_ms_vs_first`` is the
-    step-time ratio). With ``results_dir``, the rows are saved there as a record and loaded
-    by later calls with the same networks, settings, device and torch version.
+    step-time ratio), and ``machine_load`` (:func:`machine_load`: how busy the machine was).
+    With ``results_dir``, the rows are saved there as a record and loaded by later calls with
+    the same networks, settings, device and torch version.
     """
     settings = dict(batch_size=batch_size, image_shape=list(image_shape), steps=steps, warmup=warmup,
                     repeats=repeats, amp=amp, channels_last=channels_last, compile=compile, device=str(device))
     record = _record_path(results_dir, models, settings) if results_dir is not None else None
     if record is not None and record.exists():
         return json.loads(record.read_text())["rows"]
-    rows = _measure_rows(models, batch_size, image_shape, steps=steps, warmup=warmup, repeats=repeats, amp=amp,
-                         channels_last=channels_last, compile=compile, device=resolve_device(device))
+    with machine_load() as load:
+        rows = _measure_rows(models, batch_size, image_shape, steps=steps, warmup=warmup, repeats=repeats, amp=amp,
+                             channels_last=channels_last, compile=compile, device=resolve_device(device))
+    rows = [{**row, "machine_load": load} for row in rows]
     if record is not None:
         blob = {"format": BENCH_FORMAT, "settings": settings, "environment": environment(resolve_device(device)),
                 "rows": rows}

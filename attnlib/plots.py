@@ -217,7 +217,20 @@ def benchmark_table(rows: list[dict]) -> str:
                      f"| {r['eval_images_per_s']:,.0f} | {r['activation_mb']:.1f} "
                      f"| {r['train_images_per_s_vs_first']:.2f}x | {r['eval_images_per_s_vs_first']:.2f}x "
                      f"| {r['activation_mb_vs_first']:.2f}x |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + load_note(rows[0].get("machine_load"))
+
+
+def load_note(load: dict | None) -> str:
+    """One sentence under a timing: how busy the machine was while it was taken, and what that does
+    to the ratios (other work slows the convolutions and so dilutes a layer's extra passes)."""
+    if not load or load.get("quiet") is None:
+        return ("*How busy the machine was is not recorded with this measurement: read its ratios beside the "
+                "benchmark page's runs on a quiet machine.*")
+    share = f"other processes took {100 * load['other_processes_cpu_share']:.0f} % of the CPU time"
+    if load["quiet"]:
+        return f"*Measured on a quiet machine ({share}).*"
+    return (f"*Measured while {share}: slowed convolutions dilute a layer's extra passes, so these ratios "
+            "understate its cost; the benchmark page's runs on a quiet machine are the ones to compare.*")
 
 
 def run_card_table(cmp: Comparison) -> str:

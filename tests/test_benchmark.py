@@ -68,7 +68,19 @@ def test_measure_rows_and_ratios():
     assert rows[1]["params"] > rows[0]["params"] and rows[1]["activation_mb"] > rows[0]["activation_mb"]
     assert rows[1]["activation_mb_vs_first"] == rows[1]["activation_mb"] / rows[0]["activation_mb"]
     table = plots.benchmark_table(rows).splitlines()
-    assert len(table) == 4 and table[2].startswith("| half | 8 |") and table[2].endswith("| 1.00x | 1.00x | 1.00x |")
+    assert len(table) == 6 and table[2].startswith("| half | 8 |") and table[2].endswith("| 1.00x | 1.00x | 1.00x |")
+    assert rows[0]["machine_load"]["quiet"] in (True, False) and table[-1].startswith("*Measured ")
+
+
+def test_a_timing_says_how_busy_the_machine_was():
+    from attnlib.plots import load_note
+
+    assert load_note({"quiet": True, "other_processes_cpu_share": 0.02}) == \
+        "*Measured on a quiet machine (other processes took 2 % of the CPU time).*"
+    assert load_note({"quiet": False, "other_processes_cpu_share": 0.47}).startswith(
+        "*Measured while other processes took 47 % of the CPU time: slowed convolutions dilute")
+    for unknown in (None, {"quiet": None, "other_processes_cpu_share": None}):  # records older than the check
+        assert "not recorded" in load_note(unknown)
 
 
 def test_measure_reports_step_time_ratio_flops_and_no_peak_on_cpu():
