@@ -192,13 +192,16 @@ def measure(models: dict[str, Callable[[], nn.Module]], batch_size: int, image_s
     plus each relative to the first row (``*_vs_first``; ``train_step_ms_vs_first`` is the
     step-time ratio), and ``machine_load`` (:func:`machine_load`: how busy the machine was).
     With ``results_dir``, the rows are saved there as a record and loaded by later calls with
-    the same networks, settings, device and torch version.
+    the same networks, settings, device and torch version, if they were taken on a quiet
+    machine; a record taken under load (or without its load recorded) is measured again.
     """
     settings = dict(batch_size=batch_size, image_shape=list(image_shape), steps=steps, warmup=warmup,
                     repeats=repeats, amp=amp, channels_last=channels_last, compile=compile, device=str(device))
     record = _record_path(results_dir, models, settings) if results_dir is not None else None
     if record is not None and record.exists():
-        return json.loads(record.read_text())["rows"]
+        rows = json.loads(record.read_text())["rows"]
+        if all((row.get("machine_load") or {}).get("quiet") for row in rows):
+            return rows  # taken on a quiet machine: a timing worth keeping; otherwise time again
     with machine_load() as load:
         rows = _measure_rows(models, batch_size, image_shape, steps=steps, warmup=warmup, repeats=repeats, amp=amp,
                              channels_last=channels_last, compile=compile, device=resolve_device(device))

@@ -1,6 +1,7 @@
 """attnlib.benchmark: throughput and activation-memory measurements behave as documented."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -101,9 +102,17 @@ def test_count_flops_of_a_single_convolution():
     assert count_flops(conv, (2, 5, 5)) == 2 * 3 * 2 * 9 * 5 * 5
 
 
+def _machine_was(quiet: bool):
+    @contextlib.contextmanager
+    def load():
+        yield {"quiet": quiet, "other_processes_cpu_share": 0.0 if quiet else 0.5}
+    return load
+
+
 def test_measure_with_results_dir_is_a_record_loaded_the_second_time(tmp_path, monkeypatch):
     import attnlib.benchmark as benchmark
 
+    monkeypatch.setattr(benchmark, "machine_load", _machine_was(quiet=True))
     first = benchmark.measure({"a": small_net}, 4, SHAPE, steps=1, warmup=0, repeats=1, device="cpu",
                               results_dir=tmp_path)
     assert len(list(tmp_path.glob("bench-*.json"))) == 1
@@ -117,6 +126,22 @@ def test_measure_with_results_dir_is_a_record_loaded_the_second_time(tmp_path, m
     with pytest.raises(AssertionError, match="loaded, not timed"):  # other settings: a new measurement
         benchmark.measure({"a": small_net}, 8, SHAPE, steps=1, warmup=0, repeats=1, device="cpu",
                           results_dir=tmp_path)
+
+
+def test_a_record_taken_under_load_is_measured_again(tmp_path, monkeypatch):
+    import attnlib.benchmark as benchmark
+
+    def measure():
+        return benchmark.measure({"a": small_net}, 4, SHAPE, steps=1, warmup=0, repeats=1, device="cpu",
+                                 results_dir=tmp_path)
+
+    monkeypatch.setattr(benchmark, "machine_load", _machine_was(quiet=False))
+    assert measure()[0]["machine_load"]["quiet"] is False
+    monkeypatch.setattr(benchmark, "machine_load", _machine_was(quiet=True))
+    assert measure()[0]["machine_load"]["quiet"] is True  # timed again, and the quiet timing replaces it
+    assert len(list(tmp_path.glob("bench-*.json"))) == 1
+    monkeypatch.setattr(benchmark, "_measure_rows", lambda *a, **k: pytest.fail("a quiet record is loaded"))
+    assert measure()[0]["machine_load"]["quiet"] is True
 
 
 def test_fit_overhead_compares_the_loop_with_the_bare_step():
