@@ -203,6 +203,10 @@ OVERVIEW_FIGURE = BOOK / "images" / "overview-gain-vs-speed.png"
 BENCHMARK = BOOK / "benchmark.md"
 
 
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def overview_page(results_dir: Path = BOOK / "results") -> str:
     """The results overview page (markdown), generated from the experiment records."""
     from attnlib.chapters import SECONDARY_SEEDS
@@ -229,7 +233,8 @@ over seeds; Δ is the difference of the means with its standard error (SE). *noi
 whether Δ is within two standard errors and gives the exact permutation p-value, which
 does not trust the seeds' spread, with the smallest value it can take for that number of
 seeds (3 against 3: 0.1, so never below 0.05). The speed is the ratio of training images
-per second measured during those runs, given only when the method's and the baseline's
+per second measured during those runs (each run's fastest epoch, the one least slowed by
+other work on the machine; median over seeds), given only when the method's and the baseline's
 runs all ran on one footing (machine, threads and precision): "–" otherwise, since a bf16
 CPU or another thread count moves it more than most layers do. Other work on the machine
 can still move it; the benchmark page times every layer against the plain network alone. The paper's figure is the paper's own
@@ -239,7 +244,7 @@ result in its own setting, quoted with its source, not a prediction of ours.
 
 The `book` profile: all 60,000 Fashion-MNIST training images, a recipe under which the plain
 ResNet-20 has converged (the baseline chapter's twice-the-epochs check), {HEADLINE_SEEDS} seeds or
-more. These are the book's verdicts. {len(headline)} comparisons.
+more. These are the book's verdicts. {_count(headline, 'comparison')}.
 
 {main}
 
@@ -249,7 +254,7 @@ Controls and ablations of the `book` profile: converged like the comparisons abo
 first {SECONDARY_SEEDS} seeds (against a {HEADLINE_SEEDS}-seed baseline the permutation p-value cannot go below
 {smallest_p_value(SECONDARY_SEEDS, HEADLINE_SEEDS):.2g}, against {SECONDARY_SEEDS} not below {smallest_p_value(SECONDARY_SEEDS, SECONDARY_SEEDS):.2g}). Each answers a question of its chapter (does a verdict
 move with twice the epochs, does IEBN lose less than BN under a noise attack, does the
-official bottleneck change BA); none is a verdict on a method by itself. {len(controls)} comparisons.
+official bottleneck change BA); none is a verdict on a method by itself. {_count(controls, 'comparison')}.
 
 {markdown_table(controls) if controls else "*None has finished yet.*"}
 

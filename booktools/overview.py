@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from attnlib.chapters import CHAPTERS, experiments
 from attnlib.checkpoints import CorruptFileError
-from attnlib.experiment import common_footing, steady_median
+from attnlib.experiment import common_footing, steady_pace
 from attnlib.layers import NORM_SETTINGS
 from attnlib.profiles import resolve_profile
 from attnlib.records import read_record
@@ -84,7 +84,7 @@ def _is_plain(network: dict) -> bool:
 
 
 def _steady_speed(record: dict) -> float:
-    return steady_median(record, "train_images_per_s")
+    return steady_pace(record, "train_images_per_s")
 
 
 def _speed(ratio: float) -> str:

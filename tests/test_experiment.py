@@ -304,3 +304,11 @@ def test_a_secondary_arm_takes_only_the_first_seeds(comparison):
     assert [r["seed"] for r in fewer.runs(VARIANTS[1].label)] == [SEEDS[0]]
     with pytest.raises(ValueError, match="not among the variants"):
         compare(VARIANTS, "smoke", seed_counts={"typo": 1}, results_dir=comparison.results_dir, progress=False)
+
+
+def test_a_runs_pace_is_its_fastest_epoch_after_the_first():
+    from attnlib.experiment import steady_pace
+
+    # the first epoch pays one-off costs; an epoch slowed by other work on the machine does not set the pace
+    assert steady_pace({"history": {"train_images_per_s": [900.0, 610.0, 350.0, 640.0]}}, "train_images_per_s") == 640.0
+    assert steady_pace({"history": {"train_images_per_s": [500.0]}}, "train_images_per_s") == 500.0

@@ -100,5 +100,5 @@ def test_a_secondary_arm_is_complete_with_its_three_seeds_and_shown_as_a_control
     monkeypatch.setattr(overview, "method_rows", lambda _: [secondary, {**secondary, "seeds": 2}, rows[0]])
     page = overview_page()
     controls = page.split("## Converged controls")[1].split("## Smaller experiments")[0]
-    assert "| BA, official bottleneck |" in controls and "1 comparisons." in controls
+    assert "| BA, official bottleneck |" in controls and "1 comparison." in controls
     assert "BA, official bottleneck against plain (resnet20), 2 of 3 seeds" in page
