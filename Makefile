@@ -40,10 +40,10 @@ check: venv
 
 # The book profile's runs, chapter by chapter so that each chapter can be executed as soon as
 # possible: the baseline chapter's checks first (they decide whether the recipe stands), then
-# the chapters in order of the compute they still need, least first (MABN's about 5 worker-hours,
-# IEBN's 12, BA-Net's 18, NAM's 22, DynamicConv's 46). Trained by a queue that resumes where it
-# stopped (about an hour per ResNet-20 run on a quiet 2-core CPU with two workers: run it in the
-# background, never beside `make bench`).
+# the chapters in order of the compute they still need, least first (MABN, IEBN's secondary
+# arms, BA-Net, NAM, DynamicConv). Trained by a queue that resumes where it stopped (about an
+# hour per ResNet-20 run on a quiet 2-core CPU with two workers: run it in the background, never
+# beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
 	03:paper 03:sweep 01:batch 01:noise 02:main 02:ablation 02:alexnet 04:main 04:pixel \
 	05:main 05:widths 05:ablations 05:alexnet

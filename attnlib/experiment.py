@@ -149,14 +149,14 @@ class Comparison:
         curves = torch.tensor([r["history"][key] for r in self.runs(label)], dtype=torch.float64)
         return curves.mean(0) * (100 if key.endswith("_acc") else 1)
 
-    def last_epoch_move(self, labels: Sequence[str] | None = None) -> float:
+    def final_move(self, labels: Sequence[str] | None = None, epochs: int = 1) -> float:
         """The largest change, in points, of a variant's mean test accuracy (over seeds) during its
-        last epoch: near 0 when the curves have flattened, large while the networks still learn;
-        NaN when a run has a single epoch."""
+        last ``epochs`` epochs: near 0 when the curves have flattened, large while the networks
+        still learn; NaN when a run has no more epochs than that."""
         moves = []
         for label in labels or self.labels:
             mean = self.mean_curve(label)
-            moves.append((mean[-1] - mean[-2]).abs().item() if len(mean) > 1 else math.nan)
+            moves.append((mean[-1] - mean[-1 - epochs]).abs().item() if len(mean) > epochs else math.nan)
         return math.nan if any(math.isnan(m) for m in moves) else max(moves)
 
     def shared_mistakes(self, label: str, other: str) -> tuple[int, int]:
@@ -300,7 +300,7 @@ def difference(cmp: Comparison, label: str, baseline: str) -> dict:
 def learning_state(cmp: Comparison, labels: Sequence[str] | None = None, tolerance: float = 0.3) -> tuple[bool, str]:
     """Have the curves of ``labels`` flattened by the end of their runs? True when no variant's mean
     test accuracy moved by ``tolerance`` points or more in the last epoch; and a phrase saying so."""
-    move = cmp.last_epoch_move(labels)
+    move = cmp.final_move(labels)
     if math.isnan(move):
         return False, "the runs have a single epoch, so whether their curves flattened cannot be seen"
     flat = move < tolerance

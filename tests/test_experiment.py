@@ -187,12 +187,13 @@ def _fake_comparison(label: str, epochs: int, accuracies: list[float]) -> Compar
     return Comparison([Variant(label)], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
 
 
-def test_last_epoch_move_is_the_largest_change_of_a_mean_curve_in_its_last_epoch():
+def test_final_move_is_the_largest_change_of_a_mean_curve_in_its_last_epochs():
     records = [{"label": "A", "seed": 0, "history": {"test_acc": [0.50, 0.80, 0.81]}},
                {"label": "A", "seed": 1, "history": {"test_acc": [0.50, 0.80, 0.83]}},   # A's mean: +2 points
                {"label": "B", "seed": 0, "history": {"test_acc": [0.50, 0.90, 0.85]}}]   # B: -5 points
     cmp = Comparison([Variant("A"), Variant("B")], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
-    assert cmp.last_epoch_move() == pytest.approx(5.0) and cmp.last_epoch_move(["A"]) == pytest.approx(2.0)
+    assert cmp.final_move() == pytest.approx(5.0) and cmp.final_move(["A"]) == pytest.approx(2.0)
+    assert cmp.final_move(["A"], epochs=2) == pytest.approx(32.0) and math.isnan(cmp.final_move(epochs=3))
     assert cmp.mean_curve("A").tolist() == pytest.approx([50.0, 80.0, 82.0])
     assert learning_state(cmp) == (False, "in the last epoch no mean test accuracy moved by more than 5.00 points: "
                                           "the networks are still learning")
@@ -200,7 +201,7 @@ def test_last_epoch_move_is_the_largest_change_of_a_mean_curve_in_its_last_epoch
     one_epoch = Comparison([Variant("C"), Variant("A")], [{"label": "C", "seed": 0, "history": {"test_acc": [0.5]}},
                                                           *records[:2]], data=None, profile=PROFILES["book"],
                            results_dir=Path("."))
-    assert math.isnan(one_epoch.last_epoch_move()) and learning_state(one_epoch) == (
+    assert math.isnan(one_epoch.final_move()) and learning_state(one_epoch) == (
         False, "the runs have a single epoch, so whether their curves flattened cannot be seen")
 
 
