@@ -14,7 +14,7 @@ from attnlib import NonFiniteLossError, TrainConfig, build_model, fit, load_data
 from attnlib.data import DeviceLoader
 from attnlib.devices import autocast_dtype, precision_name
 from attnlib.history import Callback, History
-from attnlib.train import lr_factor, make_optimizer, recompute_bn_statistics
+from attnlib.train import decay_only_value, lr_factor, make_optimizer, recompute_bn_statistics
 
 # A short recipe for 256 16x16 training images: 8 steps of 32 per epoch.
 TINY = TrainConfig(epochs=3, batch_size=32, lr=0.05, eval_batch_size=128)
@@ -337,6 +337,33 @@ def test_optimizers():
     assert make_optimizer(model, TrainConfig(momentum=0.0)).param_groups[0]["nesterov"] is False
     assert type(make_optimizer(model, TrainConfig(optimizer="adam"))) is torch.optim.Adam
     assert type(make_optimizer(model, TrainConfig(optimizer="adamw"))) is torch.optim.AdamW
+
+
+def test_decay_only_value_without_momentum_is_the_geometric_shrink():
+    config = TrainConfig(epochs=2, lr=0.1, momentum=0.0, weight_decay=0.01, schedule="constant", warmup_epochs=0)
+    assert decay_only_value(-1.0, config, 50) == pytest.approx(-(1 - 0.1 * 0.01) ** 100, rel=1e-12)
+    assert decay_only_value(-1.0, config.replace(weight_decay=0.0), 50) == -1.0
+
+
+class IdleParameter(torch.nn.Module):
+    """A network with one extra parameter that the loss multiplies by zero: its gradient is 0."""
+
+    def __init__(self, net, start):
+        super().__init__()
+        self.net, self.idle = net, torch.nn.Parameter(torch.tensor(start))
+
+    def forward(self, x):
+        return self.net(x) + 0.0 * self.idle
+
+
+def test_decay_only_value_is_where_fit_leaves_a_parameter_the_loss_does_not_push(synthetic):
+    config = TINY.replace(epochs=2, warmup_epochs=0.5, weight_decay=0.05)  # momentum 0.9, cosine, 8 steps an epoch
+    model = IdleParameter(_model(data=synthetic, width_mult=0.25), -1.0)
+    fit(model, synthetic, config, device="cpu", progress=False)
+    ends = decay_only_value(-1.0, config, 8)
+    assert model.idle.item() == pytest.approx(ends, rel=1e-5)
+    # momentum makes the decay stronger than the plain shrink, even at the schedule's largest rate
+    assert -(1 - 0.05 * 0.05) ** 16 < ends < 0
 
 
 # ----------------------------------------------------------------------------- callbacks
