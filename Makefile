@@ -31,9 +31,10 @@ test: venv
 	$(PY) -m pytest tests build/smoke --nbval-lax -p no:cacheprovider
 
 # Run the source notebooks into the executed copies under book/ (book profile: loads the queue's
-# records from book/results and trains what is missing, hours on a CPU; PROFILE=quick for minutes).
+# records from book/results, and stops, naming them, if runs are missing; TRAIN_MISSING=1 trains
+# them first, hours on a CPU; PROFILE=quick for minutes).
 execute: venv
-	$(PY) -m booktools.book execute --profile $(PROFILE) $(NOTEBOOKS)
+	$(PY) -m booktools.book execute --profile $(PROFILE) $(if $(TRAIN_MISSING),--train-missing) $(NOTEBOOKS)
 
 check: venv
 	$(PY) -m booktools.book check

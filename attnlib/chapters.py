@@ -249,6 +249,20 @@ CHAPTERS: dict[str, Callable[..., list[Experiment]]] = {
 }
 
 
+#: Comparisons a chapter shows that another chapter defines, as plan items (``CHAPTER:EXPERIMENT``):
+#: chapter 0 sets IEBN's difference beside its convergence check; chapter 1 looks inside the
+#: longer IEBN runs of that check.
+SHOWN_FROM_OTHERS: dict[str, tuple[str, ...]] = {"00_setup_and_baseline": ("01:main",),
+                                                 "01_iebn": ("00:convergence",)}
+
+
+def chapter_plan(name: str) -> list[str]:
+    """The plan items (``python -m attnlib.run --plan``) of every run chapter ``name`` shows: its
+    own comparisons and those of other chapters it borrows."""
+    stem = chapter_name(name)
+    return [stem[:2], *SHOWN_FROM_OTHERS.get(stem, ())]
+
+
 def chapter_name(name: str) -> str:
     """The chapter a name means: its notebook stem (``04_nam``), number (``04``) or title (``nam``)."""
     matches = [stem for stem in CHAPTERS if name in (stem, stem[:2], stem[3:])]

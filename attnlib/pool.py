@@ -170,6 +170,13 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def untrained(jobs: Sequence[Job], results_dir: str | Path) -> list[Job]:
+    """The jobs that have no record in ``results_dir`` yet."""
+    results_dir = Path(results_dir)
+    return [job for job in jobs
+            if find_record(results_dir, record_stem(results_dir, job.variant, job.seed, job.key), job.seed, job.key) is None]
+
+
 def queue_status(jobs: Sequence[Job], results_dir: str | Path) -> list[str]:
     """One line per job: its final accuracy, whether a process trains it now, the epoch its
     checkpoint has reached, or pending."""

@@ -1,6 +1,7 @@
 """Book tooling: run the source notebooks into executed copies under ``book/``.
 
     python -m booktools.book execute --profile quick            # every notebook
+    python -m booktools.book execute 01_iebn                     # book profile: from the queue's records
     python -m booktools.book execute --profile smoke --out build/smoke 00_setup_and_baseline
     python -m booktools.book check                               # executed copies match sources?
     python -m booktools.book refresh-sources                     # library code shown in copies, current
@@ -9,7 +10,9 @@
 
 Sources (``notebooks/*.ipynb``) are stored without outputs. ``execute`` runs each with
 papermill, with the working directory set to the output folder (so records land in
-``book/results/``, shared by the chapters), and removes papermill's per-cell metadata. The book is
+``book/results/``, shared by the chapters), and removes papermill's per-cell metadata. Under the
+``book`` profile it first checks that every run the chapters show has a record, and stops,
+naming the missing runs, unless told to train them (``--train-missing``). The book is
 rendered from the executed copies with execution off. ``check`` fails when a copy's code
 or text no longer matches its source, i.e. the copy is stale and must be executed again, and
 when library code a copy shows (:func:`attnlib.plots.show_source`) is no longer the library's:
@@ -69,12 +72,54 @@ def clean_executed(nb) -> None:
     nb.metadata.pop("papermill", None)
 
 
-def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, **parameters) -> list[Path]:
+#: Profiles whose runs take hours on a CPU: ``execute`` does not train them unless asked to.
+SLOW_PROFILES = ("book",)
+
+
+def untrained_runs(name: str, setup, data, results_dir: Path) -> list:
+    """The runs (:class:`attnlib.pool.Job`) that chapter ``name`` shows under the profile
+    ``setup`` and that have no record in ``results_dir``: executing it would train them first."""
+    from attnlib.chapters import chapter_plan
+    from attnlib.experiment import BOOK_RECIPE
+    from attnlib.pool import make_jobs, untrained
+    from attnlib.run import plan_experiments
+
+    return untrained(make_jobs(plan_experiments(chapter_plan(name), setup, {}), setup, BOOK_RECIPE, data), results_dir)
+
+
+def untrained_report(missing: dict[str, list], profile: str) -> str:
+    """What :func:`execute` says instead of training ``missing`` (chapter -> jobs) inline."""
+    lines = []
+    for name, jobs in missing.items():
+        seeds: dict[str, list[int]] = {}
+        for job in jobs:
+            seeds.setdefault(job.variant.label, []).append(job.seed)
+        arms = "; ".join(f"{label} (seed{'s' * (len(s) > 1)} {', '.join(map(str, s))})" for label, s in seeds.items())
+        lines.append(f"{name}: {len(jobs)} `{profile}` run{'s' * (len(jobs) > 1)} without a record yet: {arms}.")
+    return "\n".join(lines + [
+        "Executing would train them first, for hours on a CPU. Train them with the queue (`make queue`; "
+        "`make queue-status` shows where it stands) and execute again, or pass --train-missing to train them now."])
+
+
+def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, train_missing: bool = False,
+            **parameters) -> list[Path]:
+    """Run the source notebooks ``names`` (default: all) into executed copies in ``out``. Under a
+    slow profile (``book``) it first checks that every run the chapters show has its record in
+    ``out/results`` and stops, listing the missing runs, unless ``train_missing``."""
     import papermill
 
+    sources = source_notebooks(names)
+    if profile in SLOW_PROFILES and not train_missing:
+        from attnlib.profiles import resolve_profile
+
+        setup = resolve_profile(profile)
+        data = setup.load()
+        missing = {src.stem: jobs for src in sources if (jobs := untrained_runs(src.stem, setup, data, out / "results"))}
+        if missing:
+            raise SystemExit(untrained_report(missing, profile))
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for src in source_notebooks(names):
+    for src in sources:
         dst = out / src.name
         start = time.perf_counter()
         print(f"executing {src.relative_to(REPO)} -> {dst} (profile {profile})", flush=True)
@@ -356,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("notebooks", nargs="*", help="names like 00_setup_and_baseline (default: all)")
     ex.add_argument("--profile", default="book", choices=list(PROFILES))
     ex.add_argument("--out", type=Path, default=BOOK, help="folder for executed copies (default: book/)")
+    ex.add_argument("--train-missing", action="store_true",
+                    help="under the book profile, train the runs that have no record yet instead of stopping")
     sub.add_parser("check", help="fail if an executed copy is missing or differs from its source")
     sub.add_parser("refresh-sources", help="rewrite the library code shown in the executed copies "
                                            "(show_source blocks) from the library as it is now")
@@ -371,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("notebooks", nargs="*")
     args = parser.parse_args(argv)
     if args.command == "execute":
-        execute(args.profile, args.notebooks or None, args.out.resolve())
+        execute(args.profile, args.notebooks or None, args.out.resolve(), train_missing=args.train_missing)
     elif args.command == "overview":
         write_overview()
         write_generated_pages()

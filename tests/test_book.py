@@ -10,7 +10,12 @@ import pytest
 import yaml
 
 from attnlib import chapters
+from attnlib.data import DatasetError
+from attnlib.experiment import BOOK_RECIPE
+from attnlib.pool import make_jobs
 from attnlib.profiles import resolve_profile
+from attnlib.records import record_stem
+from attnlib.run import plan_experiments
 from booktools import book
 
 REPO = book.REPO
@@ -53,6 +58,41 @@ def test_chapter_trains_its_library_comparisons(path: Path):
     used = set(re.findall(r'comparisons\["(\w+)"\]', code))
     assert used == set(chapters.experiments(path.stem, SMOKE)), f"{path.name} uses comparisons {sorted(used)}"
     assert not re.search(r"\bVariant\(|(?<![.\w])compare\(", code), f"{path.name} builds its own variants"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_comparisons_borrowed_from_another_chapter_are_declared(path: Path):
+    """A chapter that shows another chapter's comparison says so in ``SHOWN_FROM_OTHERS``, so that
+    ``execute`` checks those runs too before it starts."""
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    borrowed = {f"{other[:2]}:{name}" for other, name in re.findall(r'experiments\("(\w+)", setup\)\["(\w+)"\]', code)
+                if other != path.stem}
+    assert borrowed == set(chapters.chapter_plan(path.stem)[1:])
+
+
+def test_untrained_runs_are_the_shown_runs_without_a_record(tmp_path: Path):
+    data = SMOKE.load()
+    own = make_jobs(plan_experiments(["01"], SMOKE, {}), SMOKE, BOOK_RECIPE, data)
+    for job in own:  # chapter 1's own runs are recorded; chapter 0's longer runs, which it shows, are not
+        record_stem(tmp_path, job.variant, job.seed, job.key).with_suffix(".json").write_text("{}")
+    missing = book.untrained_runs("01_iebn", SMOKE, data, tmp_path)
+    assert {(job.variant.label, job.seed) for job in missing} == {
+        (label, seed) for label in ("ResNet-20, twice the epochs", "IEBN, twice the epochs") for seed in (0, 1, 2)}
+    report = book.untrained_report({"01_iebn": missing}, "book")
+    assert "01_iebn: 6 `book` runs without a record yet: ResNet-20, twice the epochs (seeds 0, 1, 2)" in report
+    assert "make queue" in report and "--train-missing" in report
+
+
+def test_executing_under_book_stops_before_training_and_names_the_runs(tmp_path: Path):
+    try:
+        resolve_profile("book").load()
+    except DatasetError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    with pytest.raises(SystemExit) as stop:
+        book.execute("book", ["01_iebn"], out=tmp_path)
+    assert "BN, noise 0.2 (seeds 0, 1, 2)" in str(stop.value) and "IEBN, twice the epochs" in str(stop.value)
+    assert list(tmp_path.iterdir()) == []  # nothing executed, nothing trained
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
