@@ -31,11 +31,15 @@ from pathlib import Path
 import nbformat
 
 import attnlib
-from attnlib.chapters import CHAPTERS
+from attnlib.chapters import CHAPTERS, chapter_plan
 from attnlib.chapters import source as chapter_source
+from attnlib.data import ImageDataset
+from attnlib.experiment import BOOK_RECIPE
 from attnlib.files import atomic_write_text
 from attnlib.plots import source_block
-from attnlib.profiles import PROFILES
+from attnlib.pool import Job, make_jobs, untrained
+from attnlib.profiles import PROFILES, Profile, resolve_profile
+from attnlib.run import plan_experiments
 
 from .paths import REPO
 from .reproducibility import METADATA_KEY, environment_table, execution_metadata, wall_times_table
@@ -76,18 +80,13 @@ def clean_executed(nb) -> None:
 SLOW_PROFILES = ("book",)
 
 
-def untrained_runs(name: str, setup, data, results_dir: Path) -> list:
-    """The runs (:class:`attnlib.pool.Job`) that chapter ``name`` shows under the profile
-    ``setup`` and that have no record in ``results_dir``: executing it would train them first."""
-    from attnlib.chapters import chapter_plan
-    from attnlib.experiment import BOOK_RECIPE
-    from attnlib.pool import make_jobs, untrained
-    from attnlib.run import plan_experiments
-
+def untrained_runs(name: str, setup: Profile, data: ImageDataset, results_dir: Path) -> list[Job]:
+    """The runs that chapter ``name`` shows under the profile ``setup`` and that have no record
+    in ``results_dir``: executing it would train them first."""
     return untrained(make_jobs(plan_experiments(chapter_plan(name), setup, {}), setup, BOOK_RECIPE, data), results_dir)
 
 
-def untrained_report(missing: dict[str, list], profile: str) -> str:
+def untrained_report(missing: dict[str, list[Job]], profile: str) -> str:
     """What :func:`execute` says instead of training ``missing`` (chapter -> jobs) inline."""
     lines = []
     for name, jobs in missing.items():
@@ -110,8 +109,6 @@ def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, trai
 
     sources = source_notebooks(names)
     if profile in SLOW_PROFILES and not train_missing:
-        from attnlib.profiles import resolve_profile
-
         setup = resolve_profile(profile)
         data = setup.load()
         missing = {src.stem: jobs for src in sources if (jobs := untrained_runs(src.stem, setup, data, out / "results"))}
