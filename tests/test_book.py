@@ -73,14 +73,14 @@ def test_comparisons_borrowed_from_another_chapter_are_declared(path: Path):
 
 def test_untrained_runs_are_the_shown_runs_without_a_record(tmp_path: Path):
     data = SMOKE.load()
-    own = make_jobs(plan_experiments(["01"], SMOKE, {}), SMOKE, BOOK_RECIPE, data)
-    for job in own:  # chapter 1's own runs are recorded; chapter 0's longer runs, which it shows, are not
+    own = make_jobs(plan_experiments(["00"], SMOKE, {}), SMOKE, BOOK_RECIPE, data)
+    for job in own:  # chapter 0's own runs are recorded; chapter 1's IEBN, which it shows, is not
         record_stem(tmp_path, job.variant, job.seed, job.key).with_suffix(".json").write_text("{}")
-    missing = book.untrained_runs("01_iebn", SMOKE, data, tmp_path)
-    assert {(job.variant.label, job.seed) for job in missing} == {
-        (label, seed) for label in ("ResNet-20, twice the epochs", "IEBN, twice the epochs") for seed in (0, 1, 2)}
-    report = book.untrained_report({"01_iebn": missing}, "book")
-    assert "01_iebn: 6 `book` runs without a record yet: ResNet-20, twice the epochs (seeds 0, 1, 2)" in report
+    missing = book.untrained_runs("00_setup_and_baseline", SMOKE, data, tmp_path)
+    # chapter 1's BN is chapter 0's ResNet-20, seed for seed: recorded once, under either name
+    assert {(job.variant.label, job.seed) for job in missing} == {("IEBN", seed) for seed in SMOKE.seeds}
+    report = book.untrained_report({"00_setup_and_baseline": missing}, "book")
+    assert "00_setup_and_baseline: 3 `book` runs without a record yet: IEBN (seeds 0, 1, 2)" in report
     assert "make queue" in report and "--train-missing" in report
 
 

@@ -30,6 +30,9 @@ def test_the_checks_use_the_first_seeds_and_change_one_thing():
     baseline, fp32 = comparisons["precision"].variants
     assert baseline == comparisons["main"].variants[0]
     assert fp32.spec() == {**baseline.spec(), "label": "ResNet-20, fp32", "train": {"amp": "off"}}
+    # chapter 1's longer comparison is the convergence check's pair on every seed: the same runs
+    longer = experiments("01", FIVE_SEEDS)["longer"]
+    assert longer.variants == comparisons["convergence"].variants and longer.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
     one = resolve_profile("smoke", seeds=[4])  # fewer seeds than the check asks for: the profile's
     assert experiments("00", one)["convergence"].seeds(one) == (4,)
 
