@@ -314,6 +314,15 @@ def augmentation_examples(data: ImageDataset, n: int = 8, versions: int = 4, see
     return fig
 
 
+def _marker_key(book: set[bool]) -> str:
+    """What the markers of :func:`gain_vs_speed` mean, for the kinds of rows it shows."""
+    if book == {True}:
+        return "the converged comparisons of the book profile"
+    if book == {False}:
+        return "smaller experiments: not converged, or on subsets"
+    return "circles: book profile; squares: smaller experiments"
+
+
 def gain_vs_speed(rows: list[dict]):
     """Accuracy difference to the baseline (± one standard error) against the training speed
     relative to the baseline, one point per row of :func:`booktools.overview.method_rows`
@@ -336,7 +345,7 @@ def gain_vs_speed(rows: list[dict]):
     ax.axvline(1, color="grey", lw=1, ls=":")
     ax.set(xlabel="training speed relative to the baseline (images/s ratio)",
            ylabel="final test accuracy − baseline (points, ± 1 SE)",
-           title="what each method buys and costs (circles: book profile; squares: smaller experiments)"
+           title=f"what each method buys and costs ({_marker_key({r['profile'] == 'book' for r in rows})})"
                  + (f"\n{left_out} comparisons left out: their runs' speeds were measured on different footings"
                     if left_out else ""))
     fig.legend(loc="lower center", ncol=2 if len(rows) > 6 else 1, fontsize=7)

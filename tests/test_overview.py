@@ -47,6 +47,10 @@ def test_table_and_chart(records):
     assert [t.get_text() for t in legend.get_texts()][1].startswith("2. SE (resnet20")
     fig.canvas.draw()
     assert legend.get_window_extent().y1 < fig.axes[0].get_window_extent().y0
+    # the title's key names only the kinds of point shown (smoke rows: smaller experiments, squares)
+    assert "smaller experiments" in fig.axes[0].get_title() and "circles" not in fig.axes[0].get_title()
+    book_rows = [{**r, "profile": "book"} for r in rows]
+    assert "converged comparisons of the book profile" in plots.gain_vs_speed(book_rows).axes[0].get_title()
 
 
 def test_a_speed_measured_on_two_footings_is_not_compared(records):
