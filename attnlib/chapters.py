@@ -102,13 +102,19 @@ def _linear_lr(batch: int, setup: Profile) -> dict:
     return {"batch_size": batch, "lr": BOOK_RECIPE.lr * batch / setup.batch_size}
 
 
-def _twice_the_epochs(setup: Profile) -> tuple[Variant, Variant]:
-    """ResNet-20 with BN and with IEBN, trained with twice the profile's epochs (the cosine
-    schedule stretched to the longer run): the baseline chapter's convergence check on three
-    seeds, and chapter 1's longer comparison on all of them (the same runs, seed for seed)."""
-    longer = {"epochs": 2 * setup.epochs}
-    return (Variant("ResNet-20, twice the epochs", model="resnet20", train=longer),
-            Variant("IEBN, twice the epochs", model="resnet20", norm="iebn", train=longer))
+def _twice(variant: Variant, setup: Profile) -> Variant:
+    """``variant`` trained with twice the profile's epochs (the cosine schedule stretched to the
+    longer run): the twice-the-epochs check of whether a comparison has converged."""
+    return dataclasses.replace(variant, label=f"{variant.label}, twice the epochs",
+                               train={**variant.train, "epochs": 2 * setup.epochs})
+
+
+def _twice_the_epochs(setup: Profile) -> tuple[Variant, ...]:
+    """ResNet-20 with BN and with IEBN, trained with twice the epochs: the baseline chapter's
+    convergence check on three seeds, and chapter 1's longer comparison on all of them (the
+    same runs, seed for seed)."""
+    return tuple(_twice(v, setup) for v in (Variant("ResNet-20", model="resnet20"),
+                                            Variant("IEBN", model="resnet20", norm="iebn")))
 
 
 def setup_and_baseline(setup: Profile) -> list[Experiment]:
@@ -180,7 +186,7 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
          bn_batches: tuple[int, ...] = (2, 4, 8, 32), mabn_batches: tuple[int, ...] = (2, 4)) -> list[Experiment]:
     """``paper``: the paper's setting, every arm at SGD batch 32 with the same learning rate and
     steps, BN and MABN normalising over groups of n images of it (ghost batches; BN n32 is plain
-    BN). ``sweep``: real SGD batches of ``bn_batches`` and ``mabn_batches`` images, the learning
+    BN). ``convergence``: its baseline and headline pair with twice the epochs. ``sweep``: real SGD batches of ``bn_batches`` and ``mabn_batches`` images, the learning
     rate scaled linearly, so the batch also changes the steps and the gradient noise."""
     paper_lr = _linear_lr(PAPER_SGD_BATCH, setup)
     smallest = PAPER_NORM_GROUPS[0]
@@ -196,7 +202,11 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
                         train=_linear_lr(b, setup)) for b in mabn_batches]
              + [Variant(f"MABN b{b}, plain conv", model="resnet20", norm=_mabn_for(b),
                         train=_linear_lr(b, setup)) for b in mabn_batches[:1]])
+    # BN n32 is also the sweep's BN b32 (the same batch and learning rate): one check covers both baselines
+    checked = [v for v in paper if v.label in (f"BN n{PAPER_SGD_BATCH}", f"BN n{smallest}", f"MABN n{smallest}")]
     return [Experiment("paper", tuple(paper), sweep_subset, sweep_test),
+            Experiment("convergence", tuple(_twice(v, setup) for v in checked), sweep_subset, sweep_test,
+                       seed_count=SECONDARY_SEEDS),
             Experiment("sweep", tuple(sweep), sweep_subset, sweep_test)]
 
 

@@ -91,3 +91,22 @@ def test_the_queue_plan_covers_every_run_the_book_executes():
               for v in exp.variants for seed in exp.seeds(setup, v.label)}
     assert needed - planned == set()
     assert len(plan) == len(set(plan))  # each item once
+
+
+def test_the_mabn_convergence_check_reuses_the_paper_setting_with_twice_the_epochs():
+    """Chapter 3's check trains its baseline and headline pair again with twice the epochs and
+    nothing else changed; its baseline, BN over the whole SGD batch of 32, is also the sweep's
+    BN at batch 32: one run under two names."""
+    comparisons = experiments("03", FIVE_SEEDS)
+    paper, twice, sweep = comparisons["paper"], comparisons["convergence"], comparisons["sweep"]
+    assert twice.seeds(FIVE_SEEDS) == (0, 1, 2) and paper.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
+    by_label = {v.label: v for v in paper.variants}
+    for longer in twice.variants:
+        shorter = by_label[longer.label.removesuffix(", twice the epochs")]
+        assert longer.spec() == {**shorter.spec(), "label": longer.label,
+                                 "train": {**shorter.train, "epochs": 2 * FIVE_SEEDS.epochs}}
+    assert [v.label for v in twice.variants] == ["BN n2, twice the epochs", "BN n32, twice the epochs",
+                                                 "MABN n2, twice the epochs"]
+    data = FIVE_SEEDS.load()
+    keys = {j.variant.label: j.key for j in make_jobs([paper, sweep], FIVE_SEEDS, TrainConfig(), data) if j.seed == 0}
+    assert "BN b32" not in keys and "BN n32" in keys  # the sweep's BN b32 is the paper's BN n32, listed once
