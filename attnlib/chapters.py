@@ -186,8 +186,9 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
          bn_batches: tuple[int, ...] = (2, 4, 8, 32), mabn_batches: tuple[int, ...] = (2, 4)) -> list[Experiment]:
     """``paper``: the paper's setting, every arm at SGD batch 32 with the same learning rate and
     steps, BN and MABN normalising over groups of n images of it (ghost batches; BN n32 is plain
-    BN). ``convergence``: its baseline and headline pair with twice the epochs. ``sweep``: real SGD batches of ``bn_batches`` and ``mabn_batches`` images, the learning
-    rate scaled linearly, so the batch also changes the steps and the gradient noise."""
+    BN). ``convergence``: its baseline and headline pair with twice the epochs. ``sweep``: real
+    SGD batches of ``bn_batches`` and ``mabn_batches`` images, the learning rate scaled
+    linearly, so the batch also changes the steps and the gradient noise."""
     paper_lr = _linear_lr(PAPER_SGD_BATCH, setup)
     smallest = PAPER_NORM_GROUPS[0]
     paper = ([Variant(f"BN n{n}", model="resnet20", norm=("bn", {"norm_batch": n}), train=paper_lr)
