@@ -46,7 +46,7 @@ check: venv
 # hour per ResNet-20 run on a quiet 2-core CPU with two workers: run it in the background, never
 # beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
-	03:paper 03:convergence 03:sweep 01:longer 01:batch 01:noise \
+	03:shorter 03:convergence 03:paper 03:sweep 01:longer 01:batch 01:noise \
 	02:main 02:ablation 02:alexnet 04:main 04:pixel 05:main 05:widths 05:ablations 05:alexnet
 QUEUE_ARGS ?= --workers 2 --threads 1
 queue: venv

@@ -93,20 +93,31 @@ def test_the_queue_plan_covers_every_run_the_book_executes():
     assert len(plan) == len(set(plan))  # each item once
 
 
-def test_the_mabn_convergence_check_reuses_the_paper_setting_with_twice_the_epochs():
-    """Chapter 3's check trains its baseline and headline pair again with twice the epochs and
-    nothing else changed; its baseline, BN over the whole SGD batch of 32, is also the sweep's
-    BN at batch 32: one run under two names."""
-    comparisons = experiments("03", FIVE_SEEDS)
+def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
+    """Chapter 3's paper setting trains for paper_epoch_factor times the profile's epochs (2,000
+    images make few steps an epoch); its check trains the baseline and headline pair again with
+    twice those epochs and nothing else changed. The sweep keeps the profile's epochs, so its
+    BN at batch 32 is a run of its own."""
+    comparisons = experiments("03", FIVE_SEEDS, paper_epoch_factor=3)
     paper, twice, sweep = comparisons["paper"], comparisons["convergence"], comparisons["sweep"]
     assert twice.seeds(FIVE_SEEDS) == (0, 1, 2) and paper.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
+    assert {v.train["epochs"] for v in paper.variants} == {3 * FIVE_SEEDS.epochs}
+    assert "epochs" not in {k for v in sweep.variants for k in v.train}
     by_label = {v.label: v for v in paper.variants}
     for longer in twice.variants:
         shorter = by_label[longer.label.removesuffix(", twice the epochs")]
         assert longer.spec() == {**shorter.spec(), "label": longer.label,
-                                 "train": {**shorter.train, "epochs": 2 * FIVE_SEEDS.epochs}}
+                                 "train": {**shorter.train, "epochs": 6 * FIVE_SEEDS.epochs}}
     assert [v.label for v in twice.variants] == ["BN n2, twice the epochs", "BN n32, twice the epochs",
                                                  "MABN n2, twice the epochs"]
+    shorter = comparisons["shorter"]
+    assert [(v.label, v.train["epochs"]) for v in shorter.variants] == [
+        (f"{label}, {epochs} epochs", epochs) for epochs in (1, 2) for label in ("BN n2", "BN n32", "MABN n2")]
+    assert shorter.seeds(FIVE_SEEDS) == (0, 1, 2)
     data = FIVE_SEEDS.load()
-    keys = {j.variant.label: j.key for j in make_jobs([paper, sweep], FIVE_SEEDS, TrainConfig(), data) if j.seed == 0}
-    assert "BN b32" not in keys and "BN n32" in keys  # the sweep's BN b32 is the paper's BN n32, listed once
+    keys = {j.variant.label: j.key for j in make_jobs([paper, sweep, shorter], FIVE_SEEDS, TrainConfig(), data)
+            if j.seed == 0}
+    assert keys["BN b32"] != keys["BN n32"]
+    assert "BN n32, 1 epochs" not in keys  # the sweep's BN b32: one run, listed once
+    with pytest.raises(ValueError, match="paper_epoch_factor=0 is not allowed"):
+        experiments("03", FIVE_SEEDS, paper_epoch_factor=0)
