@@ -243,19 +243,27 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
 
 def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple[float, ...] = (0.25, 0.5),
                  small_subset: int | None = 3000, small_test: int | None = 5000) -> list[Experiment]:
+    """``main``: ResNet-20, DY-ResNet-20 (K = 4) and the static network at the dynamic one's
+    parameter count (twice as wide). ``widths``: static and dynamic pairs of thinner networks.
+    ``ablations``: the annealing and K, on a subset. ``alexnet``: the post's pair. ``longer``:
+    the static and dynamic networks with twice the epochs (the annealing stretched with them)."""
     # The paper anneals T from 30 to 1 over its first 10 epochs, about a tenth of training.
     # Linear in 1/T: linear in T sharpens the attention tenfold in the schedule's last third,
     # faster than the weights and BN's running statistics follow (the "linearly in T" arm).
     anneal_epochs = max(1, round(setup.epochs / 10)) if anneal_epochs is None else anneal_epochs
-    anneal = TemperatureAnnealing(start=30.0, end=1.0, epochs=anneal_epochs, linear_in="1/T")
+
+    def annealed(epochs: int) -> TemperatureAnnealing:
+        return TemperatureAnnealing(start=30.0, end=1.0, epochs=epochs, linear_in="1/T")
+
+    anneal = annealed(anneal_epochs)
     static, dynamic = (Variant("ResNet-20", model="resnet20"),
                        Variant("DY-ResNet-20", model="resnet20", conv="dynamic", callbacks=(anneal,)))
+    wide = Variant("ResNet-20 x2 wide", model="resnet20", model_kwargs={"width_mult": 2.0})
     thin = tuple(variant for w in widths for variant in (
         Variant(f"ResNet-20 x{w:g}", model="resnet20", model_kwargs={"width_mult": w}),
         Variant(f"DY-ResNet-20 x{w:g}", model="resnet20", model_kwargs={"width_mult": w}, conv="dynamic",
                 callbacks=(anneal,))))
     ablations = (static, dynamic,
-                 Variant("ResNet-20 x2 wide", model="resnet20", model_kwargs={"width_mult": 2.0}),
                  Variant("DY, annealed linearly in T", model="resnet20", conv="dynamic",
                          callbacks=(TemperatureAnnealing(start=30.0, end=1.0, epochs=anneal_epochs),)),
                  Variant("DY, T=1 throughout", model="resnet20", conv="dynamic",
@@ -263,9 +271,12 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple
                  Variant("DY, K=2", model="resnet20", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
     alex = (Variant("AlexNet", model="alexnet"),
             Variant("AlexNet-DY, K=2", model="alexnet", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
-    return [Experiment("main", (static, dynamic)), Experiment("widths", thin, seed_count=SECONDARY_SEEDS),
+    longer = (_twice(static, setup),
+              dataclasses.replace(_twice(dynamic, setup), callbacks=(annealed(2 * anneal_epochs),)))
+    return [Experiment("main", (static, dynamic, wide)), Experiment("widths", thin, seed_count=SECONDARY_SEEDS),
             Experiment("ablations", ablations, small_subset, small_test),
-            Experiment("alexnet", alex, small_subset, small_test)]
+            Experiment("alexnet", alex, small_subset, small_test),
+            Experiment("longer", longer, seed_count=SECONDARY_SEEDS)]
 
 
 CHAPTERS: dict[str, Callable[..., list[Experiment]]] = {

@@ -121,3 +121,19 @@ def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
     assert "BN n32, 1 epochs" not in keys  # the sweep's BN b32: one run, listed once
     with pytest.raises(ValueError, match="paper_epoch_factor=0 is not allowed"):
         experiments("03", FIVE_SEEDS, paper_epoch_factor=0)
+
+
+def test_the_dynamic_headline_has_the_matched_size_control_and_its_check_stretches_the_annealing():
+    """Chapter 5's headline trains the twice-wide static network (about DY-ResNet-20's parameter
+    count) on every seed; its longer runs double the epochs and the annealing with them, so the
+    temperature still falls over the same tenth of the run."""
+    setup = resolve_profile("smoke", epochs=20, seeds=range(5))
+    comparisons = experiments("05", setup)
+    main, longer = comparisons["main"], comparisons["longer"]
+    assert [v.label for v in main.variants] == ["ResNet-20", "DY-ResNet-20", "ResNet-20 x2 wide"]
+    assert all(main.seeds(setup, v.label) == (0, 1, 2, 3, 4) for v in main.variants)
+    short_dy, long_dy = main.variants[1], longer.variants[1]
+    assert (short_dy.callbacks[0].epochs, long_dy.callbacks[0].epochs) == (2, 4)
+    assert long_dy.train["epochs"] == 40 and longer.seeds(setup) == (0, 1, 2)
+    assert long_dy.spec()["conv"] == short_dy.spec()["conv"]
+    assert "ResNet-20 x2 wide" not in {v.label for v in comparisons["ablations"].variants}
