@@ -31,8 +31,8 @@ from .files import atomic_write_text
 from .history import NOT_RECORDED, History
 from .models import count_parameters
 from .profiles import Profile, resolve_profile
-from .records import (RECORD_FORMAT, dataset_spec, find_record, read_record, read_weights, record_stem, run_key,
-                      writable_folder)
+from .records import (RECORD_FORMAT, adopt_checkpoint, dataset_spec, find_record, read_record, read_weights,
+                      record_stem, run_key, writable_folder)
 from .runinfo import environment
 from .significance import accuracy_difference, seed_std
 from .train import fit, predict
@@ -60,6 +60,9 @@ def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int
     if record is not None:
         record["label"], record["variant"] = variant.label, variant.spec()  # this chapter's name for it
         return record, False
+    if distributed.is_main() and (adopted := adopt_checkpoint(stem, seed, key)) is not None:
+        print(f"{variant.label} seed {seed}: resuming the checkpoint {adopted.name}, saved under another label")
+    distributed.barrier()  # every rank resumes from the checkpoint the main one put in place
     text = _train_and_record(variant, data, config, seed, profile=profile, stem=stem, key=key, device=device,
                              progress=progress)
     return json.loads(distributed.from_main(text)), True  # exactly what a later call loads

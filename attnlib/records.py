@@ -63,6 +63,19 @@ def find_record(results_dir: Path, stem: Path, seed: int, key: str) -> Path | No
     return next((p for p in candidates if p.exists()), None)
 
 
+def adopt_checkpoint(stem: Path, seed: int, key: str) -> Path | None:
+    """An interrupted run's checkpoint saved under another label (a chapter renamed the arm)
+    becomes this label's, so the run resumes instead of starting again. Returns the adopted
+    file's old path, or None when there was none to adopt."""
+    target = stem.with_suffix(".ckpt")
+    if target.exists():
+        return None
+    other = next(iter(sorted(stem.parent.glob(f"*-seed{seed}-{key}.ckpt"))), None)
+    if other is not None:
+        os.replace(other, target)
+    return other
+
+
 def read_record(path: Path) -> dict:
     """The record at ``path``; :class:`~attnlib.train.CorruptFileError` naming it if it cannot be read."""
     try:

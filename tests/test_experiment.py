@@ -21,9 +21,9 @@ from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
 from attnlib.significance import smallest_p_value
-from attnlib.train import predict
-from attnlib.variants import Variant
-from conftest import COMPARED_SEEDS as SEEDS, COMPARED_VARIANTS as VARIANTS
+from attnlib.train import fit, predict
+from attnlib.variants import Variant, run_config
+from conftest import COMPARED_SEEDS as SEEDS, COMPARED_VARIANTS as VARIANTS, StopAt
 
 
 # ----------------------------------------------------------------------------- compare
@@ -142,6 +142,27 @@ def test_same_run_under_another_label_is_shared(comparison):
     # an override equal to the recipe's value is the same run
     same = Variant("y", train={"lr": TrainConfig().lr})
     assert run_key(same, again.data, TrainConfig().replace(**same.train), 0) == run_key(renamed, again.data, TrainConfig(), 0)
+
+
+def test_an_interrupted_run_renamed_resumes_from_its_checkpoint(tmp_path):
+    """A chapter that renames an arm (the same run under a new label) resumes the run the queue
+    interrupted under the old label, instead of training it again from the start."""
+    profile = PROFILES["smoke"]
+    data = profile.load()
+    old, new = Variant("Old name"), Variant("New name")
+    config = run_config(None, profile, old)
+    key = run_key(old, data, config, 0)
+    old_ckpt = tmp_path / f"old-name-seed0-{key}.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(old.build(data, 0), data, config, seed=0, device="cpu", progress=False, checkpoint=old_ckpt,
+            callbacks=[StopAt(2)])
+    interrupted = torch.load(old_ckpt, weights_only=False)["history"]
+    resumed = compare([new], profile, seeds=(0,), data=data, results_dir=tmp_path, device="cpu", progress=False)
+    assert resumed.trained_now == 1
+    history = resumed.runs("New name")[0]["history"]
+    assert history["epoch_time"][:2] == interrupted["epoch_time"]  # the first two epochs were not run again
+    assert len(history["test_acc"]) == config.epochs
+    assert not list(tmp_path.glob("*.ckpt"))
 
 
 def test_duplicate_labels_are_refused(tmp_path):
