@@ -352,5 +352,5 @@ def difference_check(cmp: Comparison, pair: tuple[str, str], longer: Comparison,
                     f"({len(cmp.runs(pair[0]))} and {len(cmp.runs(pair[1]))} seeds), {long['delta']:+.2f} after "
                     f"{epochs[1]} ({len(longer.runs(longer_pair[0]))} and {len(longer.runs(longer_pair[1]))} "
                     f"seeds): a change of {change:+.2f}, {'within' if stable else 'outside'} two standard "
-                    f"errors ({se:.2f}), so the difference {'does not depend' if stable else 'depends'} on "
+                    f"errors (one is {se:.2f}), so the difference {'does not depend' if stable else 'depends'} on "
                     f"where training stops"}
