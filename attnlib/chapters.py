@@ -197,10 +197,15 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
     ``convergence``: its baseline and headline pair with twice those epochs;
     ``shorter``: the same three arms with the profile's epochs and twice them, to show how the
     verdict moves with the length of training.
-    ``sweep``: real SGD batches of ``bn_batches`` and ``mabn_batches`` images for the profile's
-    epochs, the learning rate scaled linearly, so the batch also changes the steps and the
-    gradient noise."""
-    paper_lr = {**_linear_lr(PAPER_SGD_BATCH, setup), "epochs": paper_epoch_factor * setup.epochs}
+    ``sweep``: real SGD batches of ``bn_batches`` and ``mabn_batches`` images for the paper
+    setting's epochs, on the first three seeds (it is secondary), the learning rate scaled
+    linearly, so the batch also changes the steps and the gradient noise; its BN at batch 32 is
+    the paper setting's BN n32, one run."""
+    def sgd(batch: int) -> dict:
+        """SGD at batch ``batch`` for the paper setting's epochs, the learning rate scaled linearly."""
+        return {**_linear_lr(batch, setup), "epochs": paper_epoch_factor * setup.epochs}
+
+    paper_lr = sgd(PAPER_SGD_BATCH)
     smallest = PAPER_NORM_GROUPS[0]
     paper = ([Variant(f"BN n{n}", model="resnet20", norm=("bn", {"norm_batch": n}), train=paper_lr)
               for n in PAPER_NORM_GROUPS]
@@ -209,11 +214,11 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
                         train=paper_lr),
                 Variant(f"MABN n{smallest}, plain conv", model="resnet20", norm=("mabn", {"norm_batch": smallest}),
                         train=paper_lr)])
-    sweep = ([Variant(f"BN b{b}", model="resnet20", train=_linear_lr(b, setup)) for b in bn_batches]
-             + [Variant(f"MABN b{b}", model="resnet20", norm=_mabn_for(b), conv="cenconv",
-                        train=_linear_lr(b, setup)) for b in mabn_batches]
-             + [Variant(f"MABN b{b}, plain conv", model="resnet20", norm=_mabn_for(b),
-                        train=_linear_lr(b, setup)) for b in mabn_batches[:1]])
+    sweep = ([Variant(f"BN b{b}", model="resnet20", train=sgd(b)) for b in bn_batches]
+             + [Variant(f"MABN b{b}", model="resnet20", norm=_mabn_for(b), conv="cenconv", train=sgd(b))
+                for b in mabn_batches]
+             + [Variant(f"MABN b{b}, plain conv", model="resnet20", norm=_mabn_for(b), train=sgd(b))
+                for b in mabn_batches[:1]])
     checked = [v for v in paper if v.label in (f"BN n{PAPER_SGD_BATCH}", f"BN n{smallest}", f"MABN n{smallest}")]
     shorter = tuple(_trained_for(v, epochs, f"{epochs} epochs") for epochs in (setup.epochs, 2 * setup.epochs)
                     for v in checked)
@@ -221,7 +226,7 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
             Experiment("convergence", tuple(_twice(v, setup) for v in checked), sweep_subset, sweep_test,
                        seed_count=SECONDARY_SEEDS),
             Experiment("shorter", shorter, sweep_subset, sweep_test, seed_count=SECONDARY_SEEDS),
-            Experiment("sweep", tuple(sweep), sweep_subset, sweep_test)]
+            Experiment("sweep", tuple(sweep), sweep_subset, sweep_test, seed_count=SECONDARY_SEEDS)]
 
 
 def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, small_subset: int | None = 3000,

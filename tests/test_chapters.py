@@ -96,13 +96,14 @@ def test_the_queue_plan_covers_every_run_the_book_executes():
 def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
     """Chapter 3's paper setting trains for paper_epoch_factor times the profile's epochs (2,000
     images make few steps an epoch); its check trains the baseline and headline pair again with
-    twice those epochs and nothing else changed. The sweep keeps the profile's epochs, so its
-    BN at batch 32 is a run of its own."""
+    twice those epochs and nothing else changed. The sweep trains as long on three seeds, so its
+    BN at batch 32 is the paper setting's BN n32, one run."""
     comparisons = experiments("03", FIVE_SEEDS, paper_epoch_factor=3)
     paper, twice, sweep = comparisons["paper"], comparisons["convergence"], comparisons["sweep"]
     assert twice.seeds(FIVE_SEEDS) == (0, 1, 2) and paper.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
     assert {v.train["epochs"] for v in paper.variants} == {3 * FIVE_SEEDS.epochs}
-    assert "epochs" not in {k for v in sweep.variants for k in v.train}
+    assert {v.train["epochs"] for v in sweep.variants} == {3 * FIVE_SEEDS.epochs}
+    assert sweep.seeds(FIVE_SEEDS) == (0, 1, 2)
     by_label = {v.label: v for v in paper.variants}
     for longer in twice.variants:
         shorter = by_label[longer.label.removesuffix(", twice the epochs")]
@@ -117,8 +118,8 @@ def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
     data = FIVE_SEEDS.load()
     keys = {j.variant.label: j.key for j in make_jobs([paper, sweep, shorter], FIVE_SEEDS, TrainConfig(), data)
             if j.seed == 0}
-    assert keys["BN b32"] != keys["BN n32"]
-    assert "BN n32, 1 epochs" not in keys  # the sweep's BN b32: one run, listed once
+    assert "BN b32" not in keys and "BN n32" in keys  # the paper's BN n32 and the sweep's BN b32: one run, listed once
+    assert keys["BN n32, 1 epochs"] != keys["BN n32"]
     with pytest.raises(ValueError, match="paper_epoch_factor=0 is not allowed"):
         experiments("03", FIVE_SEEDS, paper_epoch_factor=0)
 
