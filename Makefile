@@ -47,7 +47,8 @@ check: venv
 # beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
 	03:shorter 03:convergence 03:paper 03:sweep 01:longer 01:batch 01:noise \
-	02:main 02:ablation 02:alexnet 04:main 04:pixel 05:ablations 05:alexnet 05:main 05:widths 05:longer
+	02:main 02:ablation 02:alexnet 02:longer 04:main 04:pixel 04:longer \
+	05:ablations 05:alexnet 05:main 05:widths 05:longer
 QUEUE_ARGS ?= --workers 2 --threads 1
 queue: venv
 	$(PY) -m attnlib.run --profile book --results-dir book/results --no-progress $(QUEUE_ARGS) $(addprefix --plan ,$(BOOK_PLAN))

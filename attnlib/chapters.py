@@ -165,7 +165,8 @@ def iebn(setup: Profile, norm_batch: int = 16, norm_batch_subset: int | None = 3
 def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | None = 5000) -> list[Experiment]:
     """``main``: SE and BA with the book's bottleneck, max(8, C // 16), and BA with the official
     code's, C // 16 (1, 2 and 4 channels in ResNet-20). ``alexnet``: the post's pair, its
-    discarded gate an exact null. ``ablation``: BA squeezing only the gated map."""
+    discarded gate an exact null. ``ablation``: BA squeezing only the gated map. ``longer``:
+    the headline arms with twice the epochs (the baseline's runs are the baseline chapter's)."""
     main = (Variant("ResNet-20", model="resnet20"), Variant("SE", model="resnet20", attention="se"),
             Variant("BA", model="resnet20", attention="ba"),
             Variant("BA, official bottleneck", model="resnet20", attention=("ba", {"min_hidden": 1})))
@@ -175,7 +176,8 @@ def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | No
                 Variant("BA, last feature only", model="resnet20", attention=("ba", {"last_feature_only": True})))
     return [Experiment("main", main, secondary=("BA, official bottleneck",)),
             Experiment("alexnet", alex, small_subset, small_test),
-            Experiment("ablation", ablation, seed_count=SECONDARY_SEEDS)]
+            Experiment("ablation", ablation, seed_count=SECONDARY_SEEDS),
+            Experiment("longer", tuple(_twice(v, setup) for v in main[:3]), seed_count=SECONDARY_SEEDS)]
 
 
 def _mabn_for(batch: int):
@@ -235,7 +237,7 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
     controls: every residual branch times 0.5 (the value NAM's gates start at) and NAM with the
     weights' gradient let through. The headline arms are the plain network, the constant control
     and NAM; the variants of NAM are secondary. ``pixel``: the pixel module alone and after the
-    channel one."""
+    channel one. ``longer``: the headline arms with twice the epochs."""
     main = (Variant("ResNet-20", model="resnet20"),
             Variant("ResNet-20, branches x0.5", model="resnet20", attention=("scale", {"factor": 0.5})),
             Variant("NAM", model="resnet20", attention="nam"),
@@ -248,7 +250,8 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
              Variant("NAM pixel", model="resnet20", attention=("nam", {"channel": False, "spatial": True})),
              Variant("NAM channel + pixel", model="resnet20", attention=("nam", {"spatial": True})))
     return [Experiment("main", main, secondary=tuple(v.label for v in main[3:])),
-            Experiment("pixel", pixel, small_subset, small_test)]
+            Experiment("pixel", pixel, small_subset, small_test),
+            Experiment("longer", tuple(_twice(v, setup) for v in main[:3]), seed_count=SECONDARY_SEEDS)]
 
 
 def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple[float, ...] = (0.25, 0.5),

@@ -346,7 +346,7 @@ def difference_check(cmp: Comparison, pair: tuple[str, str], longer: Comparison,
     se = math.hypot(short["se"], long["se"])
     stable = abs(change) < 2 * se
     epochs = (cmp.runs(pair[0])[0]["config"]["epochs"], longer.runs(longer_pair[0])[0]["config"]["epochs"])
-    return {"delta": short["delta"], "longer_delta": long["delta"], "change": change, "se": se,
+    return {"pair": pair, "delta": short["delta"], "longer_delta": long["delta"], "change": change, "se": se,
             "stable": stable, "epochs": epochs, "short": short, "long": long,
             "text": f"{pair[0]} - {pair[1]}: {short['delta']:+.2f} points after {epochs[0]} epochs "
                     f"({len(cmp.runs(pair[0]))} and {len(cmp.runs(pair[1]))} seeds), {long['delta']:+.2f} after "

@@ -180,6 +180,13 @@ def difference_table(differences: dict[tuple[str, str], dict]) -> str:
     return "\n".join(lines)
 
 
+def difference_check_table(*checks: dict) -> str:
+    """:func:`difference_table` of :func:`~attnlib.experiment.difference_check` results: each
+    difference after the shorter and the longer training, one row each."""
+    return difference_table({(f"{check['pair'][0]}, {epochs} epochs", f"{check['pair'][1]}, {epochs} epochs"): check[when]
+                             for check in checks for epochs, when in zip(check["epochs"], ("short", "long"))})
+
+
 def cost_table(cmp: Comparison) -> str:
     """A markdown table of what each variant costs: parameters, FLOPs, measured train and
     eval images per second, and each of those relative to the first variant."""
