@@ -124,6 +124,26 @@ def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
         experiments("03", FIVE_SEEDS, paper_epoch_factor=0)
 
 
+@pytest.mark.parametrize("chapter, headline", [("02", ["ResNet-20", "SE", "BA"]),
+                                               ("04", ["ResNet-20", "ResNet-20, branches x0.5", "NAM"])])
+def test_a_gated_headline_is_checked_at_twice_the_epochs_sharing_the_baselines_runs(chapter, headline):
+    """Chapters 2 and 4 train their headline arms again with twice the epochs on three seeds,
+    nothing else changed; the plain network's longer runs are the baseline chapter's, one run."""
+    comparisons = experiments(chapter, FIVE_SEEDS)
+    main, longer = comparisons["main"], comparisons["longer"]
+    assert [v.label for v in longer.variants] == [f"{label}, twice the epochs" for label in headline]
+    assert longer.seeds(FIVE_SEEDS) == (0, 1, 2)
+    by_label = {v.label: v for v in main.variants}
+    for twice in longer.variants:
+        short = by_label[twice.label.removesuffix(", twice the epochs")]
+        assert twice.spec() == {**short.spec(), "label": twice.label,
+                                "train": {**short.train, "epochs": 2 * FIVE_SEEDS.epochs}}
+    data = FIVE_SEEDS.load()
+    jobs = make_jobs([experiments("00", FIVE_SEEDS)["convergence"], longer], FIVE_SEEDS, TrainConfig(), data)
+    assert [j.variant.label for j in jobs if j.seed == 0] == [
+        "ResNet-20, twice the epochs", "IEBN, twice the epochs", *(v.label for v in longer.variants[1:])]
+
+
 def test_the_dynamic_headline_has_the_matched_size_control_and_its_check_stretches_the_annealing():
     """Chapter 5's headline trains the twice-wide static network (about DY-ResNet-20's parameter
     count) on every seed; its longer runs double the epochs and the annealing with them, so the
