@@ -93,6 +93,14 @@ def test_the_queue_plan_covers_every_run_the_book_executes():
     assert len(plan) == len(set(plan))  # each item once
 
 
+def _assert_only_the_epochs_doubled(short, twice, epochs: int) -> None:
+    """Each variant of ``twice`` is its namesake in ``short`` trained for ``epochs``, nothing else changed."""
+    by_label = {v.label: v for v in short.variants}
+    for longer in twice.variants:
+        shorter = by_label[longer.label.removesuffix(", twice the epochs")]
+        assert longer.spec() == {**shorter.spec(), "label": longer.label, "train": {**shorter.train, "epochs": epochs}}
+
+
 def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
     """Chapter 3's paper setting trains for paper_epoch_factor times the profile's epochs (2,000
     images make few steps an epoch); its check trains the baseline and headline pair again with
@@ -104,11 +112,7 @@ def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
     assert {v.train["epochs"] for v in paper.variants} == {3 * FIVE_SEEDS.epochs}
     assert {v.train["epochs"] for v in sweep.variants} == {3 * FIVE_SEEDS.epochs}
     assert sweep.seeds(FIVE_SEEDS) == (0, 1, 2)
-    by_label = {v.label: v for v in paper.variants}
-    for longer in twice.variants:
-        shorter = by_label[longer.label.removesuffix(", twice the epochs")]
-        assert longer.spec() == {**shorter.spec(), "label": longer.label,
-                                 "train": {**shorter.train, "epochs": 6 * FIVE_SEEDS.epochs}}
+    _assert_only_the_epochs_doubled(paper, twice, 6 * FIVE_SEEDS.epochs)
     assert [v.label for v in twice.variants] == ["BN n2, twice the epochs", "BN n32, twice the epochs",
                                                  "MABN n2, twice the epochs"]
     shorter = comparisons["shorter"]
@@ -133,11 +137,7 @@ def test_a_gated_headline_is_checked_at_twice_the_epochs_sharing_the_baselines_r
     main, longer = comparisons["main"], comparisons["longer"]
     assert [v.label for v in longer.variants] == [f"{label}, twice the epochs" for label in headline]
     assert longer.seeds(FIVE_SEEDS) == (0, 1, 2)
-    by_label = {v.label: v for v in main.variants}
-    for twice in longer.variants:
-        short = by_label[twice.label.removesuffix(", twice the epochs")]
-        assert twice.spec() == {**short.spec(), "label": twice.label,
-                                "train": {**short.train, "epochs": 2 * FIVE_SEEDS.epochs}}
+    _assert_only_the_epochs_doubled(main, longer, 2 * FIVE_SEEDS.epochs)
     data = FIVE_SEEDS.load()
     jobs = make_jobs([experiments("00", FIVE_SEEDS)["convergence"], longer], FIVE_SEEDS, TrainConfig(), data)
     assert [j.variant.label for j in jobs if j.seed == 0] == [
