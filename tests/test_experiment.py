@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from attnlib import load_dataset
+from attnlib import load_dataset, plots
 from attnlib.config import TrainConfig
 from attnlib.devices import autocast_dtype, precision_name
 from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference, difference_check,
@@ -262,6 +262,14 @@ def test_difference_check_compares_the_difference_at_both_lengths(longer_method,
     assert check["delta"] == pytest.approx(-0.2) and check["se"] == pytest.approx(math.hypot(se_short, se_long))
     assert check["change"] == pytest.approx(check["longer_delta"] + 0.2) and check["epochs"] == (30, 60)
     assert check["stable"] is stable and ("does not depend" in check["text"]) is stable
+
+
+def test_difference_check_table_has_a_row_per_length_labelled_with_its_epochs():
+    check = difference_check(_fake_pair(30, [0.91, 0.92, 0.93], [0.90, 0.91, 0.92]), ("M", "B"),
+                             _fake_pair(60, [0.93, 0.94, 0.95], [0.90, 0.91, 0.92]), ("M", "B"))
+    rows = plots.difference_check_table(check).splitlines()[2:]
+    assert [row.split(" | ")[:2] for row in rows] == [["| M, 30 epochs − B, 30 epochs", "+1.00 ± 0.82"],
+                                                      ["| M, 60 epochs − B, 60 epochs", "+3.00 ± 0.82"]]
 
 
 @dataclass(frozen=True)

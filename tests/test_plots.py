@@ -114,27 +114,6 @@ def test_difference_table_has_one_row_per_pair_with_its_numbers_and_verdict(comp
                      f"{d['p_value']:.2g} ({d['p_min']:.2g})", f"AlexNet is {d['verdict']} {pair[1]}"]
 
 
-def _two_arms(epochs: int, method: list[float], baseline: list[float]):
-    from pathlib import Path
-
-    from attnlib.experiment import Comparison
-    from attnlib.profiles import PROFILES
-
-    records = [{"label": label, "seed": i, "final_test_acc": a, "config": {"epochs": epochs}}
-               for label, accs in (("M", method), ("B", baseline)) for i, a in enumerate(accs)]
-    return Comparison([Variant("M"), Variant("B")], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
-
-
-def test_difference_check_table_has_a_row_per_length_labelled_with_its_epochs():
-    from attnlib.experiment import difference_check
-
-    check = difference_check(_two_arms(30, [0.91, 0.92, 0.93], [0.90, 0.91, 0.92]), ("M", "B"),
-                             _two_arms(60, [0.93, 0.94, 0.95], [0.90, 0.91, 0.92]), ("M", "B"))
-    rows = plots.difference_check_table(check).splitlines()[2:]
-    assert [row.split(" | ")[:2] for row in rows] == [["| M, 30 epochs − B, 30 epochs", "+1.00 ± 0.82"],
-                                                      ["| M, 60 epochs − B, 60 epochs", "+3.00 ± 0.82"]]
-
-
 def test_colors_follow_the_layer_not_the_label():
     """A method keeps its colour whatever its label says: IEBN is IEBN's blue even when
     labelled "BN-like", and a label with "SE" in it on a plain network is the plain grey."""
