@@ -24,6 +24,9 @@ TOOLS = ("torch", "torchvision", "numpy", "matplotlib", "attnlib", "papermill", 
          "jupyter-book", "myst-nb", "sphinxcontrib-bibtex")
 NOT_RECORDED = "not recorded"
 _WALL_TIME = re.compile(r"([\d.]+) min over (\d+) runs")
+#: Between two devices of a run card's merged list ("CPU: X, Inc., 2 threads, NVIDIA H200"): the comma
+#: after a CPU's thread count, or before a CPU (a CPU's name may hold commas of its own).
+_DEVICE_SEPARATOR = re.compile(r"(?<= threads), |, (?=CPU: )")
 
 
 def tool_versions() -> dict[str, str]:
@@ -76,6 +79,12 @@ def _merged(values) -> str:
     return ", ".join(sorted(set(values))) or NOT_RECORDED
 
 
+def _merged_devices(cards: list[dict[str, str]]) -> str:
+    """The distinct devices of run cards whose device entries are themselves merged lists, one each."""
+    devices = {device for card in cards for device in _DEVICE_SEPARATOR.split(card["device"])}
+    return "; ".join(sorted(devices)) or NOT_RECORDED
+
+
 def _executed(paths: list[Path]) -> list[tuple[str, object]]:
     return [(path.stem, nbformat.read(path, as_version=4)) for path in paths]
 
@@ -85,11 +94,11 @@ def wall_times_table(paths: list[Path], results_dir: Path) -> str:
     then the time to train every record in ``results_dir`` once."""
     lines = ["| chapter | profile | training runs | training wall time, CPU | executing the notebook from its records | GPU |",
              "|---|---|---|---|---|---|"]
-    devices = []
+    every_card = []
     for stem, nb in _executed(paths):
         cards = run_cards(nb)
         minutes, runs = training_time(cards)
-        devices += [card["device"] for card in cards]
+        every_card += cards
         execution = nb.metadata.get(METADATA_KEY, {})
         seconds = execution.get("execution_time_s")
         training = f"{minutes:.1f} min" if cards else NOT_RECORDED
@@ -98,7 +107,7 @@ def wall_times_table(paths: list[Path], results_dir: Path) -> str:
                      f"{executing} | not measured |")
     totals = "; ".join(f"`{profile}`: {runs} runs in {hours:.1f} h"
                        for profile, (hours, runs) in records_training_time(results_dir).items())
-    return "\n".join(lines) + (f"\n\nTraining device of every run above: {_merged(devices)}. Chapters share "
+    return "\n".join(lines) + (f"\n\nTraining devices of the runs above: {_merged_devices(every_card)}. Chapters share "
                               f"runs (the plain baselines); every record in `book/results/`, each trained "
                               f"once, by profile: {totals}.\n")
 
@@ -119,7 +128,7 @@ def environment_table(paths: list[Path]) -> str:
     executed = _executed(paths)
     cards = [card for _, nb in executed for card in run_cards(nb)]
     execution = [nb.metadata.get(METADATA_KEY, {}) for _, nb in executed]
-    rows = [("training: device", _merged(c["device"] for c in cards)),
+    rows = [("training: device", _merged_devices(cards)),
             *[(f"training: {key}", _merged(c[key] for c in cards)) for key in ("python", "torch", "torchvision")],
             ("executing the notebooks: machine", _merged(e.get("machine", NOT_RECORDED) for e in execution)),
             ("executing the notebooks: date", _merged(e.get("date", NOT_RECORDED) for e in execution)),

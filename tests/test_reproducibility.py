@@ -20,11 +20,14 @@ CARD = """| run card | |
 | training wall time | {minutes} min over {runs} runs (0 trained now, {runs} loaded from results) |"""
 
 
-def executed_notebook(path: Path, cards: list[tuple[float, int]], execution: dict | None = None) -> Path:
-    """A notebook whose code cells printed run cards of (minutes, runs), with optional execute metadata."""
+def executed_notebook(path: Path, cards: list[tuple[float, int]], execution: dict | None = None,
+                      device: str = "CPU: Test CPU, 2 threads") -> Path:
+    """A notebook whose code cells printed run cards of (minutes, runs) on ``device``, with optional
+    execute metadata."""
     nb = nbformat.v4.new_notebook()
     for minutes, runs in cards:
-        output = nbformat.v4.new_output("display_data", data={"text/markdown": CARD.format(minutes=minutes, runs=runs)})
+        card = CARD.format(minutes=minutes, runs=runs).replace("CPU: Test CPU, 2 threads", device)
+        output = nbformat.v4.new_output("display_data", data={"text/markdown": card})
         nb.cells.append(nbformat.v4.new_code_cell("display(card)", outputs=[output]))
     if execution is not None:
         nb.metadata[METADATA_KEY] = execution
@@ -66,6 +69,17 @@ def test_environment_table_merges_chapters(tmp_path: Path):
     assert "| executing the notebooks: numpy | 2.0, 2.1 |" in table
     assert "| executing the notebooks: python | 3.11 |" in table
     assert "| training: device | CPU: Test CPU, 2 threads |" in table
+
+
+def test_devices_merged_in_run_cards_are_listed_once_each(tmp_path: Path):
+    """A run card lists its runs' devices joined by commas, and a CPU's name has a comma of its own."""
+    first = executed_notebook(tmp_path / "01_x.ipynb", [(1.0, 1)], device="CPU: Alpha, 1 threads, NVIDIA H200")
+    second = executed_notebook(tmp_path / "02_y.ipynb", [(1.0, 1)],
+                               device="CPU: Alpha, 1 threads, CPU: Beta, Inc., 2 threads")
+    (tmp_path / "results").mkdir()
+    expected = "CPU: Alpha, 1 threads; CPU: Beta, Inc., 2 threads; NVIDIA H200"
+    assert f"| training: device | {expected} |" in environment_table([first, second])
+    assert f"Training devices of the runs above: {expected}." in wall_times_table([first, second], tmp_path / "results")
 
 
 def test_execution_metadata_names_every_tool():
