@@ -197,8 +197,9 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
     BN), for ``paper_epoch_factor`` times the profile's epochs: 2,000 images give 63 steps an
     epoch, and at the profile's epochs the baseline was still learning (``shorter`` shows it).
     ``convergence``: its baseline and headline pair with twice those epochs;
-    ``shorter``: the same three arms with the profile's epochs and twice them, to show how the
-    verdict moves with the length of training.
+    ``shorter``: the same three arms and MABN with plain convolutions, with the profile's epochs
+    and twice them, to show how the verdict, and the centred convolutions' part in it, move with
+    the length of training.
     ``sweep``: real SGD batches of ``bn_batches`` and ``mabn_batches`` images for the paper
     setting's epochs, on the first three seeds (it is secondary), the learning rate scaled
     linearly, so the batch also changes the steps and the gradient noise; its BN at batch 32 is
@@ -222,8 +223,9 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
              + [Variant(f"MABN b{b}, plain conv", model="resnet20", norm=_mabn_for(b), train=sgd(b))
                 for b in mabn_batches[:1]])
     checked = [v for v in paper if v.label in (f"BN n{PAPER_SGD_BATCH}", f"BN n{smallest}", f"MABN n{smallest}")]
+    with_plain = [*checked, next(v for v in paper if v.label == f"MABN n{smallest}, plain conv")]
     shorter = tuple(_trained_for(v, epochs, f"{epochs} epochs") for epochs in (setup.epochs, 2 * setup.epochs)
-                    for v in checked)
+                    for v in with_plain)
     return [Experiment("paper", tuple(paper), sweep_subset, sweep_test),
             Experiment("convergence", tuple(_twice(v, setup) for v in checked), sweep_subset, sweep_test,
                        seed_count=SECONDARY_SEEDS),

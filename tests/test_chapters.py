@@ -104,8 +104,9 @@ def _assert_only_the_epochs_doubled(short, twice, epochs: int) -> None:
 def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
     """Chapter 3's paper setting trains for paper_epoch_factor times the profile's epochs (2,000
     images make few steps an epoch); its check trains the baseline and headline pair again with
-    twice those epochs and nothing else changed. The sweep trains as long on three seeds, so its
-    BN at batch 32 is the paper setting's BN n32, one run."""
+    twice those epochs and nothing else changed; the shorter runs add MABN with plain convolutions.
+    The sweep trains as long on three seeds, so its BN at batch 32 is the paper setting's BN n32,
+    one run."""
     comparisons = experiments("03", FIVE_SEEDS, paper_epoch_factor=3)
     paper, twice, sweep = comparisons["paper"], comparisons["convergence"], comparisons["sweep"]
     assert twice.seeds(FIVE_SEEDS) == (0, 1, 2) and paper.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
@@ -117,7 +118,8 @@ def test_the_mabn_paper_setting_trains_longer_and_its_check_twice_as_long():
                                                  "MABN n2, twice the epochs"]
     shorter = comparisons["shorter"]
     assert [(v.label, v.train["epochs"]) for v in shorter.variants] == [
-        (f"{label}, {epochs} epochs", epochs) for epochs in (1, 2) for label in ("BN n2", "BN n32", "MABN n2")]
+        (f"{label}, {epochs} epochs", epochs) for epochs in (1, 2)
+        for label in ("BN n2", "BN n32", "MABN n2", "MABN n2, plain conv")]
     assert shorter.seeds(FIVE_SEEDS) == (0, 1, 2)
     data = FIVE_SEEDS.load()
     keys = {j.variant.label: j.key for j in make_jobs([paper, sweep, shorter], FIVE_SEEDS, TrainConfig(), data)
