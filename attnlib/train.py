@@ -72,22 +72,26 @@ def lr_factor(step: int, total_steps: int, config: TrainConfig, steps_per_epoch:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def decay_only_value(start: float, config: TrainConfig, steps_per_epoch: int) -> float:
+def decay_only_value(start: float, config: TrainConfig, steps_per_epoch: int, l1_penalty: float = 0.0) -> float:
     """Where weight decay alone takes a parameter that starts at ``start``: its value after
     ``config``'s optimiser and learning-rate schedule ran all ``config.epochs *
-    steps_per_epoch`` steps with a gradient of zero from the loss (float64).
+    steps_per_epoch`` steps with a gradient of zero from the data (float64). With
+    ``l1_penalty`` > 0 the loss also holds ``l1_penalty * |value|`` (NAM's sparsity penalty), so
+    the gradient is ``l1_penalty * sign(value)``.
 
     A parameter that ends near this value was not needed by the loss, whatever it started
     at. With SGD and momentum the decay compounds: at momentum 0.9 each step shrinks the
     parameter about ten times as much as ``lr * weight_decay`` alone would.
     """
+    if l1_penalty < 0:
+        raise ValueError(f"l1_penalty={l1_penalty} is negative: an L1 penalty's strength is 0 or more")
     holder = nn.Module()
     holder.value = nn.Parameter(torch.tensor(float(start), dtype=torch.float64))
     optimizer = make_optimizer(holder, config)
     total = config.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config, steps_per_epoch))
     for _ in range(total):
-        holder.value.grad = torch.zeros_like(holder.value)
+        holder.value.grad = l1_penalty * torch.sign(holder.value.detach())
         optimizer.step()
         scheduler.step()
     return holder.value.item()

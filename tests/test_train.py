@@ -366,6 +366,33 @@ def test_decay_only_value_is_where_fit_leaves_a_parameter_the_loss_does_not_push
     assert -(1 - 0.05 * 0.05) ** 16 < ends < 0
 
 
+def test_an_l1_penalty_without_decay_or_momentum_moves_a_parameter_by_lr_times_strength_a_step():
+    config = TrainConfig(epochs=2, lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant", warmup_epochs=0)
+    assert decay_only_value(1.0, config, 50, l1_penalty=0.01) == pytest.approx(1.0 - 100 * 0.1 * 0.01, rel=1e-12)
+    assert decay_only_value(-1.0, config, 50, l1_penalty=0.01) == pytest.approx(-0.9, rel=1e-12)
+    with pytest.raises(ValueError, match="negative"):
+        decay_only_value(1.0, config, 50, l1_penalty=-0.01)
+
+
+class IdleL1(Callback):
+    """An L1 penalty on :class:`IdleParameter`'s idle parameter, as NAM's on its scale factors."""
+
+    def __init__(self, strength: float) -> None:
+        self.strength = strength
+
+    def loss_term(self, model):
+        return self.strength * model.idle.abs()
+
+
+def test_decay_only_value_with_an_l1_penalty_is_where_fit_leaves_a_penalised_idle_parameter(synthetic):
+    config = TINY.replace(epochs=2, warmup_epochs=0.5, weight_decay=0.05)
+    model = IdleParameter(_model(data=synthetic, width_mult=0.25), 1.0)
+    fit(model, synthetic, config, device="cpu", progress=False, callbacks=[IdleL1(0.2)])
+    ends = decay_only_value(1.0, config, 8, l1_penalty=0.2)
+    assert model.idle.item() == pytest.approx(ends, rel=1e-5)
+    assert ends < decay_only_value(1.0, config, 8)  # the penalty pulls further than the decay alone
+
+
 # ----------------------------------------------------------------------------- callbacks
 
 class L2(Callback):
