@@ -339,18 +339,23 @@ def difference_check(cmp: Comparison, pair: tuple[str, str], longer: Comparison,
 
     Stable: the two differences agree within two standard errors of their change, the
     errors of the two differences added in quadrature (their runs are independent draws).
-    Values in percentage points.
+    A stable difference can still cross the two-standard-error line of :func:`difference`, so
+    ``same_verdict`` says whether the verdict (better, worse, indistinguishable) is the same at
+    both lengths. Values in percentage points.
     """
     short, long = difference(cmp, *pair), difference(longer, *longer_pair)
     change = long["delta"] - short["delta"]
     se = math.hypot(short["se"], long["se"])
     stable = abs(change) < 2 * se
+    same_verdict = short["verdict"] == long["verdict"]
     epochs = (cmp.runs(pair[0])[0]["config"]["epochs"], longer.runs(longer_pair[0])[0]["config"]["epochs"])
+    verdicts = (f"the verdict is '{short['verdict']}' at both lengths" if same_verdict else
+                f"the verdict moves from '{short['verdict']}' to '{long['verdict']}'")
     return {"pair": pair, "delta": short["delta"], "longer_delta": long["delta"], "change": change, "se": se,
-            "stable": stable, "epochs": epochs, "short": short, "long": long,
+            "stable": stable, "same_verdict": same_verdict, "epochs": epochs, "short": short, "long": long,
             "text": f"{pair[0]} - {pair[1]}: {short['delta']:+.2f} points after {epochs[0]} epochs "
                     f"({len(cmp.runs(pair[0]))} and {len(cmp.runs(pair[1]))} seeds), {long['delta']:+.2f} after "
                     f"{epochs[1]} ({len(longer.runs(longer_pair[0]))} and {len(longer.runs(longer_pair[1]))} "
                     f"seeds): a change of {change:+.2f}, {'within' if stable else 'outside'} two standard "
                     f"errors (one is {se:.2f}), so the difference {'does not depend' if stable else 'depends'} on "
-                    f"where training stops"}
+                    f"where training stops; {verdicts}"}

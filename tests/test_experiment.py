@@ -262,6 +262,18 @@ def test_difference_check_compares_the_difference_at_both_lengths(longer_method,
     assert check["delta"] == pytest.approx(-0.2) and check["se"] == pytest.approx(math.hypot(se_short, se_long))
     assert check["change"] == pytest.approx(check["longer_delta"] + 0.2) and check["epochs"] == (30, 60)
     assert check["stable"] is stable and ("does not depend" in check["text"]) is stable
+    assert check["same_verdict"] is (check["short"]["verdict"] == check["long"]["verdict"])
+
+
+def test_a_stable_difference_can_still_change_its_verdict():
+    # -0.20 ± 0.14 (indistinguishable) after 30 epochs, -0.30 ± 0.06 (worse) after 60: the change
+    # of -0.10 is within two standard errors, the verdict is not the same
+    short = _fake_pair(30, [0.9380, 0.9390, 0.9400, 0.9370, 0.9410], [0.9400, 0.9410, 0.9420, 0.9390, 0.9430])
+    longer = _fake_pair(60, [0.9390, 0.9400, 0.9410], [0.9420, 0.9430, 0.9440])
+    check = difference_check(short, ("M", "B"), longer, ("M", "B"))
+    assert check["stable"] and not check["same_verdict"]
+    assert (check["short"]["verdict"], check["long"]["verdict"]) == ("indistinguishable from", "worse than")
+    assert "the verdict moves from 'indistinguishable from' to 'worse than'" in check["text"]
 
 
 def test_difference_check_table_has_a_row_per_length_labelled_with_its_epochs():
