@@ -143,10 +143,11 @@ def iebn(setup: Profile, norm_batch: int = 16, norm_batch_subset: int | None = 3
     over groups of ``norm_batch`` images (ghost batches): more batch noise in BN's statistics
     at the same number of SGD steps, learning rate and gradient noise. ``noise``: BN and IEBN
     trained under a noise attack on their batch statistics of each strength in ``noise_strengths``
-    (:mod:`attnlib.layers.batch_noise`), on the main comparison's data. ``longer``: the headline
-    pair with twice the epochs, every seed: IEBN gains more from the longer schedule than its
-    seeds' spread (the baseline chapter's check on three seeds), so a verdict at convergence
-    needs the longer runs too."""
+    (:mod:`attnlib.layers.batch_noise`), on the main comparison's data, for twice the epochs: as
+    long as ``longer``, whose runs are its strength 0. ``longer``: the headline pair with twice
+    the epochs, every seed: IEBN gains more from the longer schedule than its seeds' spread (the
+    baseline chapter's check on three seeds), so a verdict at convergence, the noise attack's
+    included, needs the longer runs."""
     if setup.batch_size % norm_batch:
         raise ValueError(f"01_iebn: norm_batch={norm_batch} does not divide the {setup.name!r} profile's batch "
                          f"of {setup.batch_size}: pick a divisor of it, e.g. 16")
@@ -154,7 +155,8 @@ def iebn(setup: Profile, norm_batch: int = 16, norm_batch_subset: int | None = 3
                           norm=norm if size is None else (norm, {"norm_batch": size}))
                   for size, groups in ((None, "whole batch"), (norm_batch, f"groups of {norm_batch}"))
                   for name, norm in (("BN", "bn"), ("IEBN", "iebn")))
-    noise = tuple(Variant(f"{name}, noise {s:g}", model="resnet20", norm=(norm, {"noise": s}))
+    noise = tuple(Variant(f"{name}, noise {s:g}", model="resnet20", norm=(norm, {"noise": s}),
+                          train={"epochs": 2 * setup.epochs})
                   for s in noise_strengths for name, norm in (("BN", "bn"), ("IEBN", "iebn")))
     return [Experiment("main", (Variant("BN", model="resnet20"), Variant("IEBN", model="resnet20", norm="iebn"))),
             Experiment("batch", batch, norm_batch_subset, norm_batch_test),

@@ -37,6 +37,18 @@ def test_the_checks_use_the_first_seeds_and_change_one_thing():
     assert experiments("00", one)["convergence"].seeds(one) == (4,)
 
 
+def test_the_noise_attack_trains_as_long_as_the_verdict_at_convergence():
+    comparisons = experiments("01", FIVE_SEEDS)
+    noise, longer = comparisons["noise"], comparisons["longer"]
+    jobs = make_jobs([noise, longer], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
+    assert {j.config.epochs for j in jobs} == {2 * FIVE_SEEDS.epochs}
+    assert noise.seeds(FIVE_SEEDS) == (0, 1, 2) and longer.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
+    # strength 0 is the longer pair: each attacked arm is its longer network but for the attack
+    plain = {v.spec()["norm"]: v.spec() for v in longer.variants if "norm" in v.spec()}
+    attacked = next(v.spec() for v in noise.variants if v.label == "IEBN, noise 0.1")
+    assert attacked == {**plain["iebn"], "label": "IEBN, noise 0.1", "norm": ("iebn", {"noise": 0.1})}
+
+
 @pytest.mark.parametrize("stem", list(CHAPTERS))
 def test_each_comparison_is_shown_as_a_table_of_its_variants(stem: str):
     for exp in experiments(stem, FIVE_SEEDS).values():
