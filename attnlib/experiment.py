@@ -16,7 +16,7 @@ import math
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -123,6 +123,18 @@ class Comparison:
     @property
     def labels(self) -> list[str]:
         return [v.label for v in self.variants]
+
+    def joined(self, other: Comparison) -> Comparison:
+        """One comparison of this one's arms and ``other``'s, to compare arms trained by two
+        experiments: they must be tested on the same images under the same profile."""
+        same_test = (self.data is other.data or (self.data.name == other.data.name
+                                                  and torch.equal(self.data.test_labels, other.data.test_labels)))
+        if self.profile.name != other.profile.name or not same_test:
+            raise ValueError(f"cannot join {self.labels} and {other.labels}: they were not tested on the same "
+                             f"images under the same profile ({self.profile.name!r}, {other.profile.name!r})")
+        if set(self.labels) & set(other.labels):
+            raise ValueError(f"cannot join {self.labels} and {other.labels}: they share labels")
+        return replace(self, variants=[*self.variants, *other.variants], records=[*self.records, *other.records])
 
     def runs(self, label: str) -> list[dict]:
         return [r for r in self.records if r["label"] == label]
@@ -286,7 +298,8 @@ def difference(cmp: Comparison, label: str, baseline: str) -> dict:
     the difference is called *within noise* when it is smaller than two standard errors,
     which is a rough 95 % criterion with few seeds, not a significance test. ``p_value`` is
     the exact permutation test (:func:`permutation_p_value`), which does not trust the
-    seeds' spread. ``verdict`` says it in words for a sentence "label is <verdict> baseline".
+    seeds' spread. ``verdict`` says it in words for a sentence "label is <verdict> baseline";
+    ``brief`` gives the numbers for the brackets after it.
     """
     a = [100 * r["final_test_acc"] for r in cmp.runs(label)]
     b = [100 * r["final_test_acc"] for r in cmp.runs(baseline)]
@@ -294,6 +307,7 @@ def difference(cmp: Comparison, label: str, baseline: str) -> dict:
     delta, se, within, p, p_min = d["delta"], d["se"], d["within_noise"], d["p_value"], d["p_min"]
     verdict = "indistinguishable from" if within else ("better than" if delta > 0 else "worse than")
     return {**d, "verdict": verdict,
+            "brief": f"{delta:+.2f} ± {se:.2f} points, p = {p:.2g}, at least {p_min:.2g} with these seeds",
             "text": f"{label} vs {baseline}: {delta:+.2f} points (standard error {se:.2f}; "
                     f"{'within' if within else 'outside'} two standard errors "
                     f"over {len(a)} and {len(b)} seeds; permutation p = {p:.3g}, the smallest "
@@ -350,7 +364,9 @@ def difference_check(cmp: Comparison, pair: tuple[str, str], longer: Comparison,
     same_verdict = short["verdict"] == long["verdict"]
     epochs = (cmp.runs(pair[0])[0]["config"]["epochs"], longer.runs(longer_pair[0])[0]["config"]["epochs"])
     verdicts = (f"the verdict is '{short['verdict']}' at both lengths" if same_verdict else
-                f"the verdict moves from '{short['verdict']}' to '{long['verdict']}'")
+                f"the verdict moves from '{short['verdict']}' to '{long['verdict']}'"
+                + (": the difference sits near the line between those verdicts, two standard errors from 0, "
+                   "and crosses it by less than its noise" if stable else ""))
     return {"pair": pair, "delta": short["delta"], "longer_delta": long["delta"], "change": change, "se": se,
             "stable": stable, "same_verdict": same_verdict, "epochs": epochs, "short": short, "long": long,
             "text": f"{pair[0]} - {pair[1]}: {short['delta']:+.2f} points after {epochs[0]} epochs "
@@ -359,3 +375,11 @@ def difference_check(cmp: Comparison, pair: tuple[str, str], longer: Comparison,
                     f"seeds): a change of {change:+.2f}, {'within' if stable else 'outside'} two standard "
                     f"errors (one is {se:.2f}), so the difference {'does not depend' if stable else 'depends'} on "
                     f"where training stops; {verdicts}"}
+
+
+def verdict_settled(convergence: dict, stability: dict) -> bool:
+    """Is a method's verdict against its baseline where training ends? Yes when the method has
+    converged (``convergence``, from :func:`convergence_check`) or its difference from the
+    baseline moved less than two standard errors with twice the epochs (``stability``, from
+    :func:`difference_check`), and the verdict is the same at both lengths."""
+    return (convergence["converged"] or stability["stable"]) and stability["same_verdict"]

@@ -37,16 +37,22 @@ def test_the_checks_use_the_first_seeds_and_change_one_thing():
     assert experiments("00", one)["convergence"].seeds(one) == (4,)
 
 
-def test_the_noise_attack_trains_as_long_as_the_verdict_at_convergence():
+def test_the_batch_noise_experiments_train_as_long_as_the_verdict_at_convergence():
     comparisons = experiments("01", FIVE_SEEDS)
-    noise, longer = comparisons["noise"], comparisons["longer"]
-    jobs = make_jobs([noise, longer], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
+    batch, noise, longer = comparisons["batch"], comparisons["noise"], comparisons["longer"]
+    jobs = make_jobs([batch, noise, longer], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
     assert {j.config.epochs for j in jobs} == {2 * FIVE_SEEDS.epochs}
-    assert noise.seeds(FIVE_SEEDS) == (0, 1, 2) and longer.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
-    # strength 0 is the longer pair: each attacked arm is its longer network but for the attack
+    assert {j.config.batch_size for j in jobs} == {FIVE_SEEDS.batch_size}  # ghost batches: same SGD steps
+    assert batch.seeds(FIVE_SEEDS) == noise.seeds(FIVE_SEEDS) == (0, 1, 2) and longer.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
+    assert batch.train_subset is None and noise.train_subset is None  # the longer pair's data
+    # the longer pair is their undisturbed arm: each disturbed arm is its longer network but for the disturbance
     plain = {v.spec()["norm"]: v.spec() for v in longer.variants if "norm" in v.spec()}
     attacked = next(v.spec() for v in noise.variants if v.label == "IEBN, noise 0.1")
     assert attacked == {**plain["iebn"], "label": "IEBN, noise 0.1", "norm": ("iebn", {"noise": 0.1})}
+    grouped = next(v.spec() for v in batch.variants if v.label == "IEBN, groups of 16")
+    assert grouped == {**plain["iebn"], "label": "IEBN, groups of 16", "norm": ("iebn", {"norm_batch": 16})}
+    bn_grouped = next(v for v in batch.variants if v.label == "BN, groups of 16")
+    assert bn_grouped.spec()["norm"] == ("bn", {"norm_batch": 16})
 
 
 @pytest.mark.parametrize("stem", list(CHAPTERS))

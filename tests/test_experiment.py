@@ -5,7 +5,7 @@ import copy
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +16,7 @@ from attnlib import load_dataset, plots
 from attnlib.config import TrainConfig
 from attnlib.devices import autocast_dtype, precision_name
 from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference, difference_check,
-                                learning_state)
+                                learning_state, verdict_settled)
 from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
@@ -200,6 +200,8 @@ def test_difference_states_the_smallest_attainable_p(comparison):
     d = difference(comparison, "AlexNet", "BN baseline")
     assert d["p_min"] == pytest.approx(smallest_p_value(2, 2)) and d["p_value"] >= d["p_min"]
     assert f"{d['p_min']:.2g}" in d["text"] and "smallest attainable" in d["text"]
+    assert d["brief"] == (f"{d['delta']:+.2f} ± {d['se']:.2f} points, p = {d['p_value']:.2g}, "
+                          f"at least {d['p_min']:.2g} with these seeds")
 
 
 def _fake_comparison(label: str, epochs: int, accuracies: list[float]) -> Comparison:
@@ -224,6 +226,26 @@ def test_final_move_is_the_largest_change_of_a_mean_curve_in_its_last_epochs():
                            results_dir=Path("."))
     assert math.isnan(one_epoch.final_move()) and learning_state(one_epoch) == (
         False, "the runs have a single epoch, so whether their curves flattened cannot be seen")
+
+
+def test_joined_comparisons_compare_arms_of_two_experiments_on_the_same_test_images():
+    data = SimpleNamespace(name="fashion_mnist", test_labels=torch.tensor([0, 1, 2]))
+    longer = Comparison([Variant("A")], [{"label": "A", "seed": s, "final_test_acc": 0.9} for s in range(3)],
+                        data=data, profile=PROFILES["book"], results_dir=Path("."))
+    batch = Comparison([Variant("B")], [{"label": "B", "seed": s, "final_test_acc": 0.8 + s / 100} for s in range(2)],
+                       data=SimpleNamespace(name="fashion_mnist", test_labels=torch.tensor([0, 1, 2])),
+                       profile=PROFILES["book"], results_dir=Path("."))
+    both = longer.joined(batch)
+    assert both.labels == ["A", "B"] and len(both.runs("A")) == 3 and len(both.runs("B")) == 2
+    assert difference(both, "B", "A")["delta"] == pytest.approx(-9.5)
+    with pytest.raises(ValueError, match="they share labels"):
+        longer.joined(longer)
+    other_test = Comparison([Variant("C")], [], data=SimpleNamespace(name="fashion_mnist", test_labels=torch.tensor([0, 1])),
+                            profile=PROFILES["book"], results_dir=Path("."))
+    with pytest.raises(ValueError, match="not tested on the same images under the same profile"):
+        longer.joined(other_test)
+    with pytest.raises(ValueError, match="not tested on the same images under the same profile"):
+        longer.joined(replace(batch, profile=PROFILES["quick"]))
 
 
 def test_shared_mistakes_counts_the_images_either_and_both_first_seeds_get_wrong():
@@ -263,6 +285,8 @@ def test_difference_check_compares_the_difference_at_both_lengths(longer_method,
     assert check["change"] == pytest.approx(check["longer_delta"] + 0.2) and check["epochs"] == (30, 60)
     assert check["stable"] is stable and ("does not depend" in check["text"]) is stable
     assert check["same_verdict"] is (check["short"]["verdict"] == check["long"]["verdict"])
+    # said only of a stable difference whose verdict moves
+    assert ("sits near the line" in check["text"]) is (stable and not check["same_verdict"])
 
 
 def test_a_stable_difference_can_still_change_its_verdict():
@@ -273,7 +297,14 @@ def test_a_stable_difference_can_still_change_its_verdict():
     check = difference_check(short, ("M", "B"), longer, ("M", "B"))
     assert check["stable"] and not check["same_verdict"]
     assert (check["short"]["verdict"], check["long"]["verdict"]) == ("indistinguishable from", "worse than")
-    assert "the verdict moves from 'indistinguishable from' to 'worse than'" in check["text"]
+    assert "the verdict moves from 'indistinguishable from' to 'worse than': the difference sits near the line" in check["text"]
+
+
+@pytest.mark.parametrize("converged, stable, same_verdict, settled", [
+    (True, False, True, True), (False, True, True, True), (False, False, True, False),
+    (True, True, False, False)])  # a converged method whose difference changes verdict is not settled
+def test_a_verdict_is_settled_when_it_holds_at_both_lengths(converged, stable, same_verdict, settled):
+    assert verdict_settled({"converged": converged}, {"stable": stable, "same_verdict": same_verdict}) is settled
 
 
 def test_difference_check_table_has_a_row_per_length_labelled_with_its_epochs():
