@@ -41,14 +41,17 @@ check: venv
 
 # The book profile's runs, chapter by chapter so that each chapter can be executed as soon as
 # possible: the baseline chapter's checks first (they decide whether the recipe stands), then
-# the chapters in order of the compute they still need, least first (MABN, IEBN's secondary
-# arms, BA-Net, NAM, DynamicConv). Trained by a queue that resumes where it stopped (about an
-# hour per ResNet-20 run on a quiet 2-core CPU with two workers: run it in the background, never
+# the chapters in order of the compute they still need, least first (at the last reordering:
+# MABN's sweep, then BA-Net about 36 h, DynamicConv 37 h, NAM 40 h, IEBN's secondary arms 56 h
+# of single-worker time). Trained by a queue that resumes where it stopped (about an hour per
+# ResNet-20 run on a quiet 2-core CPU with two workers: run it in the background, never
 # beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
-	03:shorter 03:convergence 03:paper 03:sweep 01:longer 01:batch 01:noise \
-	02:main 02:ablation 02:alexnet 02:longer 04:main 04:pixel 04:longer \
-	05:ablations 05:alexnet 05:main 05:widths 05:longer
+	03:shorter 03:convergence 03:paper 03:sweep \
+	02:main 02:ablation 02:alexnet 02:longer \
+	05:ablations 05:alexnet 05:main 05:widths 05:longer \
+	04:main 04:pixel 04:longer \
+	01:longer 01:batch 01:noise
 QUEUE_ARGS ?= --workers 2 --threads 1
 queue: venv
 	$(PY) -m attnlib.run --profile book --results-dir book/results --no-progress $(QUEUE_ARGS) $(addprefix --plan ,$(BOOK_PLAN))
