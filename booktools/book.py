@@ -79,6 +79,13 @@ def clean_executed(nb) -> None:
 #: Profiles whose runs take hours on a CPU: ``execute`` does not train them unless asked to.
 SLOW_PROFILES = ("book",)
 
+#: Notebook parameters the ``smoke`` execution (CI) passes besides the profile: it checks that a
+#: chapter runs, not what it finds, so a chapter whose design trains many more SGD steps than the
+#: others gets smaller data. Chapter 3's sweep trains real batches of 2 images for four times the
+#: profile's epochs; on the smoke profile's 512 images that was 48,000 steps, about half an hour
+#: of CI, against about 1,000 for every other chapter (``test_smoke_execution_stays_small``).
+SMOKE_PARAMETERS: dict[str, dict] = {"03_mabn": {"sweep_subset": 64}}
+
 
 def untrained_runs(name: str, setup: Profile, data: ImageDataset, results_dir: Path) -> list[Job]:
     """The runs that chapter ``name`` shows under the profile ``setup`` and that have no record
@@ -120,8 +127,9 @@ def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, trai
         dst = out / src.name
         start = time.perf_counter()
         print(f"executing {src.relative_to(REPO)} -> {dst} (profile {profile})", flush=True)
+        smoke = SMOKE_PARAMETERS.get(src.stem, {}) if profile == "smoke" else {}
         papermill.execute_notebook(str(src), str(dst), parameters={"profile": profile, "progress": False,
-                                                                   **parameters},
+                                                                   **smoke, **parameters},
                                    cwd=str(out), kernel_name="python3", progress_bar=False)
         seconds = time.perf_counter() - start
         nb = nbformat.read(dst, as_version=4)

@@ -95,6 +95,23 @@ def test_executing_under_book_stops_before_training_and_names_the_runs(tmp_path:
     assert list(tmp_path.iterdir()) == []  # nothing executed, nothing trained
 
 
+#: CI executes every chapter under smoke: no chapter may train many more SGD steps than the others
+#: (about 1,000 each; chapter 3's sweep at real batches of 2 was 48,000 before SMOKE_PARAMETERS).
+SMOKE_STEP_BUDGET = 8_000
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_smoke_execution_stays_small(path: Path):
+    data = SMOKE.load()
+    params = book.SMOKE_PARAMETERS.get(path.stem, {})
+    jobs = make_jobs(plan_experiments(chapters.chapter_plan(path.stem), SMOKE, params), SMOKE, BOOK_RECIPE, data)
+    steps = sum(-(-len(job.data.train_labels) // job.config.batch_size) * job.config.epochs for job in jobs)
+    assert 0 < steps <= SMOKE_STEP_BUDGET, f"{path.stem} trains {steps} SGD steps under smoke"
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    defined = set(re.findall(r"^(\w+) *=", cell.source, re.M))
+    assert set(params) <= defined, f"{path.stem}: smoke parameters {set(params) - defined} are not notebook parameters"
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
 def test_colab_cell_installs_from_the_configured_repository(path: Path):
     url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
