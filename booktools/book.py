@@ -270,7 +270,8 @@ def overview_page(results_dir: Path = BOOK / "results") -> str:
             "queue (see [Running the notebooks](running.md)), and this table fills in as their records land.*")
     if training:
         main += ("\n\nStill training, no verdict before all its seeds are in: " + "; ".join(
-            f"{r['method']} against {r['baseline']} ({r['model']}), {r['seeds']} of {seeds_needed(r)} seeds"
+            f"{r['method']} against {r['baseline']} ({r['model']}{'' if r['full_data'] else ', ' + r['dataset']}), "
+            f"{r['seeds']} of {seeds_needed(r)} seeds"
             for r in training) + ".")
     return f"""# Results overview
 

@@ -162,9 +162,9 @@ def seeds_needed(row: dict) -> int:
 
 
 def is_in_progress(row: dict) -> bool:
-    """A comparison still training: the ``book`` profile's full data, fewer seeds so far than the
-    chapters plan for it (a secondary arm with all its three seeds is a smaller experiment)."""
-    return row["profile"] == HEADLINE_PROFILE and row["full_data"] and row["seeds"] < seeds_needed(row)
+    """A comparison still training: the ``book`` profile, on all the data or a chapter's subset,
+    with fewer seeds so far than the chapters plan for it (its spread may be undefined yet)."""
+    return row["profile"] == HEADLINE_PROFILE and row["seeds"] < seeds_needed(row)
 
 
 def is_control(row: dict) -> bool:

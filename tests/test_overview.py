@@ -85,6 +85,23 @@ def test_a_headline_comparison_still_training_is_listed_apart_with_its_seed_coun
     assert "| SE |" not in page and "| IEBN, groups of 4 |" in page and "nan" not in page
 
 
+def test_a_subset_experiment_still_training_is_listed_apart_too(records, monkeypatch):
+    """A book-profile experiment on a chapter's subset with one seed so far has no spread: it is listed as
+    still training, not put among the smaller experiments with a standard error of nan."""
+    import booktools.overview as overview
+    from booktools.book import overview_page
+
+    _, recs = records
+    rows = method_rows(recs)
+    subset = {**rows[1], "profile": "book", "full_data": False, "dataset": "fashion_mnist (3,000 train)",
+              "seeds": 1, "acc_std": math.nan, "se": math.nan}
+    assert overview.is_in_progress(subset)
+    monkeypatch.setattr(overview, "method_rows", lambda _: [subset, rows[0]])
+    page = overview_page()
+    assert "SE against plain (resnet20, fashion_mnist (3,000 train)), 1 of 5 seeds." in page
+    assert "| SE |" not in page and "nan" not in page
+
+
 def test_a_secondary_arm_is_complete_with_its_three_seeds_and_shown_as_a_control(records, monkeypatch):
     """A chapter's secondary arm (three seeds by plan) is neither a verdict nor still training once its
     three seeds are in: the page lists it under the converged controls."""
