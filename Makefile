@@ -41,18 +41,19 @@ check: venv
 
 # The book profile's runs, chapter by chapter so that each chapter can be executed as soon as
 # possible: the baseline chapter's checks first (they decide whether the recipe stands), then
-# the chapters in order of the compute they still need, least first (at the last reordering:
-# MABN's sweep, then BA-Net about 36 h, DynamicConv 37 h, NAM 40 h, IEBN's secondary arms 56 h
-# of single-worker time), except that DynamicConv's ablations (1.5 h on 3,000 images) come
-# first: they show whether the dynamic networks still collapse when T reaches 1, which would
-# change that chapter's design before its 35 h of headline runs. Trained by a queue that
-# resumes where it stopped (about an hour per ResNet-20 run on a quiet 2-core CPU with two
-# workers: run it in the background, never beside `make bench`).
+# the chapters in order of the compute they still need, least first (at the last reordering,
+# in single-worker hours: BA-Net about 36, NAM 40, DynamicConv about 45, its dynamic networks
+# training at under half the plain network's speed, IEBN's secondary arms 56), except
+# that DynamicConv's ablations (about 4 h on 3,000 images) come first: they show whether the
+# dynamic networks still collapse when T reaches 1, which would change that chapter's design
+# before its headline runs. Trained by a queue that resumes where it stopped (about an hour
+# per ResNet-20 run on a quiet 2-core CPU with two workers: run it in the background, never
+# beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
 	03:shorter 03:convergence 03:paper 03:sweep 05:ablations 05:alexnet \
 	02:main 02:ablation 02:alexnet 02:longer \
-	05:main 05:widths 05:longer \
 	04:main 04:pixel 04:longer \
+	05:main 05:widths 05:longer \
 	01:longer 01:batch 01:noise
 QUEUE_ARGS ?= --workers 2 --threads 1
 queue: venv
