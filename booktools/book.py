@@ -266,14 +266,15 @@ def overview_page(results_dir: Path = BOOK / "results") -> str:
     from .overview import HEADLINE_SEEDS, load_records, markdown_table, method_rows, seeds_needed, split_rows
 
     headline, training, controls, smaller = split_rows(method_rows(load_records(results_dir)))
+    subset = [r for r in smaller if r["profile"] == "book"]
+    quick = [r for r in smaller if r["profile"] != "book"]
     main = (markdown_table(headline) if headline else
             "*No converged comparison has finished yet: the `book` profile's runs are trained by a "
             "queue (see [Running the notebooks](running.md)), and this table fills in as their records land.*")
-    if training:
-        main += ("\n\nStill training, no verdict before all its seeds are in: " + "; ".join(
-            f"{r['method']} against {r['baseline']} ({r['model']}{'' if r['full_data'] else ', ' + r['dataset']}), "
-            f"{r['seeds']} of {seeds_needed(r)} seeds"
-            for r in training) + ".")
+    still_training = ("No verdict before all their seeds are in: " + "; ".join(
+        f"{r['method']} against {r['baseline']} ({r['model']}{'' if r['full_data'] else ', ' + r['dataset']}), "
+        f"{r['seeds']} of {seeds_needed(r)} seeds" for r in training) + "." if training else
+                      "*Nothing: every `book` comparison with a record has all its seeds.*")
     return f"""# Results overview
 
 Every method of the book against its plain baseline, gathered from the experiment records
@@ -310,15 +311,32 @@ official bottleneck change BA); none is a verdict on a method by itself. {_count
 
 {markdown_table(controls) if controls else "*None has finished yet.*"}
 
+## Still training
+
+`book`-profile comparisons, on all the data or a chapter's subset, with some of their seeds
+still in the queue. {still_training}
+
 ## Smaller experiments
 
-Everything else: the `quick` profile (6 epochs on 12,000 images), whose networks were still
-learning fast when their runs stopped, so that a row says how fast a layer starts, not where
-it ends; and the chapters' experiments on subsets of a few thousand images, whose chapters
-show their curves. Read them as the chapters do, not as verdicts. {len(smaller)}
-comparisons; {sum(r["within_noise"] for r in smaller)} of them are within two standard errors of zero.
+Everything else: the chapters' experiments on subsets of a few thousand images, and the
+`quick` profile. {_count(smaller, 'comparison')}; {sum(r["within_noise"] for r in smaller)} of them are within two standard errors of zero.
 
-{markdown_table(smaller)}
+### The `book` recipe on a chapter's subset
+
+Every planned seed is in. Whether a subset's runs have converged is for their chapter to
+check: chapter 3 trains its paper setting on 2,000 images for four times the profile's
+epochs, checks it at twice that and reads it as its verdict; the other subsets hold
+ablations, read as their chapters read them. {_count(subset, 'comparison')}.
+
+{markdown_table(subset) if subset else "*None has finished yet.*"}
+
+### The `quick` profile
+
+6 epochs on 12,000 images (or a chapter's subset): the networks were still learning fast when
+their runs stopped, so a row says how fast a layer starts, not where it ends. Read them as
+the chapters do, not as verdicts. {_count(quick, 'comparison')}.
+
+{markdown_table(quick)}
 
 ![Accuracy difference against training speed for every method, relative to its baseline]({OVERVIEW_FIGURE.relative_to(BOOK).as_posix()})
 """

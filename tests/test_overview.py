@@ -81,7 +81,7 @@ def test_a_headline_comparison_still_training_is_listed_apart_with_its_seed_coun
     assert overview.is_in_progress(rows[1]) and not overview.is_in_progress(rows[0])
     monkeypatch.setattr(overview, "method_rows", lambda _: rows)
     page = overview_page()
-    assert "Still training, no verdict before all its seeds are in: SE against plain (resnet20), 1 of 5 seeds." in page
+    assert "No verdict before all their seeds are in: SE against plain (resnet20), 1 of 5 seeds." in page
     assert "| SE |" not in page and "| IEBN, groups of 4 |" in page and "nan" not in page
 
 
