@@ -64,10 +64,27 @@ def _cells(nb) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source) for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
 
 
+def _joined_streams(outputs: list) -> list:
+    """``outputs`` with each run of consecutive stream outputs to the same stream joined into one:
+    the kernel splits a long print loop at its flushes, and the page would show one log as two boxes."""
+    joined: list = []
+    for out in outputs:
+        last = joined[-1] if joined else None
+        if (out.get("output_type") == "stream" and last is not None and last.get("output_type") == "stream"
+                and last.get("name") == out.get("name")):
+            last["text"] += out["text"]
+        else:
+            joined.append(out)
+    return joined
+
+
 def clean_executed(nb) -> None:
-    """Drop papermill's bookkeeping from an executed notebook, and hide its injected
-    parameters cell from the book's page (the run card says what was run)."""
+    """Drop papermill's bookkeeping from an executed notebook, join the kernel's split stream
+    outputs, and hide its injected parameters cell from the book's page (the run card says
+    what was run)."""
     for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = _joined_streams(cell.outputs)
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
         tags = cell.metadata.get("tags", [])

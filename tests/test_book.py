@@ -95,6 +95,23 @@ def test_executing_under_book_stops_before_training_and_names_the_runs(tmp_path:
     assert list(tmp_path.iterdir()) == []  # nothing executed, nothing trained
 
 
+def test_cleaning_an_executed_copy_joins_split_logs_and_hides_the_parameters():
+    new = nbformat.v4
+    log = new.new_code_cell("for run in runs: print(run)", outputs=[
+        new.new_output("stream", name="stdout", text="seed 0\n"), new.new_output("stream", name="stdout", text="seed 1\n"),
+        new.new_output("display_data", data={"text/plain": "table"}),
+        new.new_output("stream", name="stdout", text="seed 2\n"), new.new_output("stream", name="stderr", text="warning\n")])
+    log.metadata["papermill"] = {"duration": 1.0}
+    injected = new.new_code_cell('profile = "quick"', metadata={"tags": ["injected-parameters"]})
+    nb = new.new_notebook(cells=[injected, log], metadata={"papermill": {}})
+    book.clean_executed(nb)
+    assert [(o.output_type, o.get("name"), o.get("text")) for o in log.outputs] == [
+        ("stream", "stdout", "seed 0\nseed 1\n"), ("display_data", None, None),
+        ("stream", "stdout", "seed 2\n"), ("stream", "stderr", "warning\n")]
+    assert "papermill" not in log.metadata and "papermill" not in nb.metadata
+    assert "remove-cell" in injected.metadata["tags"]
+
+
 #: CI executes every chapter under smoke: no chapter may train many more SGD steps than the others
 #: (about 1,000 each; chapter 3's sweep at real batches of 2 was 48,000 before SMOKE_PARAMETERS).
 SMOKE_STEP_BUDGET = 8_000
