@@ -42,8 +42,9 @@ check: venv
 # The book profile's runs, chapter by chapter so that each chapter can be executed as soon as
 # possible: the baseline chapter's checks first (they decide whether the recipe stands), then
 # the chapters in order of the compute they still need, least first (at the last reordering,
-# in single-worker hours: BA-Net about 36, NAM 40, DynamicConv about 45, its dynamic networks
-# training at under half the plain network's speed, IEBN's secondary arms 56), except
+# estimated from the records' training speeds: BA-Net about 36 single-worker hours, NAM 40,
+# IEBN's secondary arms 56; DynamicConv comes after NAM, its dynamic networks training at
+# 0.44x ResNet-20's images per second in its ablation records, median of 3 and 4 seeds), except
 # that DynamicConv's ablations (about 4 h on 3,000 images) come first: they show whether the
 # dynamic networks still collapse when T reaches 1, which would change that chapter's design
 # before its headline runs. Trained by a queue that resumes where it stopped (about an hour

@@ -288,10 +288,11 @@ def overview_page(results_dir: Path = BOOK / "results") -> str:
     main = (markdown_table(headline) if headline else
             "*No converged comparison has finished yet: the `book` profile's runs are trained by a "
             "queue (see [Running the notebooks](running.md)), and this table fills in as their records land.*")
-    still_training = ("No verdict before all their seeds are in: " + "; ".join(
-        f"{r['method']} against {r['baseline']} ({r['model']}{'' if r['full_data'] else ', ' + r['dataset']}), "
-        f"{r['seeds']} of {seeds_needed(r)} seeds" for r in training) + "." if training else
-                      "*Nothing: every `book` comparison with a record has all its seeds.*")
+    in_queue = [f"{r['method']} against {r['baseline']} ({r['model']}{'' if r['full_data'] else ', ' + r['dataset']}), "
+                f"{r['seeds']} of {seeds_needed(r)} seeds" for r in training]
+    still_training = ("No verdict before all their seeds are in: " + "; ".join(in_queue) + "." if in_queue
+                      else "*Nothing: every `book` comparison with a record has all its seeds.*")
+    quick_profile = PROFILES["quick"]
     return f"""# Results overview
 
 Every method of the book against its plain baseline, gathered from the experiment records
@@ -349,7 +350,7 @@ ablations, read as their chapters read them. {_count(subset, 'comparison')}.
 
 ### The `quick` profile
 
-6 epochs on 12,000 images (or a chapter's subset): the networks were still learning fast when
+{quick_profile.epochs} epochs on {quick_profile.train_subset:,} images (or a chapter's subset): the networks were still learning fast when
 their runs stopped, so a row says how fast a layer starts, not where it ends. Read them as
 the chapters do, not as verdicts. {_count(quick, 'comparison')}.
 
