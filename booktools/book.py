@@ -341,10 +341,9 @@ Everything else: the chapters' experiments on subsets of a few thousand images, 
 
 ### The `book` recipe on a chapter's subset
 
-Every planned seed is in. Whether a subset's runs have converged is for their chapter to
-check: chapter 3 trains its paper setting on 2,000 images for four times the profile's
-epochs, checks it at twice that and reads it as its verdict; the other subsets hold
-ablations, read as their chapters read them. {_count(subset, 'comparison')}.
+Every planned seed is in. Each chapter says how it reads its subset's runs: as a verdict
+only where the chapter has checked them at twice the epochs (MABN's paper setting), as
+ablations otherwise. {_count(subset, 'comparison')}.
 
 {markdown_table(subset) if subset else "*None has finished yet.*"}
 
