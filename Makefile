@@ -43,19 +43,18 @@ check: venv
 # possible: the baseline chapter's checks first (they decide whether the recipe stands), then
 # the chapters in order of the compute they still need, least first (at the last reordering,
 # estimated from the records' training speeds: BA-Net about 36 single-worker hours, NAM 40,
-# IEBN's secondary arms 56; DynamicConv comes after NAM, its dynamic networks training at
-# 0.44x ResNet-20's images per second in its ablation records, median of 3 and 4 seeds), except
-# that DynamicConv's ablations (about 4 h on 3,000 images) come first: they show whether the
-# dynamic networks still collapse when T reaches 1, which would change that chapter's design
-# before its headline runs. Trained by a queue that resumes where it stopped (about an hour
-# per ResNet-20 run on a quiet 2-core CPU with two workers: run it in the background, never
-# beside `make bench`).
+# IEBN 57, DynamicConv 82, its dynamic networks training at 0.44x ResNet-20's images per second
+# in its ablation records), except that DynamicConv's ablations (about 4 h on 3,000 images)
+# came first: they showed whether the dynamic networks still collapse when T reaches 1, which
+# would have changed that chapter's design before its headline runs. Trained by a queue that
+# resumes where it stopped (about an hour per ResNet-20 run on a quiet 2-core CPU with two
+# workers: run it in the background, never beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
 	03:shorter 03:convergence 03:paper 03:sweep 05:ablations 05:alexnet \
 	02:main 02:ablation 02:alexnet 02:longer \
 	04:main 04:pixel 04:longer \
-	05:main 05:widths 05:longer \
-	01:longer 01:batch 01:noise
+	01:longer 01:batch 01:noise \
+	05:main 05:widths 05:longer
 QUEUE_ARGS ?= --workers 2 --threads 1
 queue: venv
 	$(PY) -m attnlib.run --profile book --results-dir book/results --no-progress $(QUEUE_ARGS) $(addprefix --plan ,$(BOOK_PLAN))
