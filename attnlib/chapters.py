@@ -166,8 +166,10 @@ def iebn(setup: Profile, norm_batch: int = 16, noise_strengths: tuple[float, ...
 def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | None = 5000) -> list[Experiment]:
     """``main``: SE and BA with the book's bottleneck, max(8, C // 16), and BA with the official
     code's, C // 16 (1, 2 and 4 channels in ResNet-20). ``alexnet``: the post's pair, its
-    discarded gate an exact null. ``ablation``: BA squeezing only the gated map. ``longer``:
-    the headline arms with twice the epochs (the baseline's runs are the baseline chapter's)."""
+    discarded gate an exact null; ``alexnet-longer``: its plain and BA networks with twice the
+    epochs, on the first three seeds (the null needs no such check: it is exact at any length).
+    ``ablation``: BA squeezing only the gated map. ``longer``: the headline arms with twice the
+    epochs (the baseline's runs are the baseline chapter's)."""
     main = (Variant("ResNet-20", model="resnet20"), Variant("SE", model="resnet20", attention="se"),
             Variant("BA", model="resnet20", attention="ba"),
             Variant("BA, official bottleneck", model="resnet20", attention=("ba", {"min_hidden": 1})))
@@ -177,6 +179,8 @@ def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | No
                 Variant("BA, last feature only", model="resnet20", attention=("ba", {"last_feature_only": True})))
     return [Experiment("main", main, secondary=("BA, official bottleneck",)),
             Experiment("alexnet", alex, small_subset, small_test),
+            Experiment("alexnet-longer", tuple(_twice(v, setup) for v in alex[:2]), small_subset, small_test,
+                       seed_count=SECONDARY_SEEDS),
             Experiment("ablation", ablation, seed_count=SECONDARY_SEEDS),
             Experiment("longer", tuple(_twice(v, setup) for v in main[:3]), seed_count=SECONDARY_SEEDS)]
 
@@ -261,7 +265,8 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple
                  small_subset: int | None = 3000, small_test: int | None = 5000) -> list[Experiment]:
     """``main``: ResNet-20, DY-ResNet-20 (K = 4) and the static network at the dynamic one's
     parameter count (twice as wide). ``widths``: static and dynamic pairs of thinner networks.
-    ``ablations``: the annealing and K, on a subset. ``alexnet``: the post's pair. ``longer``:
+    ``ablations``: the annealing and K, on a subset. ``alexnet``: the post's pair;
+    ``alexnet-longer``: that pair with twice the epochs, on the first three seeds. ``longer``:
     the static and dynamic networks with twice the epochs (the annealing stretched with them)."""
     # The paper anneals T from 30 to 1 over its first 10 epochs, about a tenth of training.
     # Linear in 1/T: linear in T sharpens the attention tenfold in the schedule's last third,
@@ -287,11 +292,17 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple
                  Variant("DY, K=2", model="resnet20", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
     alex = (Variant("AlexNet", model="alexnet"),
             Variant("AlexNet-DY, K=2", model="alexnet", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
-    longer = (_twice(static, setup),
-              dataclasses.replace(_twice(dynamic, setup), callbacks=(annealed(2 * anneal_epochs),)))
+    def twice_annealed(variant: Variant) -> Variant:
+        """``variant`` with twice the epochs, and its annealing (if any) over twice as many."""
+        longer = _twice(variant, setup)
+        return dataclasses.replace(longer, callbacks=(annealed(2 * anneal_epochs),)) if variant.callbacks else longer
+
+    longer = tuple(map(twice_annealed, (static, dynamic)))
     return [Experiment("main", (static, dynamic, wide)), Experiment("widths", thin, seed_count=SECONDARY_SEEDS),
             Experiment("ablations", ablations, small_subset, small_test),
             Experiment("alexnet", alex, small_subset, small_test),
+            Experiment("alexnet-longer", tuple(map(twice_annealed, alex)), small_subset, small_test,
+                       seed_count=SECONDARY_SEEDS),
             Experiment("longer", longer, seed_count=SECONDARY_SEEDS)]
 
 
