@@ -55,7 +55,7 @@ def test_chapter_trains_its_library_comparisons(path: Path):
     nb = nbformat.read(path, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert f'comparisons = experiments("{path.stem}", setup' in code, f"{path.name} does not call experiments()"
-    used = set(re.findall(r'comparisons\["(\w+)"\]', code))
+    used = set(re.findall(r'comparisons\["([\w-]+)"\]', code))
     assert used == set(chapters.experiments(path.stem, SMOKE)), f"{path.name} uses comparisons {sorted(used)}"
     assert not re.search(r"\bVariant\(|(?<![.\w])compare\(", code), f"{path.name} builds its own variants"
 
@@ -66,7 +66,7 @@ def test_comparisons_borrowed_from_another_chapter_are_declared(path: Path):
     ``execute`` checks those runs too before it starts."""
     nb = nbformat.read(path, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    borrowed = {f"{other[:2]}:{name}" for other, name in re.findall(r'experiments\("(\w+)", setup\)\["(\w+)"\]', code)
+    borrowed = {f"{other[:2]}:{name}" for other, name in re.findall(r'experiments\("(\w+)", setup\)\["([\w-]+)"\]', code)
                 if other != path.stem}
     assert borrowed == set(chapters.chapter_plan(path.stem)[1:])
 
