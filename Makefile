@@ -48,8 +48,9 @@ check: venv
 # came first: they showed whether the dynamic networks still collapse when T reaches 1, which
 # would have changed that chapter's design before its headline runs; for the same reason BA-Net's
 # subset pair (minutes a run) comes before its headline: it holds the exact null control, which
-# must agree bit for bit with its baseline; and the twice-the-epochs checks of both chapters'
-# AlexNet pairs (about 3 single-worker hours together) follow it. Trained by a queue that
+# must agree bit for bit with its baseline; and both chapters' AlexNet pairs with twice the
+# epochs, every seed (about 6 single-worker hours together; at 30 epochs on 3,000 images they
+# are still learning), follow it. Trained by a queue that
 # resumes where it stopped (about an hour per ResNet-20 run on a quiet 2-core CPU with two
 # workers: run it in the background, never beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
