@@ -49,7 +49,7 @@ check: venv
 # would have changed that chapter's design before its headline runs; for the same reason BA-Net's
 # subset pair (minutes a run) comes before its headline: it holds the exact null control, which
 # must agree bit for bit with its baseline; and both chapters' AlexNet pairs with twice the
-# epochs, every seed (about 6 single-worker hours together; at 30 epochs on 3,000 images they
+# epochs, every seed (about 5 single-worker hours together; at 30 epochs on 3,000 images they
 # are still learning), follow it. Trained by a queue that
 # resumes where it stopped (about an hour per ResNet-20 run on a quiet 2-core CPU with two
 # workers: run it in the background, never beside `make bench`).

@@ -293,6 +293,7 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple
                  Variant("DY, K=2", model="resnet20", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
     alex = (Variant("AlexNet", model="alexnet"),
             Variant("AlexNet-DY, K=2", model="alexnet", conv=("dynamic", {"num_experts": 2}), callbacks=(anneal,)))
+
     def twice_annealed(variant: Variant) -> Variant:
         """``variant`` with twice the epochs, and its annealing (if any) over twice as many."""
         longer = _twice(variant, setup)
