@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .callbacks import NAMSparsityPenalty, TemperatureAnnealing
 from .data import ImageDataset
-from .experiment import BOOK_RECIPE, Comparison, compare
+from .experiment import BOOK_RECIPE, TWICE_THE_EPOCHS, Comparison, compare
 from .layers import format_choice
 from .profiles import Profile
 from .variants import PLAIN_PARTS, Variant
@@ -111,7 +111,7 @@ def _trained_for(variant: Variant, epochs: int, name: str) -> Variant:
 def _twice(variant: Variant, setup: Profile) -> Variant:
     """``variant`` trained with twice its epochs: the twice-the-epochs check of whether a
     comparison has converged."""
-    return _trained_for(variant, 2 * variant.train.get("epochs", setup.epochs), "twice the epochs")
+    return _trained_for(variant, 2 * variant.train.get("epochs", setup.epochs), TWICE_THE_EPOCHS)
 
 
 def _twice_the_epochs(setup: Profile) -> tuple[Variant, ...]:

@@ -383,3 +383,56 @@ def verdict_settled(convergence: dict, stability: dict) -> bool:
     baseline moved less than two standard errors with twice the epochs (``stability``, from
     :func:`difference_check`), and the verdict is the same at both lengths."""
     return (convergence["converged"] or stability["stable"]) and stability["same_verdict"]
+
+
+TWICE_THE_EPOCHS = "twice the epochs"
+"""What a chapter's ``longer`` experiments add to a label: ``"BA"`` trained with twice the
+epochs is ``"BA, twice the epochs"`` (see :func:`longer_reading`)."""
+
+
+@dataclass(frozen=True)
+class LongerReading:
+    """What training twice as long says about a chapter's verdicts (made by :func:`longer_reading`):
+    ``moved`` holds a :func:`convergence_check` per network, ``stability`` a :func:`difference_check`
+    per ``(method, baseline)`` pair."""
+
+    moved: dict[str, dict]
+    stability: dict[tuple[str, str], dict]
+
+    def settled(self, pair: tuple[str, str] | None = None) -> bool:
+        """Is the verdict of ``pair`` (of every pair, by default) where training ends? See
+        :func:`verdict_settled`."""
+        pairs = [pair] if pair else list(self.stability)
+        return all(verdict_settled(self.moved[method], self.stability[(method, baseline)])
+                   for method, baseline in pairs)
+
+    @property
+    def text(self) -> str:
+        """Every check's sentence, the networks' first, then the pairs'."""
+        return "; ".join([f"for {label}, {check['text']}" for label, check in self.moved.items()]
+                         + [check["text"] for check in self.stability.values()])
+
+    def answer(self, pair: tuple[str, str]) -> str:
+        """Which verdict of ``pair`` to read: the book length's when it is settled, else the
+        longer runs', said with the doubt that no run longer still has checked it."""
+        if self.settled(pair):
+            return "the verdict is the same at both lengths, so it does not depend on where the schedule stops"
+        longer, epochs = self.stability[pair]["long"], self.stability[pair]["epochs"][1]
+        return (f"the verdict moves with the length of training: trained for {epochs} epochs, {pair[0]} is "
+                f"{longer['verdict']} {pair[1]} ({longer['brief']}), the verdict to read (whether {epochs} epochs "
+                "are enough, no longer run has checked)")
+
+
+def longer_reading(cmp: Comparison, longer: Comparison, pairs: Sequence[tuple[str, str]]) -> LongerReading:
+    """Reads a twice-the-epochs check: whether each network of ``pairs`` (``(method, baseline)``
+    labels of ``cmp``) has converged, and whether each pair's difference depends on where
+    training stops. ``longer`` holds the same networks labelled ``"<label>, twice the epochs"``."""
+    labels = list(dict.fromkeys([method for method, _ in pairs] + [baseline for _, baseline in pairs]))
+    twice = {label: f"{label}, {TWICE_THE_EPOCHS}" for label in labels}
+    missing = [label for label in twice.values() if label not in longer.labels]
+    if missing:
+        raise ValueError(f"The longer comparison has no {', '.join(map(repr, missing))} (it holds "
+                         f"{', '.join(map(repr, longer.labels))}): pass the experiment that trains the "
+                         f"pairs' networks with twice the epochs.")
+    return LongerReading({label: convergence_check(cmp, label, longer, twice[label]) for label in labels},
+                         {pair: difference_check(cmp, pair, longer, (twice[pair[0]], twice[pair[1]])) for pair in pairs})

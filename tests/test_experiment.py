@@ -16,7 +16,7 @@ from attnlib import load_dataset, plots
 from attnlib.config import TrainConfig
 from attnlib.devices import autocast_dtype, precision_name
 from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference, difference_check,
-                                learning_state, verdict_settled)
+                                learning_state, longer_reading, verdict_settled)
 from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
@@ -305,6 +305,31 @@ def test_a_stable_difference_can_still_change_its_verdict():
     (True, True, False, False)])  # a converged method whose difference changes verdict is not settled
 def test_a_verdict_is_settled_when_it_holds_at_both_lengths(converged, stable, same_verdict, settled):
     assert verdict_settled({"converged": converged}, {"stable": stable, "same_verdict": same_verdict}) is settled
+
+
+def _fake_arms(epochs: int, arms: dict[str, list[float]], suffix: str = "") -> Comparison:
+    records = [{"label": label + suffix, "seed": i, "final_test_acc": a, "config": {"epochs": epochs}}
+               for label, accs in arms.items() for i, a in enumerate(accs)]
+    return Comparison([Variant(label + suffix) for label in arms], records, data=None, profile=PROFILES["book"],
+                      results_dir=Path("."))
+
+
+def test_longer_reading_checks_every_network_and_pair_against_its_twice_the_epochs_runs():
+    short = _fake_arms(30, {"M": [0.9380, 0.9390, 0.9400], "N": [0.9300, 0.9310, 0.9320], "B": [0.9400, 0.9410, 0.9420]})
+    # M gains a point with twice the epochs and overtakes B; N and B do not move
+    longer = _fake_arms(60, {"M": [0.9480, 0.9490, 0.9500], "N": [0.9300, 0.9310, 0.9320],
+                             "B": [0.9400, 0.9410, 0.9420]}, suffix=", twice the epochs")
+    reading = longer_reading(short, longer, [("M", "B"), ("N", "B")])
+    assert list(reading.moved) == ["M", "N", "B"]
+    assert [c["converged"] for c in reading.moved.values()] == [False, True, True]
+    assert reading.stability[("M", "B")]["longer_delta"] == pytest.approx(0.8)
+    assert reading.settled(("N", "B")) and not reading.settled(("M", "B")) and not reading.settled()
+    assert reading.answer(("N", "B")).startswith("the verdict is the same at both lengths")
+    assert reading.answer(("M", "B")).startswith("the verdict moves with the length of training: trained for 60 "
+                                                 "epochs, M is better than B (+0.80 ± ")
+    assert reading.text.startswith("for M, 60 epochs instead of 30 move the mean by +1.00 points")
+    with pytest.raises(ValueError, match="has no 'N, twice the epochs'"):
+        longer_reading(short, _fake_arms(60, {"M": [0.9], "B": [0.9]}, suffix=", twice the epochs"), [("N", "B")])
 
 
 def test_difference_check_table_has_a_row_per_length_labelled_with_its_epochs():
