@@ -50,12 +50,14 @@ check: venv
 # subset pair (minutes a run) comes before its headline: it holds the exact null control, which
 # must agree bit for bit with its baseline; and both chapters' AlexNet pairs with twice the
 # epochs, every seed (about 5 single-worker hours together; at 30 epochs on 3,000 images they
-# are still learning), follow it. Trained by a queue that
+# are still learning), follow it, then BA-Net's pair with four times the epochs, three seeds
+# (about 3.5 single-worker hours: the check of the 60-epoch pair, which gained 2-2.5 points over
+# 30 and whose verdict moved). Trained by a queue that
 # resumes where it stopped (about an hour per ResNet-20 run on a quiet 2-core CPU with two
 # workers: run it in the background, never beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
 	03:shorter 03:convergence 03:paper 03:sweep 05:ablations 05:alexnet \
-	02:alexnet 02:alexnet-longer 05:alexnet-longer 02:main 02:ablation 02:longer \
+	02:alexnet 02:alexnet-longer 05:alexnet-longer 02:alexnet-longest 02:main 02:ablation 02:longer \
 	04:main 04:pixel 04:longer \
 	01:longer 01:batch 01:noise \
 	05:main 05:widths 05:longer

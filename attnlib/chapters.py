@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .callbacks import NAMSparsityPenalty, TemperatureAnnealing
 from .data import ImageDataset
-from .experiment import BOOK_RECIPE, TWICE_THE_EPOCHS, Comparison, compare
+from .experiment import BOOK_RECIPE, FOUR_TIMES_THE_EPOCHS, TWICE_THE_EPOCHS, Comparison, compare
 from .layers import format_choice
 from .profiles import Profile
 from .variants import PLAIN_PARTS, Variant
@@ -168,8 +168,9 @@ def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | No
     code's, C // 16 (1, 2 and 4 channels in ResNet-20). ``alexnet``: the post's pair, its
     discarded gate an exact null; ``alexnet-longer``: its plain and BA networks with twice the
     epochs, every seed: on 3,000 images they are still learning at the profile's epochs, so the
-    longer pair gives the verdict (the null needs no such check: it is exact at any length).
-    ``ablation``: BA squeezing only the gated map. ``longer``: the headline arms with twice the
+    longer pair gives the verdict (the null needs no such check: it is exact at any length);
+    ``alexnet-longest``: that pair with four times the epochs, the first three seeds, the check of
+    the longer pair in its turn. ``ablation``: BA squeezing only the gated map. ``longer``: the headline arms with twice the
     epochs (the baseline's runs are the baseline chapter's)."""
     main = (Variant("ResNet-20", model="resnet20"), Variant("SE", model="resnet20", attention="se"),
             Variant("BA", model="resnet20", attention="ba"),
@@ -181,6 +182,8 @@ def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | No
     return [Experiment("main", main, secondary=("BA, official bottleneck",)),
             Experiment("alexnet", alex, small_subset, small_test),
             Experiment("alexnet-longer", tuple(_twice(v, setup) for v in alex[:2]), small_subset, small_test),
+            Experiment("alexnet-longest", tuple(_trained_for(v, 4 * setup.epochs, FOUR_TIMES_THE_EPOCHS) for v in alex[:2]),
+                       small_subset, small_test, seed_count=SECONDARY_SEEDS),
             Experiment("ablation", ablation, seed_count=SECONDARY_SEEDS),
             Experiment("longer", tuple(_twice(v, setup) for v in main[:3]), seed_count=SECONDARY_SEEDS)]
 

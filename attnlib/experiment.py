@@ -136,6 +136,15 @@ class Comparison:
             raise ValueError(f"cannot join {self.labels} and {other.labels}: they share labels")
         return replace(self, variants=[*self.variants, *other.variants], records=[*self.records, *other.records])
 
+    def relabeled(self, labels: Mapping[str, str]) -> Comparison:
+        """The same runs under other labels (``labels`` maps old to new; the rest keep theirs):
+        to read a longer experiment as the shorter side of a further check."""
+        new = {v.label: labels.get(v.label, v.label) for v in self.variants}
+        if len(set(new.values())) != len(new):
+            raise ValueError(f"relabeling {self.labels} with {dict(labels)} gives two variants one label")
+        return replace(self, variants=[replace(v, label=new[v.label]) for v in self.variants],
+                       records=[{**r, "label": new[r["label"]]} for r in self.records])
+
     def runs(self, label: str) -> list[dict]:
         return [r for r in self.records if r["label"] == label]
 
@@ -388,6 +397,8 @@ def verdict_settled(convergence: dict, stability: dict) -> bool:
 TWICE_THE_EPOCHS = "twice the epochs"
 """What a chapter's ``longer`` experiments add to a label: ``"BA"`` trained with twice the
 epochs is ``"BA, twice the epochs"`` (see :func:`longer_reading`)."""
+FOUR_TIMES_THE_EPOCHS = "four times the epochs"
+"""The same for the check of a ``longer`` experiment in its turn: ``"BA, four times the epochs"``."""
 
 
 @dataclass(frozen=True)
@@ -423,12 +434,14 @@ class LongerReading:
                 "are enough, no longer run has checked)")
 
 
-def longer_reading(cmp: Comparison, longer: Comparison, pairs: Sequence[tuple[str, str]]) -> LongerReading:
+def longer_reading(cmp: Comparison, longer: Comparison, pairs: Sequence[tuple[str, str]], *,
+                   suffix: str = TWICE_THE_EPOCHS) -> LongerReading:
     """Reads a twice-the-epochs check: whether each network of ``pairs`` (``(method, baseline)``
     labels of ``cmp``) has converged, and whether each pair's difference depends on where
-    training stops. ``longer`` holds the same networks labelled ``"<label>, twice the epochs"``."""
+    training stops. ``longer`` holds the same networks trained twice as long, labelled
+    ``"<label>, <suffix>"``."""
     labels = list(dict.fromkeys([method for method, _ in pairs] + [baseline for _, baseline in pairs]))
-    twice = {label: f"{label}, {TWICE_THE_EPOCHS}" for label in labels}
+    twice = {label: f"{label}, {suffix}" for label in labels}
     missing = [label for label in twice.values() if label not in longer.labels]
     if missing:
         raise ValueError(f"The longer comparison has no {', '.join(map(repr, missing))} (it holds "

@@ -332,6 +332,19 @@ def test_longer_reading_checks_every_network_and_pair_against_its_twice_the_epoc
         longer_reading(short, _fake_arms(60, {"M": [0.9], "B": [0.9]}, suffix=", twice the epochs"), [("N", "B")])
 
 
+def test_a_relabeled_comparison_reads_a_longer_experiment_as_the_shorter_side_of_a_further_check():
+    at_60 = _fake_arms(60, {"M": [0.9480, 0.9490, 0.9500], "B": [0.9400, 0.9410, 0.9420]}, suffix=", twice the epochs")
+    at_120 = _fake_arms(120, {"M": [0.9490, 0.9500, 0.9510], "B": [0.9400, 0.9410, 0.9420]},
+                        suffix=", four times the epochs")
+    short = at_60.relabeled({"M, twice the epochs": "M", "B, twice the epochs": "B"})
+    assert short.labels == ["M", "B"] and [r["final_test_acc"] for r in short.runs("M")] == [0.9480, 0.9490, 0.9500]
+    assert at_60.labels == ["M, twice the epochs", "B, twice the epochs"]   # the original is untouched
+    reading = longer_reading(short, at_120, [("M", "B")], suffix="four times the epochs")
+    assert reading.settled() and reading.stability[("M", "B")]["epochs"] == (60, 120)
+    with pytest.raises(ValueError, match="gives two variants one label"):
+        at_60.relabeled({"M, twice the epochs": "B, twice the epochs"})
+
+
 def test_difference_check_table_has_a_row_per_length_labelled_with_its_epochs():
     check = difference_check(_fake_pair(30, [0.91, 0.92, 0.93], [0.90, 0.91, 0.92]), ("M", "B"),
                              _fake_pair(60, [0.93, 0.94, 0.95], [0.90, 0.91, 0.92]), ("M", "B"))
