@@ -424,8 +424,8 @@ class LongerReading:
                          + [check["text"] for check in self.stability.values()])
 
     def answer(self, pair: tuple[str, str]) -> str:
-        """Which verdict of ``pair`` to read: the book length's when it is settled, else the
-        longer runs', said with the doubt that no run longer still has checked it."""
+        """Which verdict of ``pair`` to read: the shorter runs' when it is settled, else the
+        longer runs', with the caveat that no run longer still has checked those."""
         if self.settled(pair):
             return "the verdict is the same at both lengths, so it does not depend on where the schedule stops"
         longer, epochs = self.stability[pair]["long"], self.stability[pair]["epochs"][1]
