@@ -6,9 +6,9 @@ numbered tar files.
     python scripts/records_archive.py unpack OUT book/results
 
 ``pack`` leaves out the records already in ``--skip-from`` (those the queue started with).
-``unpack`` never overwrites a record that is already there, deletes the local checkpoint of
-a run whose record arrives (stop a local queue first: it would train that run again), and
-says what it added.
+``unpack`` never overwrites a record that is already there, replaces a local checkpoint only
+with one that has more finished epochs, deletes the local checkpoint of a run whose record
+arrives (stop a local queue first: it would train that run again), and says what it added.
 """
 from __future__ import annotations
 
@@ -70,11 +70,21 @@ def unpack(archives: Path, results: Path) -> list[str]:
                     continue
                 if is_checkpoint and target.with_suffix(".json").exists():
                     continue  # that run has finished here already
-                target.write_bytes(tar.extractfile(member).read())
+                content = tar.extractfile(member).read()
+                if is_checkpoint and target.exists() and finished_epochs(target) >= finished_epochs(content):
+                    continue  # the local run is as far along or further
+                target.write_bytes(content)
                 added.append(target.name)
                 if target.suffix == ".json":
                     target.with_suffix(".ckpt").unlink(missing_ok=True)  # that run is done: drop its local resume point
     return added
+
+
+def finished_epochs(checkpoint: Path | bytes) -> int:
+    """The epochs a training checkpoint (a file or its bytes) has finished."""
+    import torch  # only unpack needs it; pack runs wherever the records are
+    source = io.BytesIO(checkpoint) if isinstance(checkpoint, bytes) else checkpoint
+    return torch.load(source, map_location="cpu", weights_only=False)["epoch"]
 
 
 def main(argv: list[str] | None = None) -> int:

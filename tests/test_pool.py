@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnlib.chapters import experiments
 from attnlib.experiment import BOOK_RECIPE, compare
@@ -138,6 +139,18 @@ def test_records_archive_carries_new_records_and_never_overwrites(tmp_path):
     assert added == sorted([f"{seed0}.json", f"{seed0}.pt", "other-seed3-0123456789.ckpt"])
     assert (home / old.name).read_text() == "kept"
     assert not (home / old.with_suffix(".pt").name).exists(), "only seed 0's weights travel"
+
+
+def test_records_archive_keeps_the_checkpoint_with_more_epochs(tmp_path):
+    results, out, home = tmp_path / "results", tmp_path / "out", tmp_path / "home"
+    results.mkdir(), home.mkdir()
+    for name, there, here in [("behind-seed0-0123456789.ckpt", 5, 3), ("ahead-seed0-0123456789.ckpt", 5, 7)]:
+        torch.save({"epoch": there}, results / name)
+        torch.save({"epoch": here}, home / name)
+    records_archive.pack(results, out, skip_from=home)
+    assert records_archive.unpack(out, home) == ["behind-seed0-0123456789.ckpt"]
+    assert [records_archive.finished_epochs(home / n) for n in ("behind-seed0-0123456789.ckpt",
+                                                                 "ahead-seed0-0123456789.ckpt")] == [5, 7]
 
 
 @pytest.mark.parametrize("spec", ["SE attention=se", "NAM; attention=nam"])
