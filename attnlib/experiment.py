@@ -424,14 +424,24 @@ class LongerReading:
                          + [check["text"] for check in self.stability.values()])
 
     def answer(self, pair: tuple[str, str]) -> str:
-        """Which verdict of ``pair`` to read: the shorter runs' when it is settled, else the
-        longer runs', with the caveat that no run longer still has checked those."""
+        """Which verdict of ``pair`` to read, said in a clause: the shorter runs' when it is
+        settled (named, with its numbers); both when the difference holds but sits on the line
+        between two verdicts; else the longer runs', with the caveat that no run longer still
+        has checked those."""
+        check = self.stability[pair]
+        (short_epochs, epochs), shorter, longer = check["epochs"], check["short"], check["long"]
         if self.settled(pair):
-            return "the verdict is the same at both lengths, so it does not depend on where the schedule stops"
-        longer, epochs = self.stability[pair]["long"], self.stability[pair]["epochs"][1]
-        return (f"the verdict moves with the length of training: trained for {epochs} epochs, {pair[0]} is "
-                f"{longer['verdict']} {pair[1]} ({longer['brief']}), the verdict to read (whether {epochs} epochs "
-                "are enough, no longer run has checked)")
+            return (f"after {short_epochs} epochs {pair[0]} is {shorter['verdict']} {pair[1]} ({shorter['brief']}), "
+                    f"and the verdict is the same after {epochs}, so it does not depend on where the schedule stops")
+        if check["stable"]:
+            return (f"the difference holds with the length of training ({check['delta']:+.2f} points after "
+                    f"{short_epochs} epochs, {check['longer_delta']:+.2f} after {epochs}, a change within its noise) "
+                    f"but sits on the line between two verdicts: {pair[0]} is {shorter['verdict']} {pair[1]} after "
+                    f"{short_epochs} epochs ({shorter['brief']}) and {longer['verdict']} it after {epochs} "
+                    f"({longer['brief']})")
+        return (f"trained for {epochs} epochs, {pair[0]} is {longer['verdict']} {pair[1]} ({longer['brief']}), the "
+                f"verdict to read: it moves with the length of training (whether {epochs} epochs are "
+                "enough, no longer run has checked)")
 
 
 def longer_reading(cmp: Comparison, longer: Comparison, pairs: Sequence[tuple[str, str]], *,

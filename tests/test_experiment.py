@@ -16,7 +16,7 @@ from attnlib import load_dataset, plots
 from attnlib.config import TrainConfig
 from attnlib.devices import autocast_dtype, precision_name
 from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference, difference_check,
-                                learning_state, longer_reading, verdict_settled)
+                                LongerReading, learning_state, longer_reading, verdict_settled)
 from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
@@ -314,6 +314,19 @@ def _fake_arms(epochs: int, arms: dict[str, list[float]], suffix: str = "") -> C
                       results_dir=Path("."))
 
 
+def test_a_stable_difference_that_crosses_the_verdict_line_is_answered_with_both_verdicts():
+    def side(verdict: str, brief: str) -> dict:
+        return {"verdict": verdict, "brief": brief}
+    check = {"epochs": (60, 120), "delta": -0.36, "longer_delta": -0.26, "stable": True, "same_verdict": False,
+             "short": side("worse than", "-0.36 ± 0.14"), "long": side("indistinguishable from", "-0.26 ± 0.21")}
+    reading = LongerReading({"M": {"converged": False}, "B": {"converged": False}}, {("M", "B"): check})
+    assert not reading.settled()
+    assert reading.answer(("M", "B")) == (
+        "the difference holds with the length of training (-0.36 points after 60 epochs, -0.26 after 120, a "
+        "change within its noise) but sits on the line between two verdicts: M is worse than B after 60 epochs "
+        "(-0.36 ± 0.14) and indistinguishable from it after 120 (-0.26 ± 0.21)")
+
+
 def test_longer_reading_checks_every_network_and_pair_against_its_twice_the_epochs_runs():
     short = _fake_arms(30, {"M": [0.9380, 0.9390, 0.9400], "N": [0.9300, 0.9310, 0.9320], "B": [0.9400, 0.9410, 0.9420]})
     # M gains a point with twice the epochs and overtakes B; N and B do not move
@@ -324,9 +337,12 @@ def test_longer_reading_checks_every_network_and_pair_against_its_twice_the_epoc
     assert [c["converged"] for c in reading.moved.values()] == [False, True, True]
     assert reading.stability[("M", "B")]["longer_delta"] == pytest.approx(0.8)
     assert reading.settled(("N", "B")) and not reading.settled(("M", "B")) and not reading.settled()
-    assert reading.answer(("N", "B")).startswith("the verdict is the same at both lengths")
-    assert reading.answer(("M", "B")).startswith("the verdict moves with the length of training: trained for 60 "
-                                                 "epochs, M is better than B (+0.80 ± ")
+    settled = reading.answer(("N", "B"))
+    assert settled.startswith("after 30 epochs N is worse than B (-1.00 ± ")
+    assert "), and the verdict is the same after 60, so it does not depend" in settled
+    moved = reading.answer(("M", "B"))
+    assert moved.startswith("trained for 60 epochs, M is better than B (+0.80 ± ")
+    assert "the verdict to read: it moves with the length of training" in moved
     assert reading.text.startswith("for M, 60 epochs instead of 30 move the mean by +1.00 points")
     with pytest.raises(ValueError, match="has no 'N, twice the epochs'"):
         longer_reading(short, _fake_arms(60, {"M": [0.9], "B": [0.9]}, suffix=", twice the epochs"), [("N", "B")])
