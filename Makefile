@@ -50,9 +50,10 @@ check: venv
 # subset pair (minutes a run) comes before its headline: it holds the exact null control, which
 # must agree bit for bit with its baseline; and both chapters' AlexNet pairs with twice the
 # epochs, every seed (about 5 single-worker hours together; at 30 epochs on 3,000 images they
-# are still learning), follow it, then BA-Net's pair with four times the epochs, three seeds
-# (about 3.5 single-worker hours: the check of the 60-epoch pair, which gained 1.9 and 2.4 points over
-# 30 and whose verdict moved). Trained by a queue that
+# are still learning), follow it, then BA-Net's pair with four times the epochs, every seed
+# (about 6 single-worker hours: the check of the 60-epoch pair, which gained 1.9 and 2.4 points over
+# 30 and whose verdict moved; on three seeds its difference held, -0.36 then -0.26, but sat on the
+# line between two verdicts). Trained by a queue that
 # resumes where it stopped (about an hour per ResNet-20 run on a quiet 2-core CPU with two
 # workers: run it in the background, never beside `make bench`).
 BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexNet \
