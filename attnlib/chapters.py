@@ -171,8 +171,9 @@ def ba_net(setup: Profile, small_subset: int | None = 3000, small_test: int | No
     longer pair gives the verdict (the null needs no such check: it is exact at any length);
     ``alexnet-longest``: that pair with four times the epochs, every seed, the check of the
     longer pair in its turn (on three seeds its verdict sat on the line between "worse" and
-    "indistinguishable", so it gets all five, as the longer pair did). ``ablation``: BA squeezing only the gated map. ``longer``: the
-    headline arms with twice the epochs (the baseline's runs are the baseline chapter's)."""
+    "indistinguishable", so it gets all five, as the longer pair did). ``ablation``: BA
+    squeezing only the gated map. ``longer``: the headline arms with twice the epochs (the
+    baseline's runs are the baseline chapter's)."""
     main = (Variant("ResNet-20", model="resnet20"), Variant("SE", model="resnet20", attention="se"),
             Variant("BA", model="resnet20", attention="ba"),
             Variant("BA, official bottleneck", model="resnet20", attention=("ba", {"min_hidden": 1})))
