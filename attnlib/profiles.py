@@ -8,7 +8,7 @@
   seeds: the plain ResNet-20 ends on a plateau. The baseline chapter checks the length with
   twice the epochs: whether the baseline's mean moves by more than one seed standard
   deviation, and whether a layer's difference from it (IEBN's) moves at all. The book's
-  pages are executed with it. One run takes about an hour on a 2-core CPU and about 10
+  pages are executed with it. One run takes about an hour on a 2-core CPU and about 8
   minutes on an H200 beside seven others (the README gives the measurements).
 * ``full``: CIFAR-10 at the paper-like length, for a GPU (Colab or better).
 
