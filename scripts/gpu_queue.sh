@@ -9,7 +9,7 @@
 # PROFILE and DEVICE (default book, cuda) are for trying it on a CPU: PROFILE=smoke DEVICE=cpu.
 #
 # Measured on an H200 (2026-12-04, 8 processes, ResNet-20 with SE or BA on 60,000 Fashion-MNIST
-# images): about 4,000 training images/s per process, 32,000 in all (15 s an epoch), the GPU
+# images): about 3,800 training images/s per process, 30,000 in all (16 s an epoch), the GPU
 # 100 % busy from 30-45 s after the start, so each 30-epoch run takes about 8 minutes. 450 s
 # brought eight such runs to epochs 21-25, back as checkpoints that the CPU queue finishes:
 # with fewer processes, more runs finish there.
