@@ -224,13 +224,17 @@ class Comparison:
     def run_card(self) -> dict:
         """What was run, where, with which code: merged over the records."""
         cards = [r["run_card"] for r in self.records]
-        merged = {k: ", ".join(sorted({str(c.get(k, "not recorded")) for c in cards}))
-                  for k in ("device", "precision", "python", "torch", "torchvision", "attnlib", "git_commit")}
+        merged = {k: ", ".join(sorted({str(c.get(k, NOT_RECORDED)) for c in cards})) for k in ("device", "precision")}
+        versions = [v for r in self.records for v in epoch_versions(r)]
+        merged |= {k: ", ".join(sorted({v.get(k, NOT_RECORDED) for v in versions}))
+                   for k in ("python", "torch", "torchvision", "attnlib", "git_commit")}
         config = self.records[0]["config"]
-        mixed = sum(len(set(c.get("epochs_by_footing", {})) - {NOT_RECORDED}) > 1 for c in cards)
+        mixed = [f for c in cards if len(set(f := c.get("epochs_by_footing", {})) - {NOT_RECORDED}) > 1]
         if mixed:
-            merged["resumed elsewhere"] = (f"{mixed} of {len(cards)} runs changed device, threads or precision "
-                                           "mid-run (their history's footing says where each epoch ran)")
+            epochs = sum(map(collections.Counter, mixed), collections.Counter())
+            merged["resumed elsewhere"] = (
+                f"{len(mixed)} of {len(cards)} runs changed device, threads or precision mid-run; their epochs ran "
+                "on " + "; ".join(f"{footing} ({n})" for footing, n in epochs.most_common()))
         return {
             "dataset": self.data.describe(), "profile": self.profile.name,
             "epochs": config["epochs"], "batch size": config["batch_size"],
@@ -240,6 +244,16 @@ class Comparison:
                                   f"{len(cards)} runs ({self.trained_now} trained now, "
                                   f"{len(cards) - self.trained_now} loaded from {self.results_dir})",
         }
+
+
+def epoch_versions(record: dict) -> list[dict[str, str]]:
+    """The versions (:func:`~attnlib.runinfo.software`) each epoch of ``record`` trained under. Histories
+    written before they were kept give the run card's, the finishing process's, for the epochs on its
+    footing, and nothing (so "not recorded") for those trained elsewhere."""
+    history = History.from_dict(record["history"])
+    last = history.footing[-1] if history.footing else NOT_RECORDED
+    return [versions or (record["run_card"] if footing == last else {})
+            for versions, footing in zip(history.software, history.footing)]
 
 
 def _steady_epochs(values: list) -> list:

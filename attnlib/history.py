@@ -28,6 +28,7 @@ class History:
     train_images_per_s: list[float] = field(default_factory=list)
     eval_images_per_s: list[float] = field(default_factory=list)
     footing: list[str] = field(default_factory=list)  # where each epoch ran: device (threads), precision
+    software: list[dict[str, str]] = field(default_factory=list)  # the versions it ran under (runinfo.software)
 
     def append(self, **row: float) -> None:
         for key, value in row.items():
@@ -40,6 +41,7 @@ class History:
     def from_dict(cls, d: dict) -> History:
         lists = {f.name: list(d.get(f.name, [])) for f in fields(cls)}
         lists["footing"] += [NOT_RECORDED] * (len(lists["epoch"]) - len(lists["footing"]))  # older records
+        lists["software"] += [{}] * (len(lists["epoch"]) - len(lists["software"]))
         return cls(**lists)
 
     def __len__(self) -> int:

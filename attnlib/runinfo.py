@@ -48,18 +48,20 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {cpu}, {torch.get_num_threads()} threads"
 
 
-def environment(device: torch.device) -> dict[str, str]:
+def software() -> dict[str, str]:
+    """The versions of the code that trains: Python, torch, torchvision, attnlib and the book's commit."""
     import torchvision
 
     from . import __version__
 
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "attnlib": __version__, "git_commit": git_commit()}
+
+
+def environment(device: torch.device) -> dict[str, str]:
     return {
         "device": device_name(device),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "attnlib": __version__,
-        "git_commit": git_commit(),
+        **software(),
         "platform": f"{platform.system()} {platform.machine()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

@@ -40,7 +40,7 @@ from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset
 from .devices import autocast, autocast_dtype, precision_name, resolve_device
 from .history import NOT_RECORDED, Callback, History, TrainState
-from .runinfo import device_name
+from .runinfo import device_name, software
 
 
 class NonFiniteLossError(RuntimeError):
@@ -269,6 +269,7 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
             start_epoch = load_checkpoint(ckpt, checkpoint, state, scheduler, scaler, callbacks, config)
     footing = f"{device_name(device)}, {precision_name(amp_dtype)}"  # the history says where each epoch ran
     footing += f", {processes} processes" if processes > 1 else ""
+    versions = software()
     previous = state.history.footing[-1] if state.history.footing else NOT_RECORDED
     if previous not in (footing, NOT_RECORDED) and distributed.is_main():
         print(f"resuming {checkpoint} after epoch {start_epoch} on another footing: it ran on "
@@ -294,7 +295,8 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
         state.history.append(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
                              test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_time=t2 - t0,
                              train_images_per_s=len(train_loader) * config.batch_size / (t1 - t0),
-                             eval_images_per_s=len(data.test_labels) / (t2 - t1), footing=footing)
+                             eval_images_per_s=len(data.test_labels) / (t2 - t1), footing=footing,
+                             software=versions)
         for cb in callbacks:
             cb.on_epoch_end(state)
         _check_finite_epoch(state, float(test_loss), checkpoint)

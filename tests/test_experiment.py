@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import platform
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from attnlib.experiment import (Comparison, common_footing, compare, convergence
 from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
+from attnlib.runinfo import software
 from attnlib.significance import smallest_p_value
 from attnlib.train import fit, predict
 from attnlib.variants import Variant, run_config
@@ -64,7 +66,36 @@ def test_the_run_card_flags_runs_resumed_on_another_footing(comparison):
                for r in comparison.records[:1]] + comparison.records[1:]
     mixed = type(comparison)(comparison.variants, records, comparison.data, comparison.profile,
                              comparison.results_dir)
-    assert mixed.run_card()["resumed elsewhere"].startswith(f"1 of {len(records)} runs changed device")
+    assert mixed.run_card()["resumed elsewhere"] == (
+        f"1 of {len(records)} runs changed device, threads or precision mid-run; their epochs ran on "
+        "CPU: a, 1 threads, fp32 (1); NVIDIA H200, bf16 (1)")
+
+
+def _with_history(comparison, **lists):
+    """A copy of ``comparison`` whose first record's history has ``lists`` in place of its own."""
+    first = copy.deepcopy(comparison.records[0])
+    first["history"] |= lists
+    return type(comparison)(comparison.variants, [first, *comparison.records[1:]], comparison.data,
+                            comparison.profile, comparison.results_dir)
+
+
+def test_the_run_card_names_every_version_that_trained_an_epoch(comparison):
+    history = comparison.records[0]["history"]
+    assert history["software"] == [software()] * 2  # kept epoch by epoch
+    assert comparison.run_card()["torch"] == torch.__version__
+    elsewhere = {**history["software"][0], "torch": "2.11.0", "git_commit": "0123456789"}
+    card = _with_history(comparison, software=[elsewhere, history["software"][1]]).run_card()
+    assert card["torch"] == ", ".join(sorted(["2.11.0", torch.__version__]))
+    assert "0123456789" in card["git_commit"] and card["python"] == platform.python_version()
+
+
+def test_older_histories_take_the_card_versions_only_on_the_card_footing(comparison):
+    footing = comparison.records[0]["history"]["footing"][-1]
+    assert "not recorded" not in comparison.run_card()["torch"]
+    same = _with_history(comparison, software=[]).run_card()  # older: one footing, the card's versions
+    assert same["torch"] == torch.__version__
+    moved = _with_history(comparison, software=[], footing=["NVIDIA H200, bf16 autocast", footing]).run_card()
+    assert moved["torch"] == ", ".join(sorted(["not recorded", torch.__version__]))
 
 
 def test_record_contents(comparison):

@@ -205,16 +205,19 @@ def test_resume_with_another_config_is_refused(synthetic, tmp_path):
             progress=False, checkpoint=ckpt, resume=True)
 
 
-def test_a_run_resumed_under_another_thread_count_says_so(synthetic, tmp_path, capsys):
+def test_a_run_resumed_under_another_thread_count_says_so(synthetic, tmp_path, capsys, monkeypatch):
     """Same seed, same history needs the same threads: a resume elsewhere is not refused (the
-    CPU and GPU queues hand runs over), but it is said, and the history names where each epoch ran."""
+    CPU and GPU queues hand runs over), but it is said, and the history names where each epoch
+    ran and under which code."""
     ckpt, threads = tmp_path / "run.ckpt", torch.get_num_threads()
     other = 2 if threads == 1 else 1
     config = TINY.replace(epochs=2)
     try:
+        monkeypatch.setenv("ATTNLIB_GIT_COMMIT", "elsewhere")
         with pytest.raises(KeyboardInterrupt):
             fit(_model(data=synthetic), synthetic, config, device="cpu", progress=False, checkpoint=ckpt,
                 callbacks=[StopAt(1)])
+        monkeypatch.setenv("ATTNLIB_GIT_COMMIT", "here")
         torch.set_num_threads(other)
         history = fit(_model(data=synthetic), synthetic, config, device="cpu", progress=False, checkpoint=ckpt,
                       resume=True)
@@ -223,12 +226,13 @@ def test_a_run_resumed_under_another_thread_count_says_so(synthetic, tmp_path, c
     precision = precision_name(autocast_dtype("auto", torch.device("cpu")))  # bf16 on a CPU that has it
     assert history.footing[0].endswith(f", {threads} threads, {precision}") and history.footing[0].startswith("CPU: ")
     assert history.footing[1].endswith(f", {other} threads, {precision}")
+    assert [versions["git_commit"] for versions in history.software] == ["elsewhere", "here"]
     assert "on another footing" in capsys.readouterr().err
 
 
 def test_histories_written_before_the_footing_was_kept_say_not_recorded():
-    old = {"epoch": [1, 2], "test_acc": [0.5, 0.6]}
-    assert History.from_dict(old).footing == ["not recorded", "not recorded"]
+    old = History.from_dict({"epoch": [1, 2], "test_acc": [0.5, 0.6]})
+    assert old.footing == ["not recorded", "not recorded"] and old.software == [{}, {}]
 
 
 # ----------------------------------------------------------------------------- non-finite loss
