@@ -13,6 +13,7 @@ import collections
 import copy
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -224,17 +225,16 @@ class Comparison:
     def run_card(self) -> dict:
         """What was run, where, with which code: merged over the records."""
         cards = [r["run_card"] for r in self.records]
-        merged = {k: ", ".join(sorted({str(c.get(k, NOT_RECORDED)) for c in cards})) for k in ("device", "precision")}
-        versions = [v for r in self.records for v in epoch_versions(r)]
-        merged |= {k: ", ".join(sorted({v.get(k, NOT_RECORDED) for v in versions}))
-                   for k in ("python", "torch", "torchvision", "attnlib", "git_commit")}
+        epochs = [e for r in self.records for e in epoch_cards(r)]
+        merged = {k: ("; " if k == "device" else ", ").join(sorted({str(e.get(k, NOT_RECORDED)) for e in epochs}))
+                  for k in ("device", "precision", "python", "torch", "torchvision", "attnlib", "git_commit")}
         config = self.records[0]["config"]
         mixed = [f for c in cards if len(set(f := c.get("epochs_by_footing", {})) - {NOT_RECORDED}) > 1]
         if mixed:
-            epochs = sum(map(collections.Counter, mixed), collections.Counter())
+            where = sum(map(collections.Counter, mixed), collections.Counter())
             merged["resumed elsewhere"] = (
                 f"{len(mixed)} of {len(cards)} runs changed device, threads or precision mid-run; their epochs ran "
-                "on " + "; ".join(f"{footing} ({n})" for footing, n in epochs.most_common()))
+                "on " + "; ".join(f"{footing} ({n})" for footing, n in where.most_common()))
         return {
             "dataset": self.data.describe(), "profile": self.profile.name,
             "epochs": config["epochs"], "batch size": config["batch_size"],
@@ -246,14 +246,24 @@ class Comparison:
         }
 
 
-def epoch_versions(record: dict) -> list[dict[str, str]]:
-    """The versions (:func:`~attnlib.runinfo.software`) each epoch of ``record`` trained under. Histories
-    written before they were kept give the run card's, the finishing process's, for the epochs on its
-    footing, and nothing (so "not recorded") for those trained elsewhere."""
+FOOTING = re.compile(r"(?P<device>.+), (?P<precision>fp32|bf16 autocast|fp16 autocast)(, \d+ processes)?")
+
+
+def epoch_cards(record: dict) -> list[dict[str, str]]:
+    """Where and with which code each epoch of ``record`` trained: the device and precision of its
+    footing and the versions (:func:`~attnlib.runinfo.software`) of its history. Where a history
+    does not say (written before it was kept), the run card's, which are the finishing process's,
+    for the epochs on that process's footing, and nothing (so "not recorded") for the others."""
     history = History.from_dict(record["history"])
-    last = history.footing[-1] if history.footing else NOT_RECORDED
-    return [versions or (record["run_card"] if footing == last else {})
+    card, last = record["run_card"], history.footing[-1] if history.footing else NOT_RECORDED
+    return [(card if footing == last else {}) | (_parsed(footing) if footing != last else {}) | versions
             for versions, footing in zip(history.software, history.footing)]
+
+
+def _parsed(footing: str) -> dict[str, str]:
+    """The device and precision a footing names; nothing for a footing not recorded."""
+    match = FOOTING.fullmatch(footing)
+    return {"device": match["device"], "precision": match["precision"]} if match else {}
 
 
 def _steady_epochs(values: list) -> list:
