@@ -13,14 +13,14 @@
 # 100 % busy from 30-45 s after the start, so each 30-epoch run takes about 8 minutes. 450 s
 # brought eight such runs to epochs 21-25, back as checkpoints that the CPU queue finishes:
 # with fewer processes, more runs finish there.
-# The device tool sends at most 64 MiB, and the tracked weights and checkpoints are far more.
-# Leave them on disk but out of the index for the call, then put them back:
-#   cp .gitignore /tmp/gitignore && sed -i '/^!book\/results\//d' .gitignore
-#   git rm -q --cached book/results/*.pt book/results/*.ckpt
-#   ... the call, carrying data ...
-#   cp /tmp/gitignore .gitignore && git reset -q -- book/results
-# Runs already recorded in book/results are skipped, so the GPU trains only what is
-# missing. Back here: python scripts/records_archive.py unpack FILES_AT book/results
+# The device tool sends at most 64 MiB, and the tracked weights and checkpoints are far more:
+# `bash scripts/device_tree.sh hide` before the call (carry data/, real files, not links) and
+# `bash scripts/device_tree.sh restore` after it.
+# Runs already recorded in book/results are skipped, so the GPU trains only what is missing;
+# only the records travel, so a run the CPU queue has checkpointed starts again from epoch 1
+# here. Give the GPU the PLAN items the CPU queue (`make queue`, BOOK_PLAN's order) reaches
+# last, so that the two do not train the same runs. Back here, with the CPU queue stopped:
+# python scripts/records_archive.py unpack FILES_AT book/results
 set -uo pipefail
 out=$1 seconds=$2 workers=$3
 shift 3

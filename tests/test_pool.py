@@ -158,3 +158,35 @@ def test_a_variant_without_a_colon_is_refused(spec, capsys):
     with pytest.raises(SystemExit):
         run_main(["--variant", spec, "--profile", "smoke", "--status"])
     assert "has no colon" in capsys.readouterr().err
+
+
+def test_device_tree_hides_the_weights_from_the_index_and_puts_them_back(tmp_path):
+    """scripts/device_tree.sh: the weights and checkpoints leave the index (not the disk) for a
+    device call, and come back exactly as they were; a second hide or a restore without one is refused."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device_tree.sh"
+    results = tmp_path / "book" / "results"
+    results.mkdir(parents=True)
+    (tmp_path / ".gitignore").write_text("*.pt\n*.ckpt\n!book/results/*-seed0-*.pt\n!book/results/*.ckpt\n")
+    for name in ("a-seed0-1.json", "a-seed0-1.pt", "b-seed1-2.ckpt"):
+        (results / name).write_text(name)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    def device_tree(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), action], cwd=tmp_path, capture_output=True, text=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "records")
+    tracked, gitignore = git("ls-files"), (tmp_path / ".gitignore").read_text()
+    hidden = device_tree("hide")
+    assert hidden.returncode == 0 and "MiB" in hidden.stdout
+    assert git("ls-files").split() == [".gitignore", "book/results/a-seed0-1.json"]
+    assert "??" not in git("status", "--porcelain", "--untracked-files=all")  # ignored: they do not travel
+    assert (results / "a-seed0-1.pt").exists() and (results / "b-seed1-2.ckpt").exists()
+    assert device_tree("hide").returncode == 1
+    assert device_tree("restore").returncode == 0
+    assert git("ls-files") == tracked and (tmp_path / ".gitignore").read_text() == gitignore
+    assert git("status", "--porcelain") == ""
+    assert device_tree("restore").returncode == 1
