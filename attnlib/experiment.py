@@ -256,7 +256,7 @@ def epoch_cards(record: dict) -> list[dict[str, str]]:
     for the epochs on that process's footing, and nothing (so "not recorded") for the others."""
     history = History.from_dict(record["history"])
     card, last = record["run_card"], history.footing[-1] if history.footing else NOT_RECORDED
-    return [(card if footing == last else {}) | (_parsed(footing) if footing != last else {}) | versions
+    return [{**(card if footing == last else _parsed(footing)), **versions}
             for versions, footing in zip(history.software, history.footing)]
 
 

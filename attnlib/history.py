@@ -30,7 +30,7 @@ class History:
     footing: list[str] = field(default_factory=list)  # where each epoch ran: device (threads), precision
     software: list[dict[str, str]] = field(default_factory=list)  # the versions it ran under (runinfo.software)
 
-    def append(self, **row: float) -> None:
+    def append(self, **row: float | str | dict[str, str]) -> None:
         for key, value in row.items():
             getattr(self, key).append(value)
 
