@@ -26,7 +26,8 @@ NOT_RECORDED = "not recorded"
 _WALL_TIME = re.compile(r"([\d.]+) min over (\d+) runs")
 #: Between two devices of a run card's merged list ("CPU: X, Inc., 2 threads, NVIDIA H200"): the comma
 #: after a CPU's thread count, or before a CPU (a CPU's name may hold commas of its own).
-_DEVICE_SEPARATOR = re.compile(r"(?<= threads), |, (?=CPU: )")
+# a run card joins its devices with "; " (with ", " before 2026-12-04, and a CPU's name has commas of its own)
+_DEVICE_SEPARATOR = re.compile(r"; |(?<= threads), |, (?=CPU: )")
 
 
 def tool_versions() -> dict[str, str]:

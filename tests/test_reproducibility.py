@@ -72,12 +72,15 @@ def test_environment_table_merges_chapters(tmp_path: Path):
 
 
 def test_devices_merged_in_run_cards_are_listed_once_each(tmp_path: Path):
-    """A run card lists its runs' devices joined by commas, and a CPU's name has a comma of its own."""
+    """A run card lists its runs' devices joined by "; " (by commas in older copies), and a CPU's
+    name has a comma of its own."""
     first = executed_notebook(tmp_path / "01_x.ipynb", [(1.0, 1)], device="CPU: Alpha, 1 threads, NVIDIA H200")
     second = executed_notebook(tmp_path / "02_y.ipynb", [(1.0, 1)],
                                device="CPU: Alpha, 1 threads, CPU: Beta, Inc., 2 threads")
+    third = executed_notebook(tmp_path / "03_z.ipynb", [(1.0, 1)], device="CPU: Beta, Inc., 2 threads; NVIDIA H200")
     (tmp_path / "results").mkdir()
     expected = "CPU: Alpha, 1 threads; CPU: Beta, Inc., 2 threads; NVIDIA H200"
+    assert f"| training: device | {expected} |" in environment_table([first, third])
     assert f"| training: device | {expected} |" in environment_table([first, second])
     assert f"Training devices of the runs above: {expected}." in wall_times_table([first, second], tmp_path / "results")
 
