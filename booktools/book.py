@@ -21,6 +21,7 @@ when library code a copy shows (:func:`attnlib.plots.show_source`) is no longer 
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib
 import pkgutil
 import re
@@ -35,7 +36,7 @@ from attnlib.chapters import CHAPTERS, chapter_plan
 from attnlib.chapters import source as chapter_source
 from attnlib.data import ImageDataset
 from attnlib.experiment import BOOK_RECIPE
-from attnlib.files import atomic_write_text
+from attnlib.files import atomic_write_bytes, atomic_write_text
 from attnlib.plots import source_block
 from attnlib.pool import Job, make_jobs, untrained
 from attnlib.profiles import PROFILES, Profile, resolve_profile
@@ -269,6 +270,10 @@ def refresh_sources(out: Path = BOOK) -> list[Path]:
 OVERVIEW = BOOK / "results.md"
 OVERVIEW_FIGURE = BOOK / "images" / "overview-gain-vs-speed.png"
 BENCHMARK = BOOK / "benchmark.md"
+#: The README's figures, copied from the executed baseline chapter: file -> the code that draws it there.
+BASELINE_CHAPTER = BOOK / "00_setup_and_baseline.ipynb"
+README_FIGURES = {BOOK / "images" / "baseline-learning-curves.png": "fig = plots.learning_curves(cmp)\n",
+                  BOOK / "images" / "baseline-prediction-grid.png": "fig = plots.prediction_grid(cmp)\n"}
 
 
 def _count(items: list, noun: str) -> str:
@@ -378,6 +383,21 @@ def write_overview() -> None:
     gain_vs_speed(headline or smaller).savefig(OVERVIEW_FIGURE, dpi=110)
 
 
+def readme_figures(executed: Path = BASELINE_CHAPTER) -> dict[Path, bytes]:
+    """The README's figures (PNG bytes), as the executed baseline chapter draws them."""
+    cells = nbformat.read(executed, as_version=4).cells
+    figures = {}
+    for path, code in README_FIGURES.items():
+        pngs = [base64.b64decode(output.data["image/png"]) for cell in cells if cell.source == code.strip()
+                for output in cell.get("outputs", []) if "image/png" in output.get("data", {})]
+        if len(pngs) != 1:
+            raise SystemExit(f"{executed.name} shows {len(pngs)} figures drawn by {code.strip()!r}, where the README "
+                             f"takes {path.name} from one: execute the chapter (`make execute NOTEBOOKS={executed.stem}`) "
+                             "or point booktools.book.README_FIGURES at the cell that draws it now")
+        figures[path] = pngs[0]
+    return figures
+
+
 #: Markdown generated from the executed copies, included by book/running.md and book/reproducibility.md.
 GENERATED = BOOK / "_generated"
 WALL_TIMES = GENERATED / "wall-times.md"
@@ -464,7 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "overview":
         write_overview()
         write_generated_pages()
+        for path, png in readme_figures().items():
+            atomic_write_bytes(path, png)
         print(f"wrote {WALL_TIMES.relative_to(REPO)} and {ENVIRONMENT.relative_to(REPO)}")
+        print(f"wrote the README's figures: {', '.join(str(p.relative_to(REPO)) for p in README_FIGURES)}")
         print(f"wrote {OVERVIEW.relative_to(REPO)}, {OVERVIEW_FIGURE.relative_to(REPO)} and "
               f"{BENCHMARK.relative_to(REPO)}")
     elif args.command == "bench-check":

@@ -285,6 +285,16 @@ def test_benchmark_page_is_current():
         "book/benchmark.md is stale: run `python -m booktools.book overview`"
 
 
+def test_readme_figures_are_the_executed_baseline_chapters():
+    profile = nbformat.read(book.BASELINE_CHAPTER, as_version=4).metadata["attnlib"]["profile"]
+    readme = (REPO / "README.md").read_text()
+    assert f"the `{profile}` profile" in readme, f"the README's caption does not name the `{profile}` profile, " \
+        "under which the baseline chapter ran"
+    for path, png in book.readme_figures().items():
+        assert str(path.relative_to(REPO)) in readme
+        assert path.read_bytes() == png, f"{path.name} is stale: run `python -m booktools.book overview`"
+
+
 def test_generated_pages_are_current():
     for path, text in book.generated_pages().items():
         assert path.exists() and path.read_text() == text, \
