@@ -253,10 +253,12 @@ def epoch_cards(record: dict) -> list[dict[str, str]]:
     """Where and with which code each epoch of ``record`` trained: the device and precision of its
     footing and the versions (:func:`~attnlib.runinfo.software`) of its history. Where a history
     does not say (written before it was kept), the run card's, which are the finishing process's,
-    for the epochs on that process's footing, and nothing (so "not recorded") for the others."""
+    for the epochs on that process's footing, and nothing (so "not recorded") for the others, but
+    fp32 for a run whose recipe turns autocast off."""
     history = History.from_dict(record["history"])
     card, last = record["run_card"], history.footing[-1] if history.footing else NOT_RECORDED
-    return [{**(card if footing == last else _parsed(footing)), **versions}
+    recipe = {"precision": precision_name(None)} if record["config"].get("amp") == "off" else {}
+    return [{**recipe, **(card if footing == last else _parsed(footing)), **versions}
             for versions, footing in zip(history.software, history.footing)]
 
 

@@ -17,7 +17,7 @@ from attnlib import load_dataset, plots
 from attnlib.config import TrainConfig
 from attnlib.devices import autocast_dtype, precision_name
 from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference, difference_check,
-                                LongerReading, learning_state, longer_reading, verdict_settled)
+                                epoch_cards, LongerReading, learning_state, longer_reading, verdict_settled)
 from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
@@ -474,3 +474,12 @@ def test_a_runs_pace_is_its_fastest_epoch_after_the_first():
     # the first epoch pays one-off costs; an epoch slowed by other work on the machine does not set the pace
     assert steady_pace({"history": {"train_images_per_s": [900.0, 610.0, 350.0, 640.0]}}, "train_images_per_s") == 640.0
     assert steady_pace({"history": {"train_images_per_s": [500.0]}}, "train_images_per_s") == 500.0
+
+
+@pytest.mark.parametrize("amp, first", [("off", {"precision": "fp32"}), ("auto", {})])
+def test_an_epoch_off_the_cards_footing_without_a_footing_is_fp32_only_if_autocast_was_off(amp, first):
+    card = {"device": "CPU: b, 1 threads", "precision": "fp32", "torch": "2.0"}
+    record = {"config": {"amp": amp}, "run_card": card,
+              "history": {"epoch": [1, 2, 3], "footing": [NOT_RECORDED, "NVIDIA H200, fp32, 8 processes",
+                                                          "CPU: b, 1 threads, fp32"]}}
+    assert epoch_cards(record) == [first, {"device": "NVIDIA H200", "precision": "fp32"}, card]
