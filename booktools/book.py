@@ -270,8 +270,8 @@ def refresh_sources(out: Path = BOOK) -> list[Path]:
 OVERVIEW = BOOK / "results.md"
 OVERVIEW_FIGURE = BOOK / "images" / "overview-gain-vs-speed.png"
 BENCHMARK = BOOK / "benchmark.md"
-#: The README's figures, copied from the executed baseline chapter: file -> the code that draws it there.
 BASELINE_CHAPTER = BOOK / "00_setup_and_baseline.ipynb"
+#: The README's figures, copied from the executed baseline chapter: file -> the code that draws it there.
 README_FIGURES = {BOOK / "images" / "baseline-learning-curves.png": "fig = plots.learning_curves(cmp)\n",
                   BOOK / "images" / "baseline-prediction-grid.png": "fig = plots.prediction_grid(cmp)\n"}
 

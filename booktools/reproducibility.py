@@ -24,9 +24,9 @@ TOOLS = ("torch", "torchvision", "numpy", "matplotlib", "attnlib", "papermill", 
          "jupyter-book", "myst-nb", "sphinxcontrib-bibtex")
 NOT_RECORDED = "not recorded"
 _WALL_TIME = re.compile(r"([\d.]+) min over (\d+) runs")
-#: Between two devices of a run card's merged list ("CPU: X, Inc., 2 threads, NVIDIA H200"): the comma
-#: after a CPU's thread count, or before a CPU (a CPU's name may hold commas of its own).
-# a run card joins its devices with "; " (with ", " before 2026-12-04, and a CPU's name has commas of its own)
+#: Between two devices of a run card's merged list: "; " ("CPU: X, Inc., 2 threads; NVIDIA H200"), or in
+#: copies executed before 2026-12-04, which joined them with commas, the comma after a CPU's thread
+#: count or before a CPU (a CPU's name may hold commas of its own).
 _DEVICE_SEPARATOR = re.compile(r"; |(?<= threads), |, (?=CPU: )")
 
 

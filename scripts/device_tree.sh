@@ -18,7 +18,9 @@ hide)
     tree=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1)
     data=$(du -sb data 2>/dev/null | cut -f1 || echo 0)
     echo "the call sends $(( tree / 1048576 )) MiB of tree + $(( data / 1048576 )) MiB of data/ (limit 64 MiB)"
-    if (( tree + data > 64 * 1048576 )); then echo "too big for the device tool: look for large untracked files" >&2; exit 1; fi
+    if (( tree + data > 64 * 1048576 )); then
+        echo "too big for the device tool: look for large untracked files ('$0 restore' undoes the hide)" >&2; exit 1
+    fi
     ;;
 restore)
     if [[ ! -e $backup ]]; then echo "nothing to restore: $backup is missing (was 'hide' run?)" >&2; exit 1; fi
