@@ -91,12 +91,12 @@ def test_the_run_card_names_every_version_that_trained_an_epoch(comparison):
 
 def test_each_epoch_names_its_footings_device_and_older_ones_the_cards_versions_on_its_footing(comparison):
     footing = comparison.records[0]["history"]["footing"][-1]
-    assert "not recorded" not in comparison.run_card()["torch"]
+    assert NOT_RECORDED not in comparison.run_card()["torch"]
     same = _with_history(comparison, software=[]).run_card()  # older: one footing, the card's versions
     assert same["torch"] == torch.__version__
     moved = _with_history(comparison, software=[], footing=["NVIDIA H200, fp16 autocast, 8 processes", footing])
     card = moved.run_card()
-    assert card["torch"] == ", ".join(sorted(["not recorded", torch.__version__]))
+    assert card["torch"] == ", ".join(sorted([NOT_RECORDED, torch.__version__]))
     # the device and precision of every epoch, from its footing
     assert card["device"] == "; ".join(sorted(["NVIDIA H200", comparison.records[0]["run_card"]["device"]]))
     assert card["precision"] == ", ".join(sorted(["fp16 autocast", comparison.records[0]["run_card"]["precision"]]))
