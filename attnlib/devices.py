@@ -40,9 +40,13 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+#: How run cards and histories name the precision of :func:`autocast_dtype`'s result.
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     """How a run card names the precision of :func:`autocast_dtype`'s result."""
-    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
+    return PRECISION_NAMES[dtype]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -13,7 +13,6 @@ import collections
 import copy
 import json
 import math
-import re
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +33,7 @@ from .models import count_parameters
 from .profiles import Profile, resolve_profile
 from .records import (RECORD_FORMAT, adopt_checkpoint, dataset_spec, find_record, read_record, read_weights,
                       record_stem, run_key, writable_folder)
-from .runinfo import environment
+from .runinfo import environment, footing_parts
 from .significance import accuracy_difference, seed_std
 from .train import fit, predict
 from .variants import Variant, flops_per_image, run_config
@@ -246,9 +245,6 @@ class Comparison:
         }
 
 
-FOOTING = re.compile(r"(?P<device>.+), (?P<precision>fp32|bf16 autocast|fp16 autocast)(, \d+ processes)?")
-
-
 def epoch_cards(record: dict) -> list[dict[str, str]]:
     """Where and with which code each epoch of ``record`` trained: the device and precision of its
     footing and the versions (:func:`~attnlib.runinfo.software`) of its history. Where a history
@@ -258,14 +254,8 @@ def epoch_cards(record: dict) -> list[dict[str, str]]:
     history = History.from_dict(record["history"])
     card, last = record["run_card"], history.footing[-1] if history.footing else NOT_RECORDED
     recipe = {"precision": precision_name(None)} if record["config"].get("amp") == "off" else {}
-    return [{**recipe, **(card if footing == last else _parsed(footing)), **versions}
+    return [{**recipe, **(card if footing == last else footing_parts(footing)), **versions}
             for versions, footing in zip(history.software, history.footing)]
-
-
-def _parsed(footing: str) -> dict[str, str]:
-    """The device and precision a footing names; nothing for a footing not recorded."""
-    match = FOOTING.fullmatch(footing)
-    return {"device": match["device"], "precision": match["precision"]} if match else {}
 
 
 def _steady_epochs(values: list) -> list:

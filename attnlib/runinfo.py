@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from .devices import PRECISION_NAMES, precision_name
 
 # The checkout this library runs from, whose commit a run card records (none for a pip install).
 _CHECKOUT = Path(__file__).resolve().parents[1]
@@ -46,6 +49,23 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+
+
+def describe_footing(device: torch.device, amp_dtype: torch.dtype | None, processes: int = 1) -> str:
+    """Where an epoch trains, as its history records it: the device (a CPU with its threads), the
+    precision and, under torchrun, the number of processes. :func:`footing_parts` reads it back."""
+    footing = f"{device_name(device)}, {precision_name(amp_dtype)}"
+    return footing + (f", {processes} processes" if processes > 1 else "")
+
+
+_FOOTING = re.compile(r"(?P<device>.+), (?P<precision>" + "|".join(map(re.escape, PRECISION_NAMES.values()))
+                      + r")(, \d+ processes)?")
+
+
+def footing_parts(footing: str) -> dict[str, str]:
+    """The device and precision a :func:`describe_footing` names; nothing for one not recorded."""
+    match = _FOOTING.fullmatch(footing)
+    return {"device": match["device"], "precision": match["precision"]} if match else {}
 
 
 def software() -> dict[str, str]:

@@ -38,9 +38,9 @@ from . import distributed
 from .checkpoints import load_checkpoint, read_checkpoint, read_on_main, save_checkpoint
 from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset
-from .devices import autocast, autocast_dtype, precision_name, resolve_device
+from .devices import autocast, autocast_dtype, resolve_device
 from .history import NOT_RECORDED, Callback, History, TrainState
-from .runinfo import device_name, software
+from .runinfo import describe_footing, software
 
 
 class NonFiniteLossError(RuntimeError):
@@ -267,8 +267,7 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
         ckpt = read_on_main(lambda: read_checkpoint(checkpoint))
         if ckpt is not None:
             start_epoch = load_checkpoint(ckpt, checkpoint, state, scheduler, scaler, callbacks, config)
-    footing = f"{device_name(device)}, {precision_name(amp_dtype)}"  # the history says where each epoch ran
-    footing += f", {processes} processes" if processes > 1 else ""
+    footing = describe_footing(device, amp_dtype, processes)  # the history says where each epoch ran
     versions = software()
     previous = state.history.footing[-1] if state.history.footing else NOT_RECORDED
     if previous not in (footing, NOT_RECORDED) and distributed.is_main():

@@ -13,7 +13,8 @@ from conftest import StopAt, history_values
 from attnlib import NonFiniteLossError, TrainConfig, build_model, fit, load_dataset
 from attnlib.data import DeviceLoader
 from attnlib.devices import autocast_dtype, precision_name
-from attnlib.history import Callback, History
+from attnlib.history import NOT_RECORDED, Callback, History
+from attnlib.runinfo import describe_footing, device_name, footing_parts
 from attnlib.train import decay_only_value, lr_factor, make_optimizer, recompute_bn_statistics
 
 # A short recipe for 256 16x16 training images: 8 steps of 32 per epoch.
@@ -228,6 +229,15 @@ def test_a_run_resumed_under_another_thread_count_says_so(synthetic, tmp_path, c
     assert history.footing[1].endswith(f", {other} threads, {precision}")
     assert [versions["git_commit"] for versions in history.software] == ["elsewhere", "here"]
     assert "on another footing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("processes", [1, 8])
+def test_a_footing_reads_back_as_its_device_and_precision(dtype, processes):
+    cpu = torch.device("cpu")
+    assert footing_parts(describe_footing(cpu, dtype, processes)) == {"device": device_name(cpu),
+                                                                      "precision": precision_name(dtype)}
+    assert footing_parts(NOT_RECORDED) == {}
 
 
 def test_histories_written_before_the_footing_was_kept_say_not_recorded():
