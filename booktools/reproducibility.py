@@ -76,8 +76,14 @@ def training_time(cards: list[dict[str, str]]) -> tuple[float, int]:
     return minutes, runs
 
 
-def _merged(values) -> str:
-    return ", ".join(sorted(set(values))) or NOT_RECORDED
+def _merged(values, separator: str = ", ") -> str:
+    return separator.join(sorted(set(values))) or NOT_RECORDED
+
+
+def _merged_versions(cards: list[dict[str, str]], key: str) -> str:
+    """The distinct ``key`` versions of run cards whose entries are themselves merged lists
+    ("3.11.7, not recorded"), one each."""
+    return _merged(version for card in cards for version in card[key].split(", "))
 
 
 def _merged_devices(cards: list[dict[str, str]]) -> str:
@@ -130,8 +136,8 @@ def environment_table(paths: list[Path]) -> str:
     cards = [card for _, nb in executed for card in run_cards(nb)]
     execution = [nb.metadata.get(METADATA_KEY, {}) for _, nb in executed]
     rows = [("training: device", _merged_devices(cards)),
-            *[(f"training: {key}", _merged(c[key] for c in cards)) for key in ("python", "torch", "torchvision")],
-            ("executing the notebooks: machine", _merged(e.get("machine", NOT_RECORDED) for e in execution)),
+            *[(f"training: {key}", _merged_versions(cards, key)) for key in ("python", "torch", "torchvision")],
+            ("executing the notebooks: machine", _merged((e.get("machine", NOT_RECORDED) for e in execution), "; ")),
             ("executing the notebooks: date", _merged(e.get("date", NOT_RECORDED) for e in execution)),
             *[(f"executing the notebooks: {tool}",
                _merged(e.get("versions", {}).get(tool, NOT_RECORDED) for e in execution))

@@ -21,12 +21,13 @@ CARD = """| run card | |
 
 
 def executed_notebook(path: Path, cards: list[tuple[float, int]], execution: dict | None = None,
-                      device: str = "CPU: Test CPU, 2 threads") -> Path:
-    """A notebook whose code cells printed run cards of (minutes, runs) on ``device``, with optional
-    execute metadata."""
+                      device: str = "CPU: Test CPU, 2 threads", python: str = "3.11.7") -> Path:
+    """A notebook whose code cells printed run cards of (minutes, runs) on ``device`` with ``python``,
+    with optional execute metadata."""
     nb = nbformat.v4.new_notebook()
     for minutes, runs in cards:
         card = CARD.format(minutes=minutes, runs=runs).replace("CPU: Test CPU, 2 threads", device)
+        card = card.replace("| python | 3.11.7 |", f"| python | {python} |")
         output = nbformat.v4.new_output("display_data", data={"text/markdown": card})
         nb.cells.append(nbformat.v4.new_code_cell("display(card)", outputs=[output]))
     if execution is not None:
@@ -69,6 +70,18 @@ def test_environment_table_merges_chapters(tmp_path: Path):
     assert "| executing the notebooks: numpy | 2.0, 2.1 |" in table
     assert "| executing the notebooks: python | 3.11 |" in table
     assert "| training: device | CPU: Test CPU, 2 threads |" in table
+
+
+def test_versions_and_machines_merged_in_run_cards_are_listed_once_each(tmp_path: Path):
+    """A run card merges its runs' versions with commas ("3.11.7, not recorded" where some records
+    predate the versions); the environment table lists each version once. Machines, whose names hold
+    commas, are joined with "; "."""
+    first = executed_notebook(tmp_path / "01_x.ipynb", [(1.0, 1)], {"machine": "Linux, CPU: A, 1 threads"})
+    second = executed_notebook(tmp_path / "02_y.ipynb", [(1.0, 1)], {"machine": "Linux, CPU: B, 1 threads"},
+                               python=f"3.11.7, {NOT_RECORDED}")
+    table = environment_table([first, second])
+    assert f"| training: python | 3.11.7, {NOT_RECORDED} |" in table
+    assert "| executing the notebooks: machine | Linux, CPU: A, 1 threads; Linux, CPU: B, 1 threads |" in table
 
 
 def test_devices_merged_in_run_cards_are_listed_once_each(tmp_path: Path):
