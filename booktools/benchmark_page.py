@@ -135,13 +135,19 @@ def summary_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _machine(runs: list[dict]) -> str:
+    """The machine a section's runs were timed on, with the thread count for a CPU."""
+    record = ([r for r in runs if is_quiet(r)] or runs)[-1]
+    device, threads = record["environment"]["device"], record["settings"]["threads"]
+    return device.split(",")[0] + (f", {threads} thread" + "s" * (threads > 1) if device.startswith("CPU") else "")
+
+
 def section(runs: list[dict]) -> str:
     """One machine and setting: its quiet runs summarised, the others only counted."""
     quiet = [r for r in runs if is_quiet(r)]
     s, env = (quiet or runs)[-1]["settings"], (quiet or runs)[-1]["environment"]
     flags = ["channels_last" if s["channels_last"] else "NCHW", "torch.compile" if s["compile"] else "eager"]
-    threads = f"{s['threads']} thread" + ("s" if s["threads"] > 1 else "")
-    machine = env["device"].split(",")[0] + (f", {threads}" if env["device"].startswith("CPU") else "")
+    machine = _machine(runs)
     count = (f"{len(quiet)} quiet run{'s' * (len(quiet) != 1)} of {len(runs)} "
              f"({len(runs) - len(quiet)} under load or with the load not recorded, not shown)")
     head = (f"## {machine}\n\n{s['model']}, batch {s['batch_size']}, images {'x'.join(map(str, s['image_shape']))}, "
@@ -159,8 +165,24 @@ def section(runs: list[dict]) -> str:
             f"{env['torch']}, commit {commits}):\n\n{summary_table(quiet)}\n\n"
             f"Training loop: `fit` adds {_spread([100 * v for v in loop], '+.1f')} % to the bare step (target "
             f"≤ {100 * LOOP_TARGET:.0f} %, {'met' if statistics.median(loop) <= LOOP_TARGET else '**missed**'}). "
-            + (f"Targets missed: {', '.join(missed)}." if missed else "Every method meets its target.") + "\n")
-    return text + "".join(f"\n*{label}:* {WHY_MISSED.get(label, NOT_PROFILED)}\n" for label in missed)
+            + (f"Targets missed: {', '.join(missed)} (where their time goes: at the end of the page)."
+               if missed else "Every method meets its target.") + "\n")
+    return text
+
+
+def why_missed(groups: list[list[dict]]) -> str:
+    """The closing section: each layer that misses its target on some machine, once, with the
+    machines where it does and where its extra time goes (or that this is not known)."""
+    machines: dict[str, list[str]] = defaultdict(list)
+    for runs in groups:
+        quiet = [r for r in runs if is_quiet(r)]
+        for label in _missed(quiet) if quiet else []:
+            machines[label].append(_machine(runs))
+    if not machines:
+        return ""
+    return ("\n## Where the missed targets' time goes\n" + "".join(
+        f"\n*{label}* (missed on {'; '.join(where)}): {WHY_MISSED.get(label, NOT_PROFILED)}\n"
+        for label, where in machines.items()))
 
 
 def _inside(value: float, values: list[float], fmt: str) -> bool:
@@ -209,7 +231,7 @@ def page(results: list[dict]) -> str:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         groups[record_name(r)].append(r)
-    body = "\n".join(section(runs) for runs in groups.values()) if groups else \
+    body = "\n".join(section(runs) for runs in groups.values()) + why_missed(list(groups.values())) if groups else \
         "No benchmark record yet: run `make bench`.\n"
     return f"""# Benchmark: what each layer costs
 

@@ -37,10 +37,16 @@ def test_fewer_than_three_quiet_runs_are_provisional_and_none_shows_no_figure():
     assert "0 quiet runs of 2" in text and "No figure is shown" in text and "| SE |" not in text
 
 
-def test_every_missed_target_is_followed_by_where_the_time_goes_or_says_it_is_not_known():
-    assert f"*SE:* {WHY_MISSED['SE']}" in page([_run(1.2, True, "d")])
+def test_every_missed_target_is_explained_once_with_the_machines_where_it_is_missed():
+    machine = "CPU: AMD EPYC, 1 thread"
+    assert f"*SE* (missed on {machine}): {WHY_MISSED['SE']}" in page([_run(1.2, True, "d")])
     assert WHY_MISSED["SE"] not in page([_run(1.05, True, "d")])  # met: no explanation
-    assert f"*New layer:* {NOT_PROFILED}" in page([_run(1.2, True, "d", label="New layer")])
+    assert f"*New layer* (missed on {machine}): {NOT_PROFILED}" in page([_run(1.2, True, "d", label="New layer")])
+    two_threads = _run(1.3, True, "e")
+    two_threads["settings"]["threads"] = 2
+    text = page([_run(1.2, True, "d"), two_threads])
+    assert text.count(WHY_MISSED["SE"]) == 1
+    assert f"*SE* (missed on {machine}; CPU: AMD EPYC, 2 threads): " in text
 
 
 def test_new_runs_reproduce_the_page_when_every_median_lands_inside_its_range_as_printed():
