@@ -83,7 +83,7 @@ def learning_curves(cmp: Comparison, labels: list[str] | None = None, title: str
     ax_acc.plot([], [], "k-", label="test (solid)")
     handles, names = ax_acc.get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8)
-    fig.suptitle(title or f"{cmp.data.name}, profile {cmp.profile.name}: mean over seeds, band = range over seeds")
+    fig.suptitle(f"{title or f'{cmp.data.name}, profile {cmp.profile.name}'}: mean over seeds, band = range over seeds")
     fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(names) - 1) // 4), 1, 1))
     return fig
 

@@ -19,6 +19,12 @@ def _close_figures():
     plt.close("all")
 
 
+def test_learning_curves_say_what_the_line_and_band_are_under_any_title(comparison):
+    for title in (None, "twice the epochs"):
+        suptitle = plots.learning_curves(comparison, title=title).get_suptitle()
+        assert suptitle.startswith(title or "") and suptitle.endswith(": mean over seeds, band = range over seeds")
+
+
 def test_learning_curves(comparison):
     fig = plots.learning_curves(comparison)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
