@@ -35,7 +35,9 @@ class Experiment:
     """One comparison of a chapter: its variants, the data subset it trains on, and how many
     of the profile's seeds it uses (``None``: all; a secondary check may use fewer).
     ``secondary`` names arms of the comparison that take only the first
-    :data:`SECONDARY_SEEDS` of them (a control beside the headline pair)."""
+    :data:`SECONDARY_SEEDS` of them (a control beside the headline pair). ``controls`` names
+    arms that control for a confound of the method (a constant rescale, a wider network) on every
+    seed: the results overview lists them as controls, not as verdicts on a method."""
 
     name: str
     variants: tuple[Variant, ...]
@@ -43,17 +45,20 @@ class Experiment:
     test_subset: int | None = None    # None: the profile's test images
     seed_count: int | None = None     # None: every seed of the profile; n: its first n
     secondary: tuple[str, ...] = ()   # labels of arms on the first SECONDARY_SEEDS seeds only
+    controls: tuple[str, ...] = ()    # labels of arms that control for a confound: no verdict
 
     def __post_init__(self) -> None:
-        unknown = set(self.secondary) - {v.label for v in self.variants}
-        if unknown:
-            raise ValueError(f"Experiment {self.name!r}: secondary arms {sorted(unknown)} are not among its "
-                             f"variants {[v.label for v in self.variants]}")
+        for role, labels in (("secondary", self.secondary), ("control", self.controls)):
+            unknown = set(labels) - {v.label for v in self.variants}
+            if unknown:
+                raise ValueError(f"Experiment {self.name!r}: {role} arms {sorted(unknown)} are not among its "
+                                 f"variants {[v.label for v in self.variants]}")
 
     def only(self, labels: Collection[str]) -> Experiment:
         """This comparison restricted to the arms in ``labels`` (none left: no variants)."""
         return dataclasses.replace(self, variants=tuple(v for v in self.variants if v.label in labels),
-                                   secondary=tuple(label for label in self.secondary if label in labels))
+                                   secondary=tuple(label for label in self.secondary if label in labels),
+                                   controls=tuple(label for label in self.controls if label in labels))
 
     def data(self, data: ImageDataset) -> ImageDataset:
         """The chapter's data for this comparison, cut from the profile's as the notebook does."""
@@ -261,9 +266,10 @@ def nam(setup: Profile, penalty: float = 1e-4, strong_penalty: float = 1e-2, sma
     pixel = (Variant("ResNet-20", model="resnet20"), Variant("NAM channel", model="resnet20", attention="nam"),
              Variant("NAM pixel", model="resnet20", attention=("nam", {"channel": False, "spatial": True})),
              Variant("NAM channel + pixel", model="resnet20", attention=("nam", {"spatial": True})))
-    return [Experiment("main", main, secondary=tuple(v.label for v in main[3:])),
+    longer = tuple(_twice(v, setup) for v in main[:3])
+    return [Experiment("main", main, secondary=tuple(v.label for v in main[3:]), controls=(main[1].label,)),
             Experiment("pixel", pixel, small_subset, small_test),
-            Experiment("longer", tuple(_twice(v, setup) for v in main[:3]), seed_count=SECONDARY_SEEDS)]
+            Experiment("longer", longer, seed_count=SECONDARY_SEEDS, controls=(longer[1].label,))]
 
 
 def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple[float, ...] = (0.25, 0.5),
@@ -305,7 +311,7 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple
         return dataclasses.replace(longer, callbacks=(annealed(2 * anneal_epochs),)) if variant.callbacks else longer
 
     longer = tuple(map(twice_annealed, (static, dynamic)))
-    return [Experiment("main", (static, dynamic, wide)), Experiment("widths", thin, seed_count=SECONDARY_SEEDS),
+    return [Experiment("main", (static, dynamic, wide), controls=(wide.label,)), Experiment("widths", thin, seed_count=SECONDARY_SEEDS),
             Experiment("ablations", ablations, small_subset, small_test),
             Experiment("alexnet", alex, small_subset, small_test),
             Experiment("alexnet-longer", tuple(map(twice_annealed, alex)), small_subset, small_test),

@@ -14,10 +14,11 @@ import math
 import statistics
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from attnlib.chapters import CHAPTERS, experiments
+from attnlib.chapters import CHAPTERS, Experiment, experiments
 from attnlib.checkpoints import CorruptFileError
 from attnlib.experiment import common_footing, steady_pace
 from attnlib.layers import NORM_SETTINGS
@@ -142,17 +143,30 @@ def is_headline(row: dict) -> bool:
     return row["profile"] == HEADLINE_PROFILE and row["seeds"] >= HEADLINE_SEEDS and row["full_data"]
 
 
+def _book_experiments() -> Iterator[Experiment]:
+    """Every comparison the chapters train under the ``book`` profile."""
+    setup = resolve_profile(HEADLINE_PROFILE)
+    for stem in CHAPTERS:
+        yield from experiments(stem, setup).values()
+
+
 @functools.cache
 def planned_seeds() -> dict[str, int]:
     """How many seeds the chapters train under the ``book`` profile, by arm label (the most any
     comparison asks for): the profile's five for a headline arm, three for a secondary one."""
     setup = resolve_profile(HEADLINE_PROFILE)
     planned: dict[str, int] = {}
-    for stem in CHAPTERS:
-        for exp in experiments(stem, setup).values():
-            for v in exp.variants:
-                planned[v.label] = max(planned.get(v.label, 0), len(exp.seeds(setup, v.label)))
+    for exp in _book_experiments():
+        for v in exp.variants:
+            planned[v.label] = max(planned.get(v.label, 0), len(exp.seeds(setup, v.label)))
     return planned
+
+
+@functools.cache
+def control_labels() -> frozenset[str]:
+    """The arms the chapters train as controls for a confound of a method (a constant rescale, a
+    wider network): whatever their seeds, no verdict on a method."""
+    return frozenset(label for exp in _book_experiments() for label in exp.controls)
 
 
 def seeds_needed(row: dict) -> int:
@@ -168,16 +182,16 @@ def is_in_progress(row: dict) -> bool:
 
 
 def is_control(row: dict) -> bool:
-    """A secondary arm of the ``book`` profile with all its planned seeds (fewer than five):
-    converged like a headline comparison, but no verdict on a method by itself."""
-    return (row["profile"] == HEADLINE_PROFILE and row["full_data"]
-            and seeds_needed(row) <= row["seeds"] < HEADLINE_SEEDS)
+    """A control or a secondary arm of the ``book`` profile with all its planned seeds: converged
+    like a headline comparison, but no verdict on a method by itself."""
+    return (row["profile"] == HEADLINE_PROFILE and row["full_data"] and row["seeds"] >= seeds_needed(row)
+            and (row["seeds"] < HEADLINE_SEEDS or row["method"] in control_labels()))
 
 
 class Rows(NamedTuple):
     headline: list[dict]   # converged, five seeds or more: the book's verdicts
     training: list[dict]   # book profile, seeds still missing
-    controls: list[dict]   # book profile, a secondary arm with its three seeds
+    controls: list[dict]   # book profile, a control or secondary arm with all its seeds
     smaller: list[dict]    # subsets and the quick profile: early training
 
 
@@ -185,8 +199,8 @@ def split_rows(rows: list[dict]) -> Rows:
     """The rows by what a reader may take from them (see :class:`Rows`)."""
     groups = Rows([], [], [], [])
     for r in rows:
-        group = (groups.headline if is_headline(r) else groups.training if is_in_progress(r)
-                 else groups.controls if is_control(r) else groups.smaller)
+        group = (groups.training if is_in_progress(r) else groups.controls if is_control(r)
+                 else groups.headline if is_headline(r) else groups.smaller)
         group.append(r)
     return groups
 

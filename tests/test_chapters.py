@@ -84,8 +84,10 @@ def test_a_secondary_arm_trains_on_the_first_three_seeds_only():
     assert ("Secondary arms, on seeds 0, 1, 2 only: NAM, weights not detached, NAM + penalty 0.0001, "
             "NAM + penalty 0.01.") in main.table(FIVE_SEEDS)
     assert "Secondary" not in main.table(resolve_profile("smoke"))  # three seeds: every arm has them all
-    with pytest.raises(ValueError, match="not among its variants"):
+    with pytest.raises(ValueError, match="secondary arms .'typo'. are not among its variants"):
         Experiment("x", main.variants[:1], secondary=("typo",))
+    with pytest.raises(ValueError, match="control arms .'typo'. are not among its variants"):
+        Experiment("x", main.variants[:1], controls=("typo",))
 
 
 def test_one_arm_of_a_comparison_keeps_its_seeds():
@@ -95,6 +97,8 @@ def test_one_arm_of_a_comparison_keeps_its_seeds():
     alexnet = main.only(["AlexNet"])
     assert [v.label for v in alexnet.variants] == ["AlexNet"] and alexnet.seeds(FIVE_SEEDS, "AlexNet") == (0, 1, 2)
     assert len(make_jobs([alexnet], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())) == 3
+    nam = experiments("04", FIVE_SEEDS)["main"]
+    assert nam.only(["NAM"]).controls == () and nam.only(["ResNet-20, branches x0.5"]).controls == nam.controls
 
 
 def test_the_queue_plan_covers_every_run_the_book_executes():

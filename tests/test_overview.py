@@ -123,3 +123,18 @@ def test_a_secondary_arm_is_complete_with_its_three_seeds_and_shown_as_a_control
     controls = page.split("## Converged controls")[1].split("## Smaller experiments")[0]
     assert "| BA, official bottleneck |" in controls and "1 comparison." in controls
     assert "BA, official bottleneck against plain (resnet20), 2 of 3 seeds" in page
+
+
+def test_a_control_with_five_seeds_is_listed_as_a_control_not_a_verdict(records):
+    """Chapter 4's constant rescale trains all five seeds, like a headline arm, yet answers whether
+    NAM beats it: the overview lists it under the controls, and it is still training with four."""
+    import booktools.overview as overview
+
+    _, recs = records
+    row = {**method_rows(recs)[0], "profile": "book", "full_data": True, "seeds": 5}
+    control = {**row, "method": "ResNet-20, branches x0.5"}
+    assert "ResNet-20, branches x0.5" in overview.control_labels() and "NAM" not in overview.control_labels()
+    assert overview.is_control(control) and not overview.is_headline({**row, "method": "NAM", "seeds": 4})
+    groups = overview.split_rows([control, {**control, "seeds": 4}, {**row, "method": "NAM"}])
+    assert groups.controls == [control] and groups.training == [{**control, "seeds": 4}]
+    assert groups.headline == [{**row, "method": "NAM"}]
