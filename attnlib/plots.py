@@ -330,15 +330,15 @@ def _marker_key(book: set[bool]) -> str:
     return "circles: book profile; squares: smaller experiments"
 
 
-def gain_vs_speed(rows: list[dict]):
+def gain_vs_speed(rows: list[dict], machine: str = ""):
     """Accuracy difference to the baseline (± one standard error) against the training speed
     relative to the baseline, one point per row of :func:`booktools.overview.method_rows`
-    whose speed ratio is known (method and baseline runs on one footing).
+    whose speed ratio is known (the benchmark times its network, on ``machine``).
 
     Points are numbered and named in a legend under the plot, never on the data, so labels
     cannot overlap however close the points are."""
     left_out = sum(math.isnan(r["speed_ratio"]) for r in rows)
-    rows = [r for r in rows if not math.isnan(r["speed_ratio"])]  # runs on several footings
+    rows = [r for r in rows if not math.isnan(r["speed_ratio"])]  # networks the benchmark does not time
     names = [f"{r['method']} ({r['model']}, {r['dataset']}, {r['profile']})" for r in rows]
     colors = _colors({name: r["part"] for name, r in zip(names, rows)})
     fig, ax = plt.subplots(figsize=(9, 5.2 + 0.22 * len(rows)))
@@ -350,10 +350,11 @@ def gain_vs_speed(rows: list[dict]):
                     textcoords="offset points")
     ax.axhline(0, color="grey", lw=1)
     ax.axvline(1, color="grey", lw=1, ls=":")
-    ax.set(xlabel="training speed relative to the baseline (images/s ratio)",
+    ax.set(xlabel="training speed relative to the baseline (images/s ratio"
+                  + (f"; benchmark, {machine})" if machine else ")"),
            ylabel="final test accuracy − baseline (points, ± 1 SE)",
            title=f"what each method buys and costs ({_marker_key({r['profile'] == 'book' for r in rows})})"
-                 + (f"\n{left_out} comparisons left out: their runs' speeds were measured on different footings"
+                 + (f"\n{left_out} comparisons left out: the benchmark does not time their network"
                     if left_out else ""))
     fig.legend(loc="lower center", ncol=2 if len(rows) > 6 else 1, fontsize=7)
     legend_rows = math.ceil(len(rows) / (2 if len(rows) > 6 else 1))

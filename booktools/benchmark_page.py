@@ -13,6 +13,7 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 from attnlib.bench import LOOP_TARGET, record_name
 
@@ -97,6 +98,33 @@ NOT_PROFILED = "not profiled yet: where its extra time goes is not known."
 
 def is_quiet(record: dict) -> bool:
     return bool((record.get("machine_load") or {}).get("quiet"))
+
+
+#: A network the benchmark times: (model, norm, conv, attention), each part a registered name.
+TimedNetwork = tuple[str, str, str, str]
+
+
+class LayerSpeeds(NamedTuple):
+    machine: str                          # the setting's machine, as its section of the page names it
+    speeds: dict[TimedNetwork, float]     # training speed relative to the plain network
+
+
+def layer_speeds(results: list[dict]) -> LayerSpeeds:
+    """Each timed network's training speed relative to the plain one, from the setting with the
+    most quiet runs (at least :data:`RUNS_NEEDED`; ties: the page's first): the median over them,
+    as the page shows it. No figure (``LayerSpeeds("", {})``) without such a setting."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        if is_quiet(r):
+            groups[record_name(r)].append(r)
+    runs = max(groups.values(), key=len, default=[])
+    if len(runs) < RUNS_NEEDED:
+        return LayerSpeeds("", {})
+    model = runs[-1]["settings"]["model"]
+    return LayerSpeeds(f"{_machine(runs)}, {runs[-1]['settings']['dtype']}", {
+        (model, m["parts"]["norm"], m["parts"]["conv"], m["parts"]["attention"]):
+            statistics.median(_ratios(runs, m["label"], "train_images_per_s_vs_first"))
+        for m in runs[-1]["methods"]})
 
 
 def _spread(values: list[float], fmt: str) -> str:

@@ -285,9 +285,11 @@ def overview_page(results_dir: Path = BOOK / "results") -> str:
     from attnlib.chapters import SECONDARY_SEEDS
     from attnlib.significance import smallest_p_value
 
-    from .overview import HEADLINE_SEEDS, load_records, markdown_table, method_rows, seeds_needed, split_rows
+    from .overview import (HEADLINE_SEEDS, benchmark_speeds, load_records, markdown_table, method_rows, seeds_needed,
+                           split_rows)
 
-    headline, training, controls, smaller = split_rows(method_rows(load_records(results_dir)))
+    speeds = benchmark_speeds()
+    headline, training, controls, smaller = split_rows(method_rows(load_records(results_dir), speeds.speeds))
     subset = [r for r in smaller if r["profile"] == "book"]
     quick = [r for r in smaller if r["profile"] != "book"]
     main = (markdown_table(headline) if headline else
@@ -308,13 +310,15 @@ chapters explain each experiment. Accuracies are final-epoch test accuracies, me
 over seeds; Δ is the difference of the means with its standard error (SE). *noise* says
 whether Δ is within two standard errors and gives the exact permutation p-value, which
 does not trust the seeds' spread, with the smallest value it can take for that number of
-seeds (3 against 3: 0.1, so never below 0.05). The speed is the ratio of training images
-per second measured during those runs (each run's fastest epoch, the one least slowed by
-other work on the machine; median over seeds), given only when the method's and the baseline's
-runs all ran on one footing (machine, threads and precision): "–" otherwise, since a bf16
-CPU or another thread count moves it more than most layers do. Other work on the machine
-can still move it; the benchmark page times every layer against the plain network alone. The paper's figure is the paper's own
-result in its own setting, quoted with its source, not a prediction of ours.
+seeds (3 against 3: 0.1, so never below 0.05). The train speed is what the layer costs as the
+[benchmark](benchmark.md) measures it: the network's training-step speed relative to the
+plain network's, timed alone and interleaved with it on synthetic batches on a quiet machine ({speeds.machine or 'no machine yet'};
+median over the quiet runs). It is not taken from the runs in the table: they trained over
+days, on several machines and beside other work, and the speed of a shared machine moves by
+more than most layers cost. "–": a network the benchmark does not time (another width, a
+layer with other options, AlexNet); the chapters time those beside their plain network. The
+paper's figure is the paper's own result in its own setting, quoted with its source, not a
+prediction of ours.
 
 ## Converged comparisons
 
@@ -376,13 +380,14 @@ def benchmark_page() -> str:
 def write_overview() -> None:
     from attnlib.plots import gain_vs_speed
 
-    from .overview import load_records, method_rows, split_rows
+    from .overview import benchmark_speeds, load_records, method_rows, split_rows
 
     atomic_write_text(OVERVIEW, overview_page())
     atomic_write_text(BENCHMARK, benchmark_page())
     OVERVIEW_FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    headline, _, _, smaller = split_rows(method_rows(load_records(BOOK / "results")))
-    gain_vs_speed(headline or smaller).savefig(OVERVIEW_FIGURE, dpi=110)
+    speeds = benchmark_speeds()
+    headline, _, _, smaller = split_rows(method_rows(load_records(BOOK / "results"), speeds.speeds))
+    gain_vs_speed(headline or smaller, speeds.machine).savefig(OVERVIEW_FIGURE, dpi=110)
 
 
 def readme_figures(executed: Path = BASELINE_CHAPTER) -> dict[Path, bytes]:

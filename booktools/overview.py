@@ -14,18 +14,19 @@ import math
 import statistics
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 from attnlib.chapters import CHAPTERS, Experiment, experiments
 from attnlib.checkpoints import CorruptFileError
-from attnlib.experiment import common_footing, steady_pace
 from attnlib.layers import NORM_SETTINGS
 from attnlib.profiles import resolve_profile
 from attnlib.records import read_record
 from attnlib.significance import accuracy_difference
 from attnlib.variants import PLAIN_PARTS, method_of
+
+from .benchmark_page import LayerSpeeds, TimedNetwork, layer_speeds, load_results
 
 FULL_TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 
@@ -84,8 +85,19 @@ def _is_plain(network: dict) -> bool:
     return network == _plain_of(network)
 
 
-def _steady_speed(record: dict) -> float:
-    return steady_pace(record, "train_images_per_s")
+def benchmark_speeds() -> LayerSpeeds:
+    """The layers' training speeds from the book's benchmark records (the benchmark page's)."""
+    return layer_speeds(load_results())
+
+
+def _timed_network(network: dict) -> TimedNetwork | None:
+    """``network`` as the benchmark names the networks it times, or None if the benchmark cannot
+    have timed it (another width, or a part with options). Callbacks (a penalty, an annealing)
+    are left aside: they add one small term per step."""
+    parts = [network.get(part) or "none" for part in ("norm", "conv", "attention")]
+    if network.get("model_kwargs") or not all(isinstance(p, str) for p in parts):
+        return None
+    return (network["model"], *parts)
 
 
 def _speed(ratio: float) -> str:
@@ -99,8 +111,11 @@ def _paper(network: dict) -> str:
     return PAPER_FIGURES.get(method_of(network), "–")
 
 
-def method_rows(records: list[dict]) -> list[dict]:
-    """One row per (setting, method network) that has a plain baseline in its setting."""
+def method_rows(records: list[dict], speeds: Mapping[TimedNetwork, float] | None = None) -> list[dict]:
+    """One row per (setting, method network) that has a plain baseline in its setting. Its speed
+    is the benchmark's for the network (``speeds``; None: :func:`benchmark_speeds`), NaN where the
+    benchmark does not time it."""
+    speeds = benchmark_speeds().speeds if speeds is None else speeds
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         setting = json.dumps([r["dataset"]["sha1"], r["config"]], sort_keys=True)
@@ -127,8 +142,7 @@ def method_rows(records: list[dict]) -> list[dict]:
             **difference, "part": method_of(network),
             "params_ratio": first["params"] / base[0]["params"],
             "flops_ratio": first["flops_per_image"] / base[0]["flops_per_image"],
-            "speed_ratio": (statistics.median(map(_steady_speed, runs)) / statistics.median(map(_steady_speed, base))
-                            if common_footing([*runs, *base]) else math.nan),
+            "speed_ratio": speeds.get(_timed_network(network), math.nan),
             "paper": _paper(network),
         })
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["batch_size"], r["method"]))

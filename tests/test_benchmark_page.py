@@ -1,7 +1,7 @@
 """booktools.benchmark_page: only runs on a quiet machine, each figure the median of them with its range."""
 from __future__ import annotations
 
-from booktools.benchmark_page import NOT_PROFILED, WHY_MISSED, page, reproduction
+from booktools.benchmark_page import NOT_PROFILED, WHY_MISSED, layer_speeds, page, reproduction
 
 
 def _run(ratio: float, quiet: bool | None, date: str, overhead: float = 0.05, commit: str = "abc",
@@ -58,3 +58,25 @@ def test_new_runs_reproduce_the_page_when_every_median_lands_inside_its_range_as
     assert not reproduced and "| 1.25 | **no** |" in report and "| `fit` over the bare step (%) | +5.0 | +2.0 | **no** |" in report
     report, reproduced = reproduction(shown, [_run(1.08, False, "d")])
     assert not reproduced and "0 quiet new run(s) of 1" in report and "No figure could be compared." in report
+
+
+def _timed(ratio: float, quiet: bool, threads: int = 1) -> dict:
+    """A run as :func:`_run` makes it, with what :func:`layer_speeds` reads: the methods' parts and speeds."""
+    run = _run(ratio, quiet, "d")
+    run["settings"]["threads"] = threads
+    run["methods"] = [{"label": "SE", "parts": {"norm": "bn", "conv": "conv", "attention": "se"}, "target": 1.10}]
+    for row in run["rows"]:
+        row["train_images_per_s_vs_first"] = 1 / row["train_step_ms_vs_first"]
+    return run
+
+
+def test_layer_speeds_are_the_medians_of_the_setting_with_the_most_quiet_runs():
+    """The overview's speed column: the benchmark page's figures, from its best-measured setting."""
+    one_thread = [_timed(1.25, True), _timed(2.0, True), _timed(1.6, True), _timed(5.0, False)]
+    two_threads = [_timed(1.1, True, threads=2) for _ in range(4)]
+    speeds = layer_speeds(one_thread + two_threads)
+    assert speeds.machine == "CPU: AMD EPYC, 2 threads, float32"
+    assert speeds.speeds == {("resnet20", "bn", "conv", "se"): 1 / 1.1}
+    speeds = layer_speeds(one_thread)  # the run under load is left out of the median
+    assert speeds.machine == "CPU: AMD EPYC, 1 thread, float32" and speeds.speeds[("resnet20", "bn", "conv", "se")] == 1 / 1.6
+    assert layer_speeds(one_thread[:2]) == ("", {})  # fewer than three quiet runs: no figure
