@@ -95,8 +95,16 @@ def glue(name: str, value: Any) -> Any:
 
 
 def glue_text(name: str, text: str) -> str:
-    """Name a phrase of markdown for ``{glue:md}`name``` (a verdict, a formatted number with its unit)."""
+    """Name a phrase of markdown for ``{glue:md}`name``` (a verdict, a formatted number with its unit),
+    and the phrase with its first letter capitalised for a sentence that opens with it:
+    ``{glue:md}`Name``` (``name`` with its first letter capitalised)."""
     from IPython.display import Markdown
 
     glue(name, Markdown(text))
+    if _capitalised(name) != name:
+        glue(_capitalised(name), Markdown(_capitalised(text)))
     return text
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]

@@ -79,3 +79,13 @@ def test_claims_report_lists_what_does_not_hold_outside_the_book_profile(monkeyp
     assert "- twice the epochs move the mean" in report and "flatten" not in report
     monkeypatch.setattr(claims, "_MADE", [("the curves flatten", True)])
     assert "1 statements" in claims.claims_report("book") and "checked" in claims.claims_report("book")
+
+
+def test_a_glued_phrase_also_opens_a_sentence_under_its_capitalised_name(monkeypatch):
+    """``{glue:md}`Gate_reading``` starts a sentence with the phrase ``{glue:md}`gate_reading``` puts mid-sentence."""
+    import attnlib.claims as claims
+
+    glued = {}
+    monkeypatch.setattr(claims, "glue", lambda name, value: glued.setdefault(name, value.data))
+    assert claims.glue_text("gate_reading", "in NAM, 90 % of the gates") == "in NAM, 90 % of the gates"
+    assert glued == {"gate_reading": "in NAM, 90 % of the gates", "Gate_reading": "In NAM, 90 % of the gates"}
