@@ -36,6 +36,23 @@ def test_source_is_stored_without_outputs(path: Path):
     assert not dirty, f"{path.name}: cells {dirty} have outputs; run `python -m booktools.book strip`"
 
 
+GLUED = re.compile(r"\{glue:md\}`(?P<name>\w+)`")
+
+
+def _opens_a_sentence(before: str) -> bool:
+    before = before.rstrip()
+    return not before or before.endswith((".", ".**", ".*"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_a_sentence_that_opens_with_a_glued_phrase_starts_with_a_capital(path: Path):
+    """At the start of a paragraph or after a full stop the text cites ``{glue:md}`Name```, the phrase
+    :func:`attnlib.claims.glue_text` glues with its first letter capitalised, not the lower-case ``name``."""
+    openings = [(i, m["name"]) for i, c in enumerate(nbformat.read(path, as_version=4).cells) if c.cell_type == "markdown"
+                for m in GLUED.finditer(c.source) if _opens_a_sentence(c.source[:m.start()]) and m["name"][:1].islower()]
+    assert not openings, f"{path.name}: (cell, glued name) opening a sentence in lower case: {openings}"
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
 def test_source_follows_the_chapter_skeleton(path: Path):
     nb = nbformat.read(path, as_version=4)
