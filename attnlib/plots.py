@@ -227,6 +227,30 @@ def benchmark_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + load_note(rows[0].get("machine_load"))
 
 
+def speed_drift_reading(run_rows: list[dict], bench: list[dict], labels: list[str], tolerance: float = 0.1) -> str:
+    """A phrase on whether the training runs' speed ratios measure the layers.
+
+    ``run_rows`` are ``Comparison.summary()`` rows (ratios against the first run's images per second),
+    ``bench`` the rows of :func:`attnlib.benchmark.measure` taken now, one network after the other, with
+    the same first network. Runs that trained on different days on a shared machine carry its changes of
+    speed in their ratios; a run ratio more than ``tolerance`` from the timing says so.
+    """
+    in_runs = {r["label"]: r["train_speed_vs_first"] for r in run_rows}
+    timed = {r["label"]: r["train_images_per_s_vs_first"] for r in bench}
+    missing = [label for label in labels if label not in in_runs or label not in timed]
+    if missing or run_rows[0]["label"] != bench[0]["label"]:
+        raise ValueError(f"the runs ({list(in_runs)}) and the timing ({list(timed)}) must share their first network "
+                         f"and hold every label asked for ({labels}); missing: {missing}")
+    if any(math.isnan(in_runs[label]) for label in labels):
+        return "the training runs' images per second do not compare: they ran on different footings"
+    ratios = " and ".join(f"{label} at {in_runs[label]:.2f}x" for label in labels)
+    reading = f"in the training runs {ratios} {run_rows[0]['label']}'s images per second"
+    if all(abs(in_runs[label] - timed[label]) <= tolerance for label in labels):
+        return f"{reading}, within {tolerance:.2f} of the timing here"
+    return (f"{reading}: more than {tolerance:.2f} from the timing here, so the shared machine's speed moved between "
+            "those runs, and the timing here, one network after the other, is the measure of the layers")
+
+
 def load_note(load: dict | None) -> str:
     """One sentence under a timing: how busy the machine was while it was taken, and what that does
     to the ratios (other work slows the convolutions and so dilutes a layer's extra passes)."""

@@ -92,6 +92,25 @@ def test_speed_ratios_of_runs_on_another_footing_are_left_out_and_explained(comp
     assert "footing" not in plots.cost_table(comparison)  # one footing: no note
 
 
+def test_speed_drift_reading_says_whether_the_runs_ratios_measure_the_layers():
+    runs = [{"label": "plain", "train_speed_vs_first": 1.0}, {"label": "NAM", "train_speed_vs_first": 1.08},
+            {"label": "half", "train_speed_vs_first": 1.43}]
+    timing = [{"label": "plain", "train_images_per_s_vs_first": 1.0},
+              {"label": "NAM", "train_images_per_s_vs_first": 1.02},
+              {"label": "half", "train_images_per_s_vs_first": 0.98}]
+    close = plots.speed_drift_reading(runs, timing, ["NAM"])
+    assert close == "in the training runs NAM at 1.08x plain's images per second, within 0.10 of the timing here"
+    moved = plots.speed_drift_reading(runs, timing, ["NAM", "half"])
+    assert moved.startswith("in the training runs NAM at 1.08x and half at 1.43x plain's images per second: more "
+                            "than 0.10 from the timing here, so the shared machine's speed moved")
+    runs[2]["train_speed_vs_first"] = float("nan")
+    assert "different footings" in plots.speed_drift_reading(runs, timing, ["NAM", "half"])
+    with pytest.raises(ValueError, match="missing: \\['SE'\\]"):
+        plots.speed_drift_reading(runs, timing, ["SE"])
+    with pytest.raises(ValueError, match="share their first network"):
+        plots.speed_drift_reading(runs, timing[1:], ["half"])
+
+
 def test_results_table(comparison):
     table = plots.results_table(comparison)
     lines = table.splitlines()
