@@ -21,6 +21,7 @@ import fcntl
 import multiprocessing
 import os
 import signal
+import statistics
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -179,21 +180,43 @@ def untrained(jobs: Sequence[Job], results_dir: str | Path) -> list[Job]:
 
 def queue_status(jobs: Sequence[Job], results_dir: str | Path) -> list[str]:
     """One line per job: its final accuracy, whether a process trains it now, the epoch its
-    checkpoint has reached, or pending."""
+    checkpoint has reached, or pending; for a run not done, the minutes it has left at the pace
+    of the finished runs of its network (:func:`pace_key`). A last line sums what is left."""
     results_dir = Path(results_dir)
-    lines = []
+    states, paces, left = [], {}, {}
     for job in jobs:
         stem = record_stem(results_dir, job.variant, job.seed, job.key)
         found = find_record(results_dir, stem, job.seed, job.key)
         ckpt = stem.with_suffix(".ckpt")
         if found is not None:
             record = read_record(found)
-            state = f"done: {100 * record['final_test_acc']:.2f} % ({record['run_card']['wall_time_s'] / 60:.0f} min)"
-        else:
-            with claim(results_dir, job) as free:
-                state = "pending" if free else "training now"
-            if ckpt.exists():
-                epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
-                state += f", epoch {epoch}/{job.config.epochs} checkpointed"
+            minutes = record["run_card"]["wall_time_s"] / 60
+            paces.setdefault(pace_key(job), []).append(minutes / len(record["history"]["epoch"]))
+            states.append(f"done: {100 * record['final_test_acc']:.2f} % ({minutes:.0f} min)")
+            continue
+        with claim(results_dir, job) as free:
+            state = "pending" if free else "training now"
+        epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] if ckpt.exists() else 0
+        if epoch:
+            state += f", epoch {epoch}/{job.config.epochs} checkpointed"
+        states.append(state)
+        left[len(states) - 1] = job.config.epochs - epoch
+    lines, total, unknown = [], 0.0, 0
+    for i, (job, state) in enumerate(zip(jobs, states)):
+        if i in left and pace_key(job) in paces:
+            minutes = left[i] * statistics.median(paces[pace_key(job)])
+            total += minutes
+            state += f", about {minutes:.0f} min left"
+        elif i in left:
+            unknown += 1
         lines.append(f"{job.name}: {state}")
+    estimate = f"about {total / 60:.1f} worker-hours at the pace of the finished runs of the same networks"
+    lines.append(f"left: {len(left)} of {len(jobs)} runs" + (f", {estimate}" if len(left) > unknown else "")
+                 + (f"; {unknown} of them on networks with no finished run to time them by" if unknown else ""))
     return lines
+
+
+def pace_key(job: Job) -> str:
+    """What sets a run's time per epoch: its network, data and recipe, whatever its label, seed
+    or number of epochs (a network and its twice-the-epochs run share one)."""
+    return run_key(job.variant, job.data, job.config.replace(epochs=1), seed=0)

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--threads", type=positive_int, help="torch threads per worker (default: torch's own; "
                                                    "on a 2-core CPU --workers 2 --threads 1 is fastest)")
     queue.add_argument("--status", action="store_true", help="show each run's state (done with its accuracy, "
-                                                             "training now, checkpointed epoch, pending) and exit")
+                                                             "training now, checkpointed epoch, pending), the time "
+                                                             "left at the pace of finished runs, and exit")
     return parser
 
 

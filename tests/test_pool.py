@@ -114,14 +114,34 @@ def test_a_stopped_queue_resumes_where_it_stopped(tmp_path):
 
 def test_status_lines(tmp_path):
     jobs = _jobs()
-    assert all(line.endswith(": pending") for line in queue_status(jobs, tmp_path))
+    lines = queue_status(jobs, tmp_path)
+    assert all(line.endswith(": pending") for line in lines[:-1])
+    assert lines[-1] == "left: 10 of 10 runs; 10 of them on networks with no finished run to time them by"
     run_main(["--plan", "00:main:AlexNet", "--profile", "smoke", "--epochs", "1", "--seeds", "0", "1",
               "--results-dir", str(tmp_path), "--no-progress"])
     lines = queue_status(jobs, tmp_path)
     # ResNet-20 and AlexNet per seed, then the convergence and precision checks' runs
-    assert [("done: " in line) for line in lines] == [False, True, False, True] + [False] * 6
+    assert [("done: " in line) for line in lines[:-1]] == [False, True, False, True] + [False] * 6
     with claim(tmp_path, jobs[0]) as mine:
         assert mine and "training now" in queue_status(jobs, tmp_path)[0]
+
+
+def test_status_estimates_what_is_left_at_the_pace_of_the_same_network(tmp_path):
+    jobs = _jobs()
+    run_main(["--plan", "00:main:ResNet-20", "--profile", "smoke", "--epochs", "1", "--seeds", "0",
+              "--results-dir", str(tmp_path), "--no-progress"])
+    [path] = tmp_path.glob("resnet-20-seed0-*.json")
+    record = json.loads(path.read_text())
+    record["run_card"]["wall_time_s"] = 600.0  # 10 minutes an epoch
+    path.write_text(json.dumps(record))
+    lines = queue_status(jobs, tmp_path)
+    state = [line.removeprefix(f"{job.name}: ") for job, line in zip(jobs, lines)]
+    assert state[0].startswith("done: ") and state[0].endswith(" % (10 min)")
+    assert state[2] == "pending, about 10 min left"  # ResNet-20, seed 1: one epoch
+    assert state[4] == "pending, about 20 min left"  # the same network, twice the epochs
+    assert state[1] == state[5] == "pending"  # AlexNet, IEBN: no finished run of theirs
+    assert lines[-1] == ("left: 9 of 10 runs, about 0.8 worker-hours at the pace of the finished runs of the "
+                         "same networks; 6 of them on networks with no finished run to time them by")
 
 
 def test_records_archive_carries_new_records_and_never_overwrites(tmp_path):
