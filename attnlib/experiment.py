@@ -183,9 +183,15 @@ class Comparison:
             moves.append((mean[-1] - mean[-1 - epochs]).abs().item() if len(mean) > epochs else math.nan)
         return math.nan if any(math.isnan(m) for m in moves) else max(moves)
 
-    def shared_mistakes(self, label: str, other: str) -> tuple[int, int]:
-        """(test images that ``label`` or ``other`` gets wrong, those both get wrong), first seeds."""
-        wrong = [torch.tensor(self.runs(name)[0]["predictions"]) != self.data.test_labels for name in (label, other)]
+    def shared_mistakes(self, label: str, other: str, *, nth: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+        """(test images that ``label`` or ``other`` gets wrong, those both get wrong): the ``nth`` run of
+        each, its first seed by default. ``shared_mistakes(a, a, nth=(0, 1))`` compares two seeds of one
+        network, the yardstick for what two networks share."""
+        runs = [self.runs(name) for name in (label, other)]
+        missing = [f"{name!r} has {len(r)}" for name, r, n in zip((label, other), runs, nth) if n >= len(r)]
+        if missing:
+            raise ValueError(f"No run at position {nth} ({'; '.join(missing)} runs): ask for a run each network has.")
+        wrong = [torch.tensor(r[n]["predictions"]) != self.data.test_labels for r, n in zip(runs, nth)]
         return int((wrong[0] | wrong[1]).sum()), int((wrong[0] & wrong[1]).sum())
 
     def confusion(self, label: str) -> torch.Tensor:

@@ -45,6 +45,19 @@ def test_every_source_cell_has_an_id(path: Path):
     assert not missing, f"{path.name}: cells {missing} have no id; run `python -m booktools.book strip {path.stem}`"
 
 
+REPLACEMENT_FIELD = re.compile(r"\{[A-Za-z_]\w*(\[|\.\w|:|!|\})")
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_no_glued_text_shows_an_unformatted_replacement_field(path: Path):
+    """A glued phrase built from a string that lost its ``f`` prefix shows ``{name[...]:.2f}`` on the page."""
+    nb = nbformat.read(REPO / "book" / path.name, as_version=4)
+    raw = [(i, o.metadata["scrapbook"]["name"]) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+           for o in c.outputs if "scrapbook" in o.get("metadata", {})
+           and REPLACEMENT_FIELD.search(str(o.get("data", {}).get("application/papermill.record/text/markdown", "")))]
+    assert not raw, f"{path.name}: (cell, glued name) showing a Python replacement field: {raw}; is an f missing?"
+
+
 GLUED = re.compile(r"\{glue:md\}`(?P<name>\w+)`")
 
 
