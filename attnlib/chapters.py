@@ -209,7 +209,7 @@ def mabn(setup: Profile, sweep_subset: int | None = 2000, sweep_test: int | None
          mabn_batches: tuple[int, ...] = (2, 4)) -> list[Experiment]:
     """``paper``: the paper's setting, every arm at SGD batch 32 with the same learning rate and
     steps, BN and MABN normalising over groups of n images of it (ghost batches; BN n32 is plain
-    BN), for ``paper_epoch_factor`` times the profile's epochs: 2,000 images give 63 steps an
+    BN), for ``paper_epoch_factor`` times the profile's epochs: 2,000 images give 62 steps an
     epoch, and at the profile's epochs the baseline was still learning (``shorter`` shows it).
     ``convergence``: its baseline and headline pair with twice those epochs;
     ``shorter``: the same three arms and MABN with plain convolutions, with the profile's epochs

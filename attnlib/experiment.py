@@ -362,7 +362,10 @@ def convergence_check(cmp: Comparison, label: str, longer: Comparison, longer_la
 
     Converged: the longer runs move the mean by less than one standard deviation of
     ``label``'s seeds (the seed-to-seed noise any single comparison already carries).
-    Values in percentage points.
+    Each mean is over every seed its length has, not only the seeds both lengths share: a
+    seed's run at twice the epochs follows another learning-rate schedule from the first step,
+    and in the book's records its deviation from its mean is uncorrelated with the shorter
+    run's, so pairing seeds would only drop runs. Values in percentage points.
     """
     a = [100 * r["final_test_acc"] for r in cmp.runs(label)]
     b = [100 * r["final_test_acc"] for r in longer.runs(longer_label)]
@@ -456,8 +459,8 @@ class LongerReading:
             return (f"after {short_epochs} epochs {pair[0]} is {shorter['verdict']} {pair[1]} ({shorter['brief']}), "
                     f"and the verdict is the same after {epochs}, so it does not depend on where the schedule stops")
         if check["stable"]:
-            return (f"the difference holds with the length of training ({check['delta']:+.2f} points after "
-                    f"{short_epochs} epochs, {check['longer_delta']:+.2f} after {epochs}, a change within its noise) "
+            return (f"from {short_epochs} to {epochs} epochs the difference moves less than its noise "
+                    f"({check['delta']:+.2f} points, then {check['longer_delta']:+.2f}) "
                     f"but sits on the line between two verdicts: {pair[0]} is {shorter['verdict']} {pair[1]} after "
                     f"{short_epochs} epochs ({shorter['brief']}) and {longer['verdict']} it after {epochs} "
                     f"({longer['brief']})")

@@ -361,8 +361,8 @@ def test_a_stable_difference_that_crosses_the_verdict_line_is_answered_with_both
     reading = LongerReading({"M": {"converged": False}, "B": {"converged": False}}, {("M", "B"): check})
     assert not reading.settled()
     assert reading.answer(("M", "B")) == (
-        "the difference holds with the length of training (-0.36 points after 60 epochs, -0.26 after 120, a "
-        "change within its noise) but sits on the line between two verdicts: M is worse than B after 60 epochs "
+        "from 60 to 120 epochs the difference moves less than its noise (-0.36 points, then -0.26) "
+        "but sits on the line between two verdicts: M is worse than B after 60 epochs "
         "(-0.36 ± 0.14) and indistinguishable from it after 120 (-0.26 ± 0.21)")
 
 
