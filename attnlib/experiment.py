@@ -194,6 +194,18 @@ class Comparison:
         wrong = [torch.tensor(r[n]["predictions"]) != self.data.test_labels for r, n in zip(runs, nth)]
         return int((wrong[0] | wrong[1]).sum()), int((wrong[0] & wrong[1]).sum())
 
+    def mistake_overlap(self, label: str, other: str) -> dict:
+        """How alike two networks' mistakes are, beside the yardstick of two seeds of one network:
+        ``either``, the test images that ``label`` or ``other`` (first seed of each) gets wrong;
+        ``between``, the share of those that both get wrong; ``within``, per network, the same share
+        for its first two seeds."""
+        either, both = self.shared_mistakes(label, other)
+        within = {}
+        for name in (label, other):
+            any_seed, both_seeds = self.shared_mistakes(name, name, nth=(0, 1))
+            within[name] = both_seeds / any_seed
+        return {"either": either, "between": both / either, "within": within}
+
     def confusion(self, label: str) -> torch.Tensor:
         """Counts ``[true class, predicted class]`` of ``label``'s test predictions, summed over seeds."""
         truth, k = self.data.test_labels, self.data.num_classes

@@ -283,7 +283,7 @@ def test_joined_comparisons_compare_arms_of_two_experiments_on_the_same_test_ima
         longer.joined(replace(batch, profile=PROFILES["quick"]))
 
 
-def test_shared_mistakes_counts_the_images_either_and_both_runs_get_wrong():
+def test_shared_mistakes_counts_the_images_either_and_both_runs_get_wrong_and_mistake_overlap_adds_the_yardstick():
     data = SimpleNamespace(test_labels=torch.tensor([0, 1, 2, 3, 4]))
     records = [{"label": "A", "seed": 0, "predictions": [0, 9, 9, 3, 4]},   # wrong on 1, 2
                {"label": "A", "seed": 1, "predictions": [9, 9, 9, 9, 9]},   # wrong on all; read only when asked for
@@ -294,6 +294,11 @@ def test_shared_mistakes_counts_the_images_either_and_both_runs_get_wrong():
     assert cmp.shared_mistakes("B", "A", nth=(0, 1)) == (5, 2)
     with pytest.raises(ValueError, match="'B' has 1 runs"):
         cmp.shared_mistakes("A", "B", nth=(1, 1))
+    with pytest.raises(ValueError, match="'B' has 1 runs"):
+        cmp.mistake_overlap("A", "B")   # B has no second seed to measure the yardstick by
+    records.append({"label": "B", "seed": 1, "predictions": [0, 1, 2, 9, 9]})   # wrong on 3, 4
+    cmp = Comparison([Variant("A"), Variant("B")], records, data=data, profile=PROFILES["book"], results_dir=Path("."))
+    assert cmp.mistake_overlap("A", "B") == {"either": 3, "between": 1 / 3, "within": {"A": 2 / 5, "B": 1 / 3}}
 
 
 @pytest.mark.parametrize("longer, converged", [([0.9402, 0.9398, 0.9405], True), ([0.9440, 0.9450, 0.9445], False),
