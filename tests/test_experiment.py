@@ -283,7 +283,7 @@ def test_joined_comparisons_compare_arms_of_two_experiments_on_the_same_test_ima
         longer.joined(replace(batch, profile=PROFILES["quick"]))
 
 
-def test_shared_mistakes_counts_the_images_either_and_both_runs_get_wrong_and_mistake_overlap_adds_the_yardstick():
+def test_shared_mistakes_and_mistake_overlap_count_the_images_two_runs_get_wrong():
     data = SimpleNamespace(test_labels=torch.tensor([0, 1, 2, 3, 4]))
     records = [{"label": "A", "seed": 0, "predictions": [0, 9, 9, 3, 4]},   # wrong on 1, 2
                {"label": "A", "seed": 1, "predictions": [9, 9, 9, 9, 9]},   # wrong on all; read only when asked for
