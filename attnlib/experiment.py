@@ -173,6 +173,18 @@ class Comparison:
         curves = torch.tensor([r["history"][key] for r in self.runs(label)], dtype=torch.float64)
         return curves.mean(0) * (100 if key.endswith("_acc") else 1)
 
+    def curves_apart(self, labels: Sequence[str] | None = None) -> torch.Tensor:
+        """Per epoch, how far apart the mean test-accuracy curves of ``labels`` (every variant by
+        default) lie: the highest minus the lowest, in points."""
+        curves = torch.stack([self.mean_curve(label) for label in (labels or self.labels)])
+        return curves.max(0).values - curves.min(0).values
+
+    def together_from(self, labels: Sequence[str] | None = None, within: float = 0.5) -> int | None:
+        """The first epoch (counted from 1) from which the mean test curves of ``labels`` stay within
+        ``within`` points of one another to the end; None if they end further apart."""
+        apart = self.curves_apart(labels)
+        return next((epoch + 1 for epoch in range(len(apart)) if (apart[epoch:] < within).all()), None)
+
     def final_move(self, labels: Sequence[str] | None = None, epochs: int = 1) -> float:
         """The largest change, in points, of a variant's mean test accuracy (over seeds) during its
         last ``epochs`` epochs: near 0 when the curves have flattened, large while the networks

@@ -245,6 +245,17 @@ def _fake_comparison(label: str, epochs: int, accuracies: list[float]) -> Compar
     return Comparison([Variant(label)], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
 
 
+def test_curves_apart_and_together_from_read_where_mean_test_curves_meet():
+    records = [{"label": "A", "seed": 0, "history": {"test_acc": [0.50, 0.80, 0.90, 0.91]}},
+               {"label": "B", "seed": 0, "history": {"test_acc": [0.60, 0.90, 0.904, 0.912]}},
+               {"label": "C", "seed": 0, "history": {"test_acc": [0.50, 0.79, 0.80, 0.95]}}]
+    cmp = Comparison([Variant(v) for v in "ABC"], records, data=None, profile=PROFILES["book"], results_dir=Path("."))
+    assert cmp.curves_apart(["A", "B"]).tolist() == pytest.approx([10.0, 10.0, 0.4, 0.2])
+    assert cmp.together_from(["A", "B"]) == 3                   # within 0.5 points from the third epoch on
+    assert cmp.together_from(["A", "B"], within=0.3) == 4
+    assert cmp.together_from() is None                          # C ends 4 points above A
+
+
 def test_final_move_is_the_largest_change_of_a_mean_curve_in_its_last_epochs():
     records = [{"label": "A", "seed": 0, "history": {"test_acc": [0.50, 0.80, 0.81]}},
                {"label": "A", "seed": 1, "history": {"test_acc": [0.50, 0.80, 0.83]}},   # A's mean: +2 points
