@@ -10,7 +10,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PROFILE ?= book
 NOTEBOOKS ?=
 
-.PHONY: book test test-autograder execute check labs teacher bench bench-check venv clean queue queue-status
+.PHONY: book test smoke test-autograder execute check labs teacher bench bench-check venv clean queue queue-status
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: venv
 	rm -rf build/smoke
 	$(PY) -m booktools.book execute --profile smoke --out build/smoke
 	$(PY) -m pytest tests build/smoke --nbval-lax -p no:cacheprovider
+
+# What `make test` does for the chapters named in NOTEBOOKS (default: all), without the unit tests:
+# execute them on the smoke profile into build/smoke, then nbval on them. Run it before committing a
+# changed chapter: a code path that only the smoke profile's 3 epochs take fails here, not in CI.
+smoke: venv
+	$(PY) -m booktools.book execute --profile smoke --out build/smoke $(NOTEBOOKS)
+	$(PY) -m pytest --nbval-lax -p no:cacheprovider $(if $(NOTEBOOKS),$(patsubst %,build/smoke/%.ipynb,$(NOTEBOOKS)),build/smoke)
 
 # Run the source notebooks into the executed copies under book/ (book profile: loads the queue's
 # records from book/results, and stops, naming them, if runs are missing; TRAIN_MISSING=1 trains
