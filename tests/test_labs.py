@@ -181,12 +181,20 @@ def test_the_verdict_can_be_on_another_metric_among_some_labels():
     ({"a": [history([2.0, 1.0], [0.2, 0.5])] * 3, "b": seeded(0.5, 0.6, 0.7, start=3.0)},
      "seed 0 and seed 1 trained identically: call torch.manual_seed"),
     ({"a": seeded(0.5, 0.6, 0.7), "b": seeded(0.5, 0.6, 0.7)}, "'a' and 'b' trained identically at seed 0: .* the gate"),
-    ({"a": seeded(0.5, 0.6, 0.7), "b": [history([2.0, 2.5], [0.2, 0.5])] + seeded(0.6, 0.7, start=3.0)},
-     "b, seed 0: the training loss did not fall"),
+    ({"a": seeded(0.5, 0.6, 0.7),
+      "b": [history([2.0, 2.5], [0.2, 0.5]), history([2.1, 2.2], [0.2, 0.6]), history([2.2, 2.0], [0.3, 0.7])]},
+     r"b: the training loss did not fall on average over the seeds \(seed 0: 2.000 -> 2.500, seed 1"),
 ])
 def test_seed_runs_that_cannot_answer_are_explained(results, message):
     with pytest.raises(checks.LabCheckError, match=message):
         checks.check_seed_runs(results, ["a", "b"], num_classes=10, verdict="b", changed="the gate's start")
+
+
+def test_one_seed_whose_loss_did_not_fall_is_accepted_when_the_label_learns_on_average():
+    """A short run at a small learning rate may end one seed's second epoch at a higher mean
+    loss than its first (seen on the smoke profile's synthetic data at lr 0.01)."""
+    results = {"a": seeded(0.5, 0.6, 0.7), "b": [history([2.31, 2.32], [0.1, 0.55])] + seeded(0.65, 0.75, start=3.0)}
+    checks.check_seed_runs(results, ["a", "b"], num_classes=10, verdict="b")
 
 
 def test_a_dynamic_run_that_was_never_annealed_is_named():

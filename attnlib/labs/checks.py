@@ -376,7 +376,7 @@ def _final(run: Mapping, key: str) -> float:
 
 
 def _check_run(where: str, run) -> None:
-    """One run's history: a dict whose training loss is finite and fell, with accuracies in [0, 1]."""
+    """One run's history: a dict whose training loss is finite, with accuracies in [0, 1]."""
     if not isinstance(run, Mapping):
         raise LabCheckError(f"{where}: a run is {type(run).__name__}, not a dict: store `history.to_dict()` of fit().")
     for key in ("train_loss", "test_acc"):
@@ -385,11 +385,19 @@ def _check_run(where: str, run) -> None:
     loss, acc = [float(v) for v in run["train_loss"]], [float(v) for v in run["test_acc"]]
     if not all(math.isfinite(v) for v in loss):
         raise LabCheckError(f"{where}: the training loss is not finite ({loss}); lower the learning rate.")
-    if len(loss) > 1 and loss[-1] >= loss[0]:
-        raise LabCheckError(f"{where}: the training loss did not fall ({loss[0]:.3f} -> {loss[-1]:.3f}); "
-                            "train for more steps or check the learning rate.")
     if not all(0.0 <= v <= 1.0 for v in acc):
         raise LabCheckError(f"{where}: test accuracies {acc} are not fractions in [0, 1].")
+
+
+def _check_loss_fell(label: str, runs: list) -> None:
+    """The training loss of ``label``'s runs fell on average over its seeds. One seed alone may
+    not fall in a short run at a small learning rate (a few dozen steps barely move it, and the
+    epoch's mean loss is noisy); a label none of whose seeds learn on average is a broken run."""
+    ends = [(float(run["train_loss"][0]), float(run["train_loss"][-1])) for run in runs]
+    if all(len(run["train_loss"]) > 1 for run in runs) and sum(last - first for first, last in ends) >= 0:
+        shown = ", ".join(f"seed {seed}: {first:.3f} -> {last:.3f}" for seed, (first, last) in enumerate(ends))
+        raise LabCheckError(f"{label}: the training loss did not fall on average over the seeds ({shown}); "
+                            "train for more steps or check the learning rate.")
 
 
 def _check_labels(results, labels: list[str], value: str) -> None:
@@ -439,6 +447,7 @@ def check_seed_runs(results, labels: list[str], num_classes: int, verdict, *, se
                                 + (f" of length {len(runs)}" if isinstance(runs, (list, tuple)) else "") + ".")
         for seed, run in enumerate(runs[:seeds]):
             _check_run(f"{label}, seed {seed}", run)
+        _check_loss_fell(label, runs[:seeds])
     _check_runs_differ(results, labels, seeds, changed)
     accuracy = {label: [_final(run, "test_acc") for run in results[label][:seeds]] for label in labels}
     chance = 1.0 / num_classes
