@@ -164,9 +164,9 @@ class IEBN2d(nn.BatchNorm2d):
 class IEBNFunction(torch.autograd.Function):
     r"""IEBN's forward and backward with about the passes over the feature map of a BatchNorm2d.
 
-    Composed of library ops, IEBN costs about four BatchNorm2d on the CPU: autograd
-    materialises ``x_hat``, ``g * scale``, ``g * x_hat``, the mean's expanded gradient and
-    their sum. But everything except a few reductions is per (sample, channel):
+    Composed of library ops, autograd materialises ``x_hat``, ``g * scale``, ``g * x_hat``, the
+    mean's expanded gradient and their sum, each a full-size pass over the map. But everything
+    except a few reductions is per (sample, channel):
 
     forward   ``y = x * A + B`` with ``A = gamma * gate * invstd`` and ``B = beta - mean * A``
               of shape (N, C): one pass after the batch statistics and the per-sample means;
@@ -183,9 +183,8 @@ class IEBNFunction(torch.autograd.Function):
     Checked against autograd of the composed formula by ``gradcheck`` in the tests.
 
     The map stays in its dtype (bf16 under autocast); the per-channel factors and statistics
-    are fp32. A ResNet-20 train step (batch 128, 28x28, fp32, channels_last, one thread) took
-    1.09x the BN network's time, against 1.24x composed of library ops and 1.35x with the
-    official module. On GPUs :class:`IEBN2d` computes ``GAP`` as a sum in ``x``'s dtype and
+    are fp32. Where its time goes on the CPU is at the end of the benchmark page.
+    On GPUs :class:`IEBN2d` computes ``GAP`` as a sum in ``x``'s dtype and
     the gate on the small ``(N, C, 1, 1)`` tensor, then one ``torch.addcmul``: no full-size
     fp32 copy of the feature map, and channels_last is kept.
     """
