@@ -392,7 +392,7 @@ def _check_run(where: str, run) -> None:
 def _check_loss_fell(label: str, runs: list) -> None:
     """The training loss of ``label``'s runs fell on average over its seeds. One seed alone may
     not fall in a short run at a small learning rate (a few dozen steps barely move it, and the
-    epoch's mean loss is noisy); a label none of whose seeds learn on average is a broken run."""
+    epoch's mean loss is noisy), but a label whose seeds do not learn on average is a broken run."""
     ends = [(float(run["train_loss"][0]), float(run["train_loss"][-1])) for run in runs]
     if all(len(run["train_loss"]) > 1 for run in runs) and sum(last - first for first, last in ends) >= 0:
         shown = ", ".join(f"seed {seed}: {first:.3f} -> {last:.3f}" for seed, (first, last) in enumerate(ends))

@@ -183,10 +183,10 @@ class IEBNFunction(torch.autograd.Function):
     Checked against autograd of the composed formula by ``gradcheck`` in the tests.
 
     The map stays in its dtype (bf16 under autocast); the per-channel factors and statistics
-    are fp32. Where its time goes on the CPU is at the end of the benchmark page.
-    On GPUs :class:`IEBN2d` computes ``GAP`` as a sum in ``x``'s dtype and
-    the gate on the small ``(N, C, 1, 1)`` tensor, then one ``torch.addcmul``: no full-size
-    fp32 copy of the feature map, and channels_last is kept.
+    are fp32; where its time goes on the CPU is at the end of the benchmark page. On GPUs
+    :class:`IEBN2d` computes ``GAP`` as a sum in ``x``'s dtype and the gate on the small
+    ``(N, C, 1, 1)`` tensor, then one ``torch.addcmul``: no full-size fp32 copy of the feature
+    map, and channels_last is kept.
     """
 
     @staticmethod
