@@ -206,17 +206,36 @@ class Comparison:
         wrong = [torch.tensor(r[n]["predictions"]) != self.data.test_labels for r, n in zip(runs, nth)]
         return int((wrong[0] | wrong[1]).sum()), int((wrong[0] & wrong[1]).sum())
 
-    def mistake_overlap(self, label: str, other: str) -> dict:
+    def mistake_overlap(self, label: str, other: str, *, names: tuple[str, str] | None = None) -> dict:
         """How alike two networks' mistakes are, beside the yardstick of two seeds of one network:
         ``either``, the test images that ``label`` or ``other`` (first seed of each) gets wrong;
         ``between``, the share of those that both get wrong; ``within``, per network, the same share
-        for its first two seeds."""
+        for its first two seeds.
+
+        ``relation`` reads ``between`` against the yardsticks: "less often than" when it lies more
+        than two standard errors below both, "more often than" when more than two above both,
+        "about as often as" otherwise. Each share is a proportion of a few hundred images, so its
+        standard error is binomial, and the error of a gap adds the two in quadrature (the two
+        shares count one run in common, so this overstates the error and leans to "about as
+        often"); one pair of seeds per network, so this is the noise of the images, not of the
+        seeds. ``text``
+        says it all in a phrase, calling the networks by ``names`` (their labels by default)."""
         either, both = self.shared_mistakes(label, other)
-        within = {}
+        between = both / either
+        within, gaps = {}, []
         for name in (label, other):
             any_seed, both_seeds = self.shared_mistakes(name, name, nth=(0, 1))
-            within[name] = both_seeds / any_seed
-        return {"either": either, "between": both / either, "within": within}
+            within[name] = share = both_seeds / any_seed
+            se = math.sqrt(between * (1 - between) / either + share * (1 - share) / any_seed)
+            gaps.append((between - share) / se if se else math.copysign(math.inf, between - share))
+        relation = ("less often than" if max(gaps) < -2 else "more often than" if min(gaps) > 2
+                    else "about as often as")
+        first, second = names or (label, other)
+        text = (f"of the {either:,} test images that {first} or {second} (seed 0 of each) gets wrong, "
+                f"{100 * between:.0f} % are wrong for both; seeds 0 and 1 of one network share "
+                f"{100 * within[label]:.0f} % of theirs for {first} and {100 * within[other]:.0f} % for {second}: "
+                f"the two networks fail on the same images {relation} two seeds of one network do")
+        return {"either": either, "between": between, "within": within, "relation": relation, "text": text}
 
     def confusion(self, label: str) -> torch.Tensor:
         """Counts ``[true class, predicted class]`` of ``label``'s test predictions, summed over seeds."""

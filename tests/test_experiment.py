@@ -309,7 +309,43 @@ def test_shared_mistakes_and_mistake_overlap_count_the_images_two_runs_get_wrong
         cmp.mistake_overlap("A", "B")   # B has no second seed to measure the yardstick by
     records.append({"label": "B", "seed": 1, "predictions": [0, 1, 2, 9, 9]})   # wrong on 3, 4
     cmp = Comparison([Variant("A"), Variant("B")], records, data=data, profile=PROFILES["book"], results_dir=Path("."))
-    assert cmp.mistake_overlap("A", "B") == {"either": 3, "between": 1 / 3, "within": {"A": 2 / 5, "B": 1 / 3}}
+    overlap = cmp.mistake_overlap("A", "B", names=("net A", "net B"))
+    assert {k: overlap[k] for k in ("either", "between", "within")} == {
+        "either": 3, "between": 1 / 3, "within": {"A": 2 / 5, "B": 1 / 3}}
+    assert overlap["relation"] == "about as often as"   # 1/3 against 2/5 and 1/3, on five images or fewer
+    assert overlap["text"] == ("of the 3 test images that net A or net B (seed 0 of each) gets wrong, 33 % are wrong "
+                               "for both; seeds 0 and 1 of one network share 40 % of theirs for net A and 33 % for "
+                               "net B: the two networks fail on the same images about as often as two seeds of one "
+                               "network do")
+    assert "that A or B" in cmp.mistake_overlap("A", "B")["text"]
+
+
+def _overlap_of(between: tuple[int, int], within: tuple[int, int]) -> dict:
+    """mistake_overlap of two networks A and B whose seeds 0 share ``between`` = (either, both) mistakes and
+    whose seeds 0 and 1 each share ``within`` = (either, both), on test images all of label 0."""
+    (n, k), (m, j) = between, within
+    images = n + m  # room for every pattern below
+    wrong = lambda idx: [1 if i in idx else 0 for i in range(images)]
+    a0 = set(range(k)) | set(range(k, k + (n - k) // 2))
+    b0 = set(range(k)) | set(range(k + (n - k) // 2, n))
+    a1, b1 = (set(list(s)[:j]) | set(range(n, n + m - len(s))) for s in (a0, b0))
+    records = [{"label": label, "seed": seed, "predictions": wrong(idx)}
+               for label, seed, idx in (("A", 0, a0), ("A", 1, a1), ("B", 0, b0), ("B", 1, b1))]
+    data = SimpleNamespace(test_labels=torch.zeros(images, dtype=torch.long))
+    return Comparison([Variant("A"), Variant("B")], records, data=data, profile=PROFILES["book"],
+                      results_dir=Path(".")).mistake_overlap("A", "B")
+
+
+@pytest.mark.parametrize("between, within, relation", [
+    ((700, 378), (700, 400), "about as often as"),    # 54 % against 57 %: under one standard error of 2.6 points
+    ((900, 405), (900, 513), "less often than"),      # 45 % against 57 %: about 5 standard errors below
+    ((700, 490), (700, 400), "more often than"),      # 70 % against 57 %: about 5 standard errors above
+])
+def test_mistake_overlap_reads_the_gap_against_the_noise_of_the_images(between, within, relation):
+    overlap = _overlap_of(between, within)
+    assert overlap["between"] == pytest.approx(between[1] / between[0])
+    assert overlap["within"]["A"] == pytest.approx(within[1] / within[0])
+    assert overlap["relation"] == relation
 
 
 @pytest.mark.parametrize("longer, converged", [([0.9402, 0.9398, 0.9405], True), ([0.9440, 0.9450, 0.9445], False),
