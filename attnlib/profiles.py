@@ -5,9 +5,10 @@
   test set), a few epochs: about 10-15 minutes per notebook on a 2-core CPU. The networks
   are still learning fast when it stops: it shows how a layer starts, not where it ends.
 * ``book``: all of Fashion-MNIST (60,000 training, 10,000 test images), 30 epochs, five
-  seeds: the plain ResNet-20 ends on a plateau. The baseline chapter checks the length with
-  twice the epochs: whether the baseline's mean moves by more than one seed standard
-  deviation, and whether a layer's difference from it (IEBN's) moves at all. The book's
+  seeds: the plain ResNet-20's curves end on a plateau. The baseline chapter checks the length
+  with twice the epochs: whether the baseline's mean moves by more than one seed standard
+  deviation, and whether a layer's difference from it (IEBN's) moves at all; each chapter
+  checks its own verdict at twice the epochs too. The book's
   pages are executed with it. One run takes about an hour on a 2-core CPU and about 8
   minutes on an H200 beside seven others (the README gives the measurements).
 * ``full``: CIFAR-10 at the paper-like length, for a GPU (Colab or better).

@@ -19,10 +19,10 @@ def test_the_checks_use_the_first_seeds_and_change_one_thing():
     comparisons = experiments("00", FIVE_SEEDS)
     assert comparisons["main"].seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
     assert comparisons["main"].seeds(FIVE_SEEDS, "AlexNet") == (0, 1, 2)  # a secondary arm
-    assert comparisons["convergence"].seeds(FIVE_SEEDS) == (0, 1, 2)
+    assert comparisons["convergence"].seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)   # a shift of one seed's spread: every seed
     assert comparisons["precision"].seeds(FIVE_SEEDS) == (0, 1, 2, 3)
     jobs = make_jobs([comparisons["convergence"]], FIVE_SEEDS, TrainConfig(), FIVE_SEEDS.load())
-    assert [j.seed for j in jobs] == [0, 0, 1, 1, 2, 2] and {j.config.epochs for j in jobs} == {2}
+    assert [j.seed for j in jobs] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] and {j.config.epochs for j in jobs} == {2}
     # the longer IEBN is chapter 1's IEBN but for the epochs; the fp32 baseline is chapter 0's but for amp
     ch01_iebn = experiments("01", FIVE_SEEDS)["main"].variants[1]
     assert comparisons["convergence"].variants[1].spec() == {**ch01_iebn.spec(), "label": "IEBN, twice the epochs",
@@ -33,8 +33,8 @@ def test_the_checks_use_the_first_seeds_and_change_one_thing():
     # chapter 1's longer comparison is the convergence check's pair on every seed: the same runs
     longer = experiments("01", FIVE_SEEDS)["longer"]
     assert longer.variants == comparisons["convergence"].variants and longer.seeds(FIVE_SEEDS) == (0, 1, 2, 3, 4)
-    one = resolve_profile("smoke", seeds=[4])  # fewer seeds than the check asks for: the profile's
-    assert experiments("00", one)["convergence"].seeds(one) == (4,)
+    one = resolve_profile("smoke", seeds=[4])  # the precision check on a profile with fewer seeds: the profile's
+    assert experiments("00", one)["precision"].seeds(one) == (4,)
 
 
 def test_the_batch_noise_experiments_train_as_long_as_the_verdict_at_convergence():
