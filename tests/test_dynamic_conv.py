@@ -260,7 +260,7 @@ def test_annealing_linear_in_inverse_temperature_sharpens_evenly():
     steps = [b - a for a, b in zip(sharpness[:15], sharpness[1:16])]
     assert steps == pytest.approx([(1 - 1 / 30) / 15] * 15, abs=1e-6)
     assert used[0] == pytest.approx(30.0) and used[15:] == pytest.approx([1.0] * 5)
-    # linear in T sharpens ten times faster at the end than at the start: 1/T's last step against its first
+    # linear in T, 1/T's last step is over a hundred times its first: the sharpening all comes at the end
     linear = _drive(TemperatureAnnealing(start=30.0, end=1.0, epochs=3), _fake_state(model, steps_per_epoch=5),
                     [model], epochs=4)
     assert (1 / linear[15] - 1 / linear[14]) / (1 / linear[1] - 1 / linear[0]) > 100
