@@ -195,6 +195,21 @@ class Comparison:
             moves.append((mean[-1] - mean[-1 - epochs]).abs().item() if len(mean) > epochs else math.nan)
         return math.nan if any(math.isnan(m) for m in moves) else max(moves)
 
+    def seed_ranges(self, labels: Sequence[str] | None = None) -> dict:
+        """The final test accuracies of ``labels`` (every label by default) as ranges over their seeds:
+        ``ranges``, per label the (lowest, highest) in points; ``overlap``, whether one value lies in
+        every range, so that no network is ahead of the others on every seed; ``text``, both in a
+        phrase."""
+        ranges = {}
+        for label in labels or self.labels:
+            finals = [100 * r["final_test_acc"] for r in self.runs(label)]
+            ranges[label] = (min(finals), max(finals))
+        overlap = max(low for low, _ in ranges.values()) < min(high for _, high in ranges.values())
+        text = "; ".join(f"{label} {low:.2f}-{high:.2f} %" for label, (low, high) in ranges.items()) + (
+            ": one range holds a seed of every network, so none is ahead of the others on every seed" if overlap
+            else ": the ranges do not all overlap")
+        return {"ranges": ranges, "overlap": overlap, "text": text}
+
     def shared_mistakes(self, label: str, other: str, *, nth: tuple[int, int] = (0, 0)) -> tuple[int, int]:
         """(test images that ``label`` or ``other`` gets wrong, those both get wrong): the ``nth`` run of
         each, its first seed by default. ``shared_mistakes(a, a, nth=(0, 1))`` compares two seeds of one

@@ -294,6 +294,24 @@ def test_joined_comparisons_compare_arms_of_two_experiments_on_the_same_test_ima
         longer.joined(replace(batch, profile=PROFILES["quick"]))
 
 
+def test_seed_ranges_say_whether_any_network_is_ahead_on_every_seed():
+    data = SimpleNamespace(test_labels=torch.tensor([0]))
+    finals = {"A": [0.940, 0.945, 0.950], "B": [0.944, 0.952], "C": [0.949, 0.960]}
+    records = [{"label": label, "seed": s, "final_test_acc": acc} for label, accs in finals.items()
+               for s, acc in enumerate(accs)]
+    cmp = Comparison([Variant(label) for label in finals], records, data=data, profile=PROFILES["book"],
+                     results_dir=Path("."))
+    both = cmp.seed_ranges()
+    assert both["ranges"]["B"] == pytest.approx((94.4, 95.2)) and both["overlap"]   # 94.9-95.0 lies in every range
+    assert both["text"].startswith("A 94.00-95.00 %; B 94.40-95.20 %; C 94.90-96.00 %: one range holds")
+    apart = cmp.seed_ranges(["A", "C"])
+    assert list(apart["ranges"]) == ["A", "C"] and apart["overlap"]
+    records.append({"label": "D", "seed": 0, "final_test_acc": 0.97})
+    cmp = Comparison([Variant(label) for label in (*finals, "D")], records, data=data, profile=PROFILES["book"],
+                     results_dir=Path("."))
+    assert not cmp.seed_ranges()["overlap"] and cmp.seed_ranges()["text"].endswith("the ranges do not all overlap")
+
+
 def test_shared_mistakes_and_mistake_overlap_count_the_images_two_runs_get_wrong():
     data = SimpleNamespace(test_labels=torch.tensor([0, 1, 2, 3, 4]))
     records = [{"label": "A", "seed": 0, "predictions": [0, 9, 9, 3, 4]},   # wrong on 1, 2
