@@ -233,8 +233,8 @@ class Comparison:
         standard error is binomial, and the error of a gap adds the two in quadrature (the two
         shares count one run in common, so this overstates the error and leans to "about as
         often"); one pair of seeds per network, so this is the noise of the images, not of the
-        seeds. ``text``
-        says it all in a phrase, calling the networks by ``names`` (their labels by default)."""
+        seeds. ``text`` says it all in a phrase, calling the networks by ``names`` (their labels by
+        default)."""
         either, both = self.shared_mistakes(label, other)
         between = both / either
         within, gaps = {}, []
@@ -242,7 +242,8 @@ class Comparison:
             any_seed, both_seeds = self.shared_mistakes(name, name, nth=(0, 1))
             within[name] = share = both_seeds / any_seed
             se = math.sqrt(between * (1 - between) / either + share * (1 - share) / any_seed)
-            gaps.append((between - share) / se if se else math.copysign(math.inf, between - share))
+            gap = between - share
+            gaps.append(gap / se if se else math.copysign(math.inf, gap) if gap else 0.0)  # se 0: shares of 0 or 1
         relation = ("less often than" if max(gaps) < -2 else "more often than" if min(gaps) > 2
                     else "about as often as")
         first, second = names or (label, other)

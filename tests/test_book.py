@@ -249,7 +249,8 @@ def test_library_code_shown_in_a_copy_is_checked_and_refreshed(tmp_path: Path):
     path = tmp_path / "05_dynamic_conv.ipynb"
     nb = nbformat.read(path, as_version=4)
     shown = list(book._shown_source_outputs(nb))
-    index = next(i for i, o in enumerate(shown) if "`attnlib.callbacks.TemperatureAnnealing`" in o["data"]["text/markdown"])
+    index = next(i for i, o in enumerate(shown)
+                 if "`attnlib.callbacks.TemperatureAnnealing`" in o["data"]["text/markdown"])
     output = shown[index]
     current = output["data"]["text/markdown"]
     output["data"]["text/markdown"] = current.replace("`attnlib.callbacks.TemperatureAnnealing`",

@@ -366,6 +366,11 @@ def test_mistake_overlap_reads_the_gap_against_the_noise_of_the_images(between, 
     assert overlap["relation"] == relation
 
 
+def test_mistake_overlap_of_networks_that_share_every_mistake_is_about_as_often():
+    overlap = _overlap_of((4, 4), (4, 4))   # every share is 1: no binomial noise, and no gap either
+    assert overlap["between"] == overlap["within"]["A"] == 1 and overlap["relation"] == "about as often as"
+
+
 @pytest.mark.parametrize("longer, converged", [([0.9402, 0.9398, 0.9405], True), ([0.9440, 0.9450, 0.9445], False),
                                                ([0.9350, 0.9360, 0.9355], False)])
 def test_convergence_check(longer, converged):
