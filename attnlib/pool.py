@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import multiprocessing
 import os
+import re
 import signal
 import statistics
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -180,10 +182,18 @@ def untrained(jobs: Sequence[Job], results_dir: str | Path) -> list[Job]:
 
 def queue_status(jobs: Sequence[Job], results_dir: str | Path) -> list[str]:
     """One line per job: its final accuracy, whether a process trains it now, the epoch its
-    checkpoint has reached, or pending; for a run not done, the minutes it has left at the pace
-    of the finished runs of its network (:func:`pace_key`). A last line sums what is left."""
+    checkpoint has reached, or pending; for a run not done, the minutes it has left. A last line
+    sums what is left.
+
+    The minutes per epoch come from the first of: the finished runs of the same network, data
+    and recipe (:func:`pace_key`); the run's own checkpointed epochs; the images per second of
+    any other record of the same network (:func:`network_key`: another subset, profile or
+    schedule) on the footing the queue trains on now, that of the latest finished run, whatever
+    the CPU's model (:func:`footing_kind`; the book's CPUs differed by up to 1.6x from one
+    session to the next). A run none of these can time is counted apart."""
     results_dir = Path(results_dir)
-    states, paces, left = [], {}, {}
+    states, paces, left, own = [], {}, {}, {}
+    latest = ("", None)  # (date, footing) of the latest finished run
     for job in jobs:
         stem = record_stem(results_dir, job.variant, job.seed, job.key)
         found = find_record(results_dir, stem, job.seed, job.key)
@@ -193,30 +203,99 @@ def queue_status(jobs: Sequence[Job], results_dir: str | Path) -> list[str]:
             minutes = record["run_card"]["wall_time_s"] / 60
             paces.setdefault(pace_key(job), []).append(minutes / len(record["history"]["epoch"]))
             states.append(f"done: {100 * record['final_test_acc']:.2f} % ({minutes:.0f} min)")
+            latest = max(latest, (record["run_card"]["date"], footing_kind(record["history"]["footing"][-1])),
+                         key=lambda pair: pair[0])
             continue
         with claim(results_dir, job) as free:
             state = "pending" if free else "training now"
-        epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] if ckpt.exists() else 0
+        history = torch.load(ckpt, map_location="cpu", weights_only=False)["history"] if ckpt.exists() else {}
+        epoch = len(history.get("epoch", []))
         if epoch:
             state += f", epoch {epoch}/{job.config.epochs} checkpointed"
+            own[len(states)] = statistics.median(history["epoch_time"]) / 60
         states.append(state)
         left[len(states) - 1] = job.config.epochs - epoch
-    lines, total, unknown = [], 0.0, 0
+    footing = latest[1]
+    speeds = network_speeds(results_dir, footing) if footing and left else {}
+    lines, total, counts = [], 0.0, dict.fromkeys(("same", "own", "speed", "none"), 0)
     for i, (job, state) in enumerate(zip(jobs, states)):
-        if i in left and pace_key(job) in paces:
-            minutes = left[i] * statistics.median(paces[pace_key(job)])
-            total += minutes
-            state += f", about {minutes:.0f} min left"
-        elif i in left:
-            unknown += 1
+        if i in left:
+            per_epoch, source = epoch_minutes(job, paces, own.get(i), speeds)
+            counts[source] += 1
+            if per_epoch is not None:
+                total += left[i] * per_epoch
+                state += f", about {left[i] * per_epoch:.0f} min left" + (
+                    " (from other runs of this network)" if source == "speed" else "")
         lines.append(f"{job.name}: {state}")
-    estimate = f"about {total / 60:.1f} worker-hours at the pace of the finished runs of the same networks"
-    lines.append(f"left: {len(left)} of {len(jobs)} runs" + (f", {estimate}" if len(left) > unknown else "")
-                 + (f"; {unknown} of them on networks with no finished run to time them by" if unknown else ""))
+    lines.append(_summary(len(left), len(jobs), total, counts, footing))
     return lines
+
+
+def _summary(left: int, runs: int, minutes: float, counts: dict[str, int], footing: str | None) -> str:
+    sources = {"same": "at the pace of finished runs of the same network, data and recipe",
+               "own": "at the pace of their own checkpointed epochs",
+               "speed": f"at the images per second of other runs of the same network on {footing}"}
+    timed = [f"{counts[source]} {how}" for source, how in sources.items() if counts[source]]
+    line = f"left: {left} of {runs} runs"
+    if timed:
+        line += f", about {minutes / 60:.1f} worker-hours (" + "; ".join(timed) + ")"
+    if counts["none"]:
+        line += f"; {counts['none']} of them on networks with no run{f' on {footing}' if footing else ''} to time them by"
+    return line
+
+
+def epoch_minutes(job: Job, paces: dict[str, list[float]], own: float | None,
+                  speeds: dict[str, tuple[float, float]]) -> tuple[float | None, str]:
+    """Minutes per epoch of ``job``, and which source of :func:`queue_status` gave them
+    (``"none"`` with None when none could)."""
+    if pace_key(job) in paces:
+        return statistics.median(paces[pace_key(job)]), "same"
+    if own is not None:
+        return own, "own"
+    speed = speeds.get(network_key(job.variant.spec(), job.data.in_channels, job.data.image_size,
+                                   asdict(job.config)))
+    if speed is None:
+        return None, "none"
+    train_per_s, eval_per_s = speed
+    return (len(job.data.train_labels) / train_per_s + len(job.data.test_labels) / eval_per_s) / 60, "speed"
+
+
+def network_key(spec: dict, in_channels: int, image_size: int, config: dict) -> str:
+    """What sets a run's speed in images per second, whatever its label, callbacks, data size
+    or schedule: the network, the image shape, the batch sizes and the precision asked for."""
+    network = {k: v for k, v in spec.items() if k not in ("label", "train", "callbacks")}
+    fields = {"network": network, "image": [in_channels, image_size],
+              **{k: config[k] for k in ("batch_size", "eval_batch_size", "amp", "channels_last")}}
+    return json.dumps(json.loads(json.dumps(fields, default=str)), sort_keys=True)
+
+
+def network_speeds(results_dir: Path, footing: str) -> dict[str, tuple[float, float]]:
+    """For each network (:func:`network_key`) with records in ``results_dir``: the median
+    training and evaluation images per second over its epochs on ``footing`` (a :func:`footing_kind`)."""
+    found: dict[str, tuple[list[float], list[float]]] = {}
+    for path in results_dir.glob("*.json"):
+        record = json.loads(path.read_text())
+        if "history" not in record:  # a benchmark's record
+            continue
+        history, dataset = record["history"], record["dataset"]
+        key = network_key(record["variant"], dataset["in_channels"], dataset["image_size"], record["config"])
+        train, evaluate = found.setdefault(key, ([], []))
+        for where, train_per_s, eval_per_s in zip(history.get("footing", []), history["train_images_per_s"],
+                                                  history["eval_images_per_s"]):
+            if footing_kind(where) == footing:
+                train.append(train_per_s)
+                evaluate.append(eval_per_s)
+    return {key: (statistics.median(train), statistics.median(evaluate))
+            for key, (train, evaluate) in found.items() if train}
 
 
 def pace_key(job: Job) -> str:
     """What sets a run's time per epoch: its network, data and recipe, whatever its label, seed
     or number of epochs (a network and its twice-the-epochs run share one)."""
     return run_key(job.variant, job.data, job.config.replace(epochs=1), seed=0)
+
+
+def footing_kind(footing: str) -> str:
+    """A history's footing without the CPU's model: ``"CPU: AMD EPYC, 1 threads, bf16 autocast"``
+    becomes ``"CPU, 1 threads, bf16 autocast"``; a GPU's footing is kept whole."""
+    return re.sub(r"^CPU: .*?, (\d+ threads)", r"CPU, \1", footing)

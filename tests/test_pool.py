@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 
 from attnlib.chapters import experiments
 from attnlib.experiment import BOOK_RECIPE, compare
-from attnlib.pool import Job, claim, make_jobs, queue_status
+from attnlib.pool import Job, claim, footing_kind, make_jobs, queue_status
 from attnlib.profiles import resolve_profile
 from attnlib.run import main as run_main
 
@@ -116,7 +117,7 @@ def test_status_lines(tmp_path):
     jobs = _jobs()
     lines = queue_status(jobs, tmp_path)
     assert all(line.endswith(": pending") for line in lines[:-1])
-    assert lines[-1] == "left: 10 of 10 runs; 10 of them on networks with no finished run to time them by"
+    assert lines[-1] == "left: 10 of 10 runs; 10 of them on networks with no run to time them by"
     run_main(["--plan", "00:main:AlexNet", "--profile", "smoke", "--epochs", "1", "--seeds", "0", "1",
               "--results-dir", str(tmp_path), "--no-progress"])
     lines = queue_status(jobs, tmp_path)
@@ -139,9 +140,32 @@ def test_status_estimates_what_is_left_at_the_pace_of_the_same_network(tmp_path)
     assert state[0].startswith("done: ") and state[0].endswith(" % (10 min)")
     assert state[2] == "pending, about 10 min left"  # ResNet-20, seed 1: one epoch
     assert state[4] == "pending, about 20 min left"  # the same network, twice the epochs
-    assert state[1] == state[5] == "pending"  # AlexNet, IEBN: no finished run of theirs
-    assert lines[-1] == ("left: 9 of 10 runs, about 0.8 worker-hours at the pace of the finished runs of the "
-                         "same networks; 6 of them on networks with no finished run to time them by")
+    assert state[1] == state[5] == "pending"  # AlexNet, IEBN: no run of theirs
+    footing = footing_kind(record["history"]["footing"][-1])
+    assert lines[-1] == ("left: 9 of 10 runs, about 0.8 worker-hours (3 at the pace of finished runs of the same "
+                         f"network, data and recipe); 6 of them on networks with no run on {footing} to time them by")
+
+
+def test_status_times_a_network_by_its_speed_in_other_runs(tmp_path):
+    """A network with no finished run of the same data and recipe is timed by the images per
+    second of its other records on the queue's footing, whatever their data size or CPU model."""
+    jobs = _jobs()
+    run_main(["--plan", "00:main:ResNet-20", "--profile", "smoke", "--epochs", "1", "--seeds", "0",
+              "--results-dir", str(tmp_path), "--no-progress"])
+    [path] = tmp_path.glob("resnet-20-seed0-*.json")
+    record = json.loads(path.read_text())
+    alexnet = jobs[1]
+    assert alexnet.variant.label == "AlexNet"
+    other = {**record, "variant": json.loads(json.dumps(alexnet.variant.spec(), default=str)),
+             "dataset": {**record["dataset"], "train_images": 7, "test_images": 3},
+             "history": {**record["history"],
+                         "footing": [re.sub(r"^CPU: .*?,", "CPU: Another CPU,", record["history"]["footing"][-1])],
+                         "train_images_per_s": [len(alexnet.data.train_labels) / 540],  # 9 min an epoch
+                         "eval_images_per_s": [len(alexnet.data.test_labels) / 60]}}  # and 1 to evaluate
+    (tmp_path / "alexnet-another-subset-seed9-0123456789.json").write_text(json.dumps(other))
+    lines = queue_status(jobs, tmp_path)
+    assert lines[1] == f"{alexnet.name}: pending, about 10 min left (from other runs of this network)"
+    assert "2 at the images per second of other runs of the same network" in lines[-1]  # AlexNet, seeds 0 and 1
 
 
 def test_records_archive_carries_new_records_and_never_overwrites(tmp_path):
