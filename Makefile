@@ -68,7 +68,7 @@ BOOK_PLAN ?= 00:main:ResNet-20 01:main 00:convergence 00:precision 00:main:AlexN
 	02:alexnet 02:alexnet-longer 05:alexnet-longer 02:alexnet-longest 02:main 02:ablation 02:longer \
 	04:main 04:pixel 04:longer \
 	01:longer 01:batch 01:noise \
-	05:main 05:widths 05:longer
+	05:main 05:widths 05:longer 05:widths-longer
 QUEUE_ARGS ?= --workers 2 --threads 1
 queue: venv
 	$(PY) -m attnlib.run --profile book --results-dir book/results --no-progress $(QUEUE_ARGS) $(addprefix --plan ,$(BOOK_PLAN))

@@ -277,7 +277,9 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple
     ``ablations``: the annealing and K, on a subset. ``alexnet``: the post's pair;
     ``alexnet-longer``: that pair with twice the epochs, every seed (as in chapter 2, the
     AlexNet on 3,000 images is still learning at the profile's epochs). ``longer``:
-    the static and dynamic networks with twice the epochs (the annealing stretched with them)."""
+    the static and dynamic networks with twice the epochs (the annealing stretched with them);
+    ``widths-longer``: the thin pairs likewise, so that the width table, too, is read where its
+    verdicts stop moving."""
     # The paper anneals T from 30 to 1 over its first 10 epochs, about a tenth of training.
     # Linear in 1/T: linear in T sharpens the attention tenfold in the schedule's last third,
     # faster than the weights and BN's running statistics follow (the "linearly in T" arm).
@@ -314,7 +316,8 @@ def dynamic_conv(setup: Profile, anneal_epochs: int | None = None, widths: tuple
             Experiment("ablations", ablations, small_subset, small_test),
             Experiment("alexnet", alex, small_subset, small_test),
             Experiment("alexnet-longer", tuple(map(twice_annealed, alex)), small_subset, small_test),
-            Experiment("longer", longer, seed_count=SECONDARY_SEEDS)]
+            Experiment("longer", longer, seed_count=SECONDARY_SEEDS),
+            Experiment("widths-longer", tuple(map(twice_annealed, thin)), seed_count=SECONDARY_SEEDS)]
 
 
 CHAPTERS: dict[str, Callable[..., list[Experiment]]] = {

@@ -182,3 +182,9 @@ def test_the_dynamic_headline_has_the_matched_size_control_and_its_check_stretch
     assert long_dy.train["epochs"] == 40 and longer.seeds(setup) == (0, 1, 2)
     assert long_dy.spec()["conv"] == short_dy.spec()["conv"]
     assert "ResNet-20 x2 wide" not in {v.label for v in comparisons["ablations"].variants}
+    thin, thin_longer = comparisons["widths"], comparisons["widths-longer"]
+    assert [v.label for v in thin_longer.variants] == [f"{v.label}, twice the epochs" for v in thin.variants]
+    assert thin_longer.seeds(setup) == thin.seeds(setup) == (0, 1, 2)
+    for short, long in zip(thin.variants, thin_longer.variants):
+        assert long.train["epochs"] == 40 and long.spec()["model_kwargs"] == short.spec()["model_kwargs"]
+        assert [cb.epochs for cb in long.callbacks] == [2 * cb.epochs for cb in short.callbacks]
