@@ -36,6 +36,7 @@ from .config import TrainConfig
 from .data import ImageDataset
 from .devices import resolve_device
 from .experiment import run_one
+from .history import NOT_RECORDED
 from .profiles import Profile
 from .records import find_record, read_record, record_stem, run_key, writable_folder
 from .variants import Variant, run_config
@@ -203,8 +204,9 @@ def queue_status(jobs: Sequence[Job], results_dir: str | Path) -> list[str]:
             minutes = record["run_card"]["wall_time_s"] / 60
             paces.setdefault(pace_key(job), []).append(minutes / len(record["history"]["epoch"]))
             states.append(f"done: {100 * record['final_test_acc']:.2f} % ({minutes:.0f} min)")
-            latest = max(latest, (record["run_card"]["date"], footing_kind(record["history"]["footing"][-1])),
-                         key=lambda pair: pair[0])
+            footings = [f for f in record["history"].get("footing", []) if f != NOT_RECORDED]  # older records: none
+            if footings:
+                latest = max(latest, (record["run_card"]["date"], footing_kind(footings[-1])), key=lambda pair: pair[0])
             continue
         with claim(results_dir, job) as free:
             state = "pending" if free else "training now"

@@ -146,6 +146,21 @@ def test_status_estimates_what_is_left_at_the_pace_of_the_same_network(tmp_path)
                          f"network, data and recipe); 6 of them on networks with no run on {footing} to time them by")
 
 
+def test_status_reads_a_record_older_than_footings(tmp_path):
+    """Records written before histories kept each epoch's footing still read as done; with no
+    footing to go by, nothing is timed by other runs' speed."""
+    jobs = _jobs()
+    run_main(["--plan", "00:main:ResNet-20", "--profile", "smoke", "--epochs", "1", "--seeds", "0",
+              "--results-dir", str(tmp_path), "--no-progress"])
+    [path] = tmp_path.glob("resnet-20-seed0-*.json")
+    record = json.loads(path.read_text())
+    del record["history"]["footing"]
+    path.write_text(json.dumps(record))
+    lines = queue_status(jobs, tmp_path)
+    assert lines[0].startswith(f"{jobs[0].name}: done: ")
+    assert lines[-1].endswith("; 6 of them on networks with no run to time them by")
+
+
 def test_status_times_a_network_by_its_speed_in_other_runs(tmp_path):
     """A network with no finished run of the same data and recipe is timed by the images per
     second of its other records on the queue's footing, whatever their data size or CPU model."""
