@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType
 
 from .callbacks import NAMSparsityPenalty, TemperatureAnnealing
 from .data import ImageDataset
@@ -376,8 +377,29 @@ def experiments(name: str, setup: Profile, **parameters) -> dict[str, Experiment
 
 
 def source(name: str) -> str:
-    """The code of chapter ``name``'s function, for the notebook to show what it trains."""
-    return inspect.getsource(CHAPTERS[chapter_name(name)])
+    """The code of chapter ``name``'s function, then of each private helper it calls (directly, in
+    a nested function or through another helper), for the notebook to show what it trains."""
+    function = CHAPTERS[chapter_name(name)]
+    return "\n\n".join(inspect.getsource(f) for f in (function, *_helpers(function.__code__, [])))
+
+
+def _helpers(code: CodeType, found: list[Callable]) -> list[Callable]:
+    """``found`` extended with this module's private functions that ``code`` (or a function
+    nested in it) names, and those they name in turn."""
+    for name in _names(code):
+        helper = globals().get(name)
+        if name.startswith("_") and inspect.isfunction(helper) and helper not in found:
+            found.append(helper)
+            _helpers(helper.__code__, found)
+    return found
+
+
+def _names(code: CodeType) -> Iterator[str]:
+    """The global names ``code`` and the functions nested in it use, in order."""
+    yield from code.co_names
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            yield from _names(constant)
 
 
 def _positive_whole(value: object) -> bool:

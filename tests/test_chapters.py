@@ -62,7 +62,15 @@ def test_each_comparison_is_shown_as_a_table_of_its_variants(stem: str):
         rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
         assert [row.split(" | ")[0][2:] for row in rows] == [v.label for v in exp.variants]
         assert len({v.label for v in exp.variants}) == len(exp.variants)
-    assert source(stem).startswith("def ")
+    assert source(stem).startswith(f"def {CHAPTERS[stem].__name__}(")
+
+
+def test_a_chapters_source_shows_the_helpers_it_calls_and_no_others():
+    shown = source("05")
+    assert "def _longer(" in shown  # called by dynamic_conv itself
+    assert "def _twice(" in shown  # called only by its nested twice_annealed
+    assert "def _trained_for(" in shown  # called only by _twice
+    assert "def _twice_the_epochs(" not in shown and "def _linear_lr(" not in shown
 
 
 def test_a_layer_with_options_reads_as_the_command_line_writes_it():
