@@ -169,8 +169,9 @@ def test_same_run_under_another_label_is_shared(comparison):
     original = comparison.runs("BN baseline")
     assert [r["history"] for r in again.runs("ResNet-20 (BN)")] == [r["history"] for r in original]
     assert comparison.runs("BN baseline")[0]["label"] == "BN baseline"  # the first comparison is untouched
-    model = again.model("ResNet-20 (BN)", SEEDS[0])
-    assert isinstance(model, torch.nn.Module)
+    shared, trained = (c.model(label, SEEDS[0]).state_dict()
+                       for c, label in ((again, "ResNet-20 (BN)"), (comparison, "BN baseline")))
+    assert shared.keys() == trained.keys() and all(torch.equal(shared[k], trained[k]) for k in shared)
     # anything that changes the run is not shared
     assert run_key(renamed, again.data, TrainConfig(), 0) == run_key(VARIANTS[0], again.data, TrainConfig(), 0)
     assert run_key(Variant("x", norm="iebn"), again.data, TrainConfig(), 0) != run_key(renamed, again.data, TrainConfig(), 0)
