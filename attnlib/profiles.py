@@ -35,7 +35,13 @@ class Profile:
     train_subset: int | None = None
     test_subset: int | None = None
     dataset_options: dict = field(default_factory=dict)  # for the synthetic dataset
-    description: str = ""
+    purpose: str = ""  # what the profile is for, in a few words
+
+    def describe(self) -> str:
+        """The profile in one line, read from its fields: data, length, seeds, what it is for."""
+        train, _ = self.image_counts()
+        return (f"{self.name}: {self.dataset}, {train:,} training images, {self.epochs} epochs, "
+                f"{len(self.seeds)} seeds" + (f" ({self.purpose})" if self.purpose else ""))
 
     def image_counts(self) -> tuple[int, int]:
         """How many training and test images the profile's data has (before a chapter's subsets)."""
@@ -58,14 +64,14 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "synthetic", epochs=3, batch_size=64, seeds=(0, 1, 2),
                      dataset_options=dict(channels=1, image_size=16, train=512, test=256),
-                     description="synthetic 16x16 images, 3 epochs: checks that the notebook runs"),
+                     purpose="checks that the notebooks run"),
     "quick": Profile("quick", "fashion_mnist", epochs=6, batch_size=128, seeds=(0, 1, 2),
                      train_subset=12_000,
-                     description="Fashion-MNIST, 12k training images, 6 epochs: minutes on a CPU"),
+                     purpose="minutes on a CPU, still learning fast when it stops"),
     "book": Profile("book", "fashion_mnist", epochs=30, batch_size=128, seeds=(0, 1, 2, 3, 4),
-                    description="all of Fashion-MNIST, 30 epochs, 5 seeds: on a plateau; the book's pages"),
+                    purpose="the book's pages: runs that end on a plateau"),
     "full": Profile("full", "cifar10", epochs=200, batch_size=128, seeds=(0, 1, 2),
-                    description="CIFAR-10, 200 epochs: the paper-like recipe, for a GPU"),
+                    purpose="the paper-like recipe, for a GPU"),
 }
 
 

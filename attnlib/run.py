@@ -145,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "parameters, and exit")
     how = parser.add_argument_group("how to train (as in the notebook's parameters cell)")
     how.add_argument("--profile", default="quick", choices=list(PROFILES),
-                     help="smoke: synthetic, seconds; quick: Fashion-MNIST, minutes on a CPU; "
-                          "full: CIFAR-10, for GPUs (default: quick)")
+                     help="; ".join(p.describe() for p in PROFILES.values()) + " (default: quick)")
     how.add_argument("--dataset", help="another dataset than the profile's: fashion_mnist, cifar10, "
                                        "cifar100 or synthetic")
     how.add_argument("--epochs", type=positive_int, help="epochs (default: the profile's)")

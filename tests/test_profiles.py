@@ -36,3 +36,17 @@ def test_book_profile_is_all_of_fashion_mnist_with_five_seeds():
     book = PROFILES["book"]
     assert (book.dataset, book.train_subset, book.test_subset, len(book.seeds)) == ("fashion_mnist", None, None, 5)
     assert smallest_p_value(len(book.seeds), len(book.seeds)) < 0.05
+
+
+def test_a_profiles_description_is_read_from_its_fields():
+    quick = resolve_profile("quick", epochs=9, seeds=[0, 1])
+    assert quick.describe().startswith("quick: fashion_mnist, 12,000 training images, 9 epochs, 2 seeds (")
+    assert PROFILES["smoke"].describe().startswith("smoke: synthetic, 512 training images, 3 epochs, 3 seeds")
+
+
+def test_the_command_lines_help_names_every_profile():
+    from attnlib.run import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for profile in PROFILES.values():
+        assert " ".join(profile.describe().split()) in text
