@@ -1,10 +1,16 @@
 """attnlib.profiles: how much data, how many epochs and seeds each profile means."""
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 from attnlib.profiles import PROFILES, resolve_profile
 from attnlib.significance import smallest_p_value
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_resolve_profile():
@@ -50,3 +56,19 @@ def test_the_command_lines_help_names_every_profile():
     text = " ".join(build_parser().format_help().split())
     for profile in PROFILES.values():
         assert " ".join(profile.describe().split()) in text
+
+
+@pytest.mark.parametrize("page", ["README.md", "book/running.md", "notebooks/00_setup_and_baseline.ipynb"])
+def test_the_typed_profile_tables_agree_with_the_profiles(page):
+    """The pages that describe the profiles in a table give each one's epochs, seeds and number
+    of training images as :data:`PROFILES` sets them."""
+    text = (REPO / page).read_text()
+    if page.endswith(".ipynb"):
+        text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "markdown")
+    rows = {m[1]: m for m in re.finditer(r"^\| `(\w+)` \| ([^|]*) \| (\d+) \| (\d+) \|", text, re.M)}
+    assert set(rows) == set(PROFILES), f"{page}'s profile table lists {sorted(rows)}"
+    for name, profile in PROFILES.items():
+        data, epochs, seeds = rows[name].group(2, 3, 4)
+        assert (int(epochs), int(seeds)) == (profile.epochs, len(profile.seeds)), f"{page}: {name}"
+        if profile.dataset == "fashion_mnist":
+            assert f"{profile.image_counts()[0]:,}" in data, f"{page}: {name}'s training images"
