@@ -75,6 +75,11 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def profiles_help(default: str) -> str:
+    """Every profile in one line each, joined for a command line's ``--profile`` help."""
+    return "; ".join(profile.describe() for profile in PROFILES.values()) + f" (default: {default})"
+
+
 def resolve_profile(profile: str | Profile, *, dataset: str | None = None, epochs: int | None = None,
                     seeds=None, batch_size: int | None = None) -> Profile:
     """A profile by name, with the notebook's overrides applied (``None`` keeps the default).

@@ -24,7 +24,7 @@ from .data import DatasetError
 from .devices import resolve_device
 from .experiment import BOOK_RECIPE, Comparison
 from .pool import make_jobs, queue_status, train_queue
-from .profiles import PROFILES, resolve_profile
+from .profiles import PROFILES, profiles_help, resolve_profile
 from .records import ResultsFolderError, writable_folder
 from .variants import SYNC_BN, Variant
 
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "parameters, and exit")
     how = parser.add_argument_group("how to train (as in the notebook's parameters cell)")
     how.add_argument("--profile", default="quick", choices=list(PROFILES),
-                     help="; ".join(p.describe() for p in PROFILES.values()) + " (default: quick)")
+                     help=profiles_help("quick"))
     how.add_argument("--dataset", help="another dataset than the profile's: fashion_mnist, cifar10, "
                                        "cifar100 or synthetic")
     how.add_argument("--epochs", type=positive_int, help="epochs (default: the profile's)")

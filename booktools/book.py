@@ -39,7 +39,7 @@ from attnlib.experiment import BOOK_RECIPE
 from attnlib.files import atomic_write_bytes, atomic_write_text
 from attnlib.plots import source_block
 from attnlib.pool import Job, make_jobs, untrained
-from attnlib.profiles import PROFILES, Profile, resolve_profile
+from attnlib.profiles import PROFILES, Profile, profiles_help, resolve_profile
 from attnlib.run import plan_experiments
 
 from .paths import REPO
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="run source notebooks with papermill into executed copies")
     ex.add_argument("notebooks", nargs="*", help="names like 00_setup_and_baseline (default: all)")
-    ex.add_argument("--profile", default="book", choices=list(PROFILES))
+    ex.add_argument("--profile", default="book", choices=list(PROFILES), help=profiles_help("book"))
     ex.add_argument("--out", type=Path, default=BOOK, help="folder for executed copies (default: book/)")
     ex.add_argument("--train-missing", action="store_true",
                     help="under the book profile, train the runs that have no record yet instead of stopping")
