@@ -106,6 +106,9 @@ def resolve_profile(profile: str | Profile, *, dataset: str | None = None, epoch
         changes["seeds"] = tuple(seeds)
     if batch_size is not None:
         changes["batch_size"] = batch_size
+    if changes:  # the named profile's purpose may no longer hold: say what was changed
+        changed = ", ".join(name for name in changes if name != "dataset_options")
+        changes["purpose"] = f"the {profile.name} profile with its {changed} changed"
     return replace(profile, **changes)
 
 

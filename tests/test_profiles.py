@@ -49,7 +49,10 @@ def test_book_profile_is_all_of_fashion_mnist_with_five_seeds():
 
 def test_a_profiles_description_is_read_from_its_fields():
     quick = resolve_profile("quick", epochs=9, seeds=[0, 1])
-    assert quick.describe().startswith("quick: fashion_mnist, 12,000 training images, 9 epochs, 2 seeds (")
+    assert quick.describe() == ("quick: fashion_mnist, 12,000 training images, 9 epochs, 2 seeds "
+                                "(the quick profile with its epochs, seeds changed)")
+    assert resolve_profile("smoke", dataset="fashion_mnist").purpose == "the smoke profile with its dataset changed"
+    assert resolve_profile("book", epochs=None).purpose == PROFILES["book"].purpose  # nothing changed
     assert PROFILES["smoke"].describe().startswith("smoke: synthetic, 512 training images, 3 epochs, 3 seeds")
 
 
