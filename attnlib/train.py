@@ -40,6 +40,7 @@ from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset
 from .devices import autocast, autocast_dtype, resolve_device
 from .history import NOT_RECORDED, Callback, History, TrainState
+from .layers.batch_noise import NoisyStatistics
 from .runinfo import describe_footing, software
 
 
@@ -132,20 +133,28 @@ def recompute_bn_statistics(model: nn.Module, loader: DeviceLoader) -> nn.Module
     longer exists, and eval mode can be far worse than the network. Recomputing them shows
     how much of an eval-mode accuracy is the network and how much is that lag. Pass the
     training images without augmentation. Other layers run in train mode meanwhile, so a
-    network with dropout before a BatchNorm gets slightly different statistics.
+    network with dropout before a BatchNorm gets slightly different statistics; a noise attack
+    on the statistics (:class:`~attnlib.layers.batch_noise.NoisyStatistics`) is paused, since
+    eval mode runs without it.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer: there are no statistics to recompute")
-    momenta = [norm.momentum for norm in norms]
+    settings = [(norm.momentum, getattr(norm, "noise", None)) for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average: every batch counts the same
+        if isinstance(norm, NoisyStatistics):
+            norm.noise = 0.0
     model.train()
-    for x, _ in loader:
-        model(x)
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
+    try:
+        for x, _ in loader:
+            model(x)
+    finally:
+        for norm, (momentum, noise) in zip(norms, settings):
+            norm.momentum = momentum
+            if isinstance(norm, NoisyStatistics):
+                norm.noise = noise
     return model.eval()
 
 

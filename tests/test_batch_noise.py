@@ -11,6 +11,7 @@ from torch import nn
 from attnlib.layers import IEBN2d, NoisyBatchNorm2d, NoisyIEBN2d
 from attnlib.layers.iebn import reference_iebn
 from attnlib.models import build_model
+from attnlib.train import recompute_bn_statistics
 from booktools.overview import _plain_of
 from conftest import assert_same_values_and_gradients
 
@@ -104,3 +105,26 @@ def test_a_method_under_the_attack_is_compared_with_bn_under_the_same_attack():
     network = {"model": "resnet20", "norm": ["iebn", {"noise": STRENGTH, "norm_batch": 16}], "conv": "conv",
                "attention": "none", "callbacks": []}
     assert _plain_of(network)["norm"] == ["bn", {"noise": STRENGTH, "norm_batch": 16}]
+
+
+def test_the_attack_reaches_later_running_statistics_through_their_inputs_and_recomputing_pauses_it():
+    """Each layer's running statistics are its true batch statistics, but of an input that the
+    attacked layers before it disturbed: they carry the attack into eval mode until
+    ``recompute_bn_statistics`` measures them again, with the attack paused."""
+    torch.manual_seed(0)
+    attacked = build_model("resnet20", in_channels=1, norm=("bn", {"noise": STRENGTH}))
+    clean = build_model("resnet20", in_channels=1)
+    clean.load_state_dict(attacked.state_dict())
+    batches = [(torch.randn(16, 1, 16, 16), None) for _ in range(2)]
+    for x, _ in batches:
+        attacked.train()(x), clean.train()(x)
+    norms = {name: [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+             for name, model in (("attacked", attacked), ("clean", clean))}
+    stem, later = list(zip(norms["attacked"], norms["clean"]))[:2]
+    torch.testing.assert_close(stem[0].running_var, stem[1].running_var)  # its input is the image's convolution
+    assert not torch.allclose(later[0].running_var, later[1].running_var, rtol=1e-3)
+    recompute_bn_statistics(attacked, batches), recompute_bn_statistics(clean, batches)
+    for ours, theirs in zip(norms["attacked"], norms["clean"]):
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-6, atol=1e-7)
+    assert all(norm.noise == STRENGTH for norm in norms["attacked"]), "the attack is back after recomputing"

@@ -9,9 +9,12 @@ random amount drawn afresh at every step, per channel:
     mu~ = mu + s * sigma * e1,    sigma~ = sigma * exp(s * e2),    e1, e2 ~ N(0, 1),
 
 where sigma = sqrt(var + eps), so that x_hat becomes (x - mu~) / sigma~ = (x_hat - s e1) exp(-s e2):
-a random shift and scale of every channel, shared by the whole batch, of strength ``s``. The
-running statistics are updated with the true batch statistics and eval mode is untouched,
-so the test accuracy measures what training under the noise did to the network.
+a random shift and scale of every channel, shared by the whole batch, of strength ``s``. Each
+layer updates its running statistics with its true batch statistics and eval mode is
+untouched; but in a network a layer's input has passed through the attacked layers before it,
+so its running statistics carry the last steps' disturbances into evaluation.
+:func:`attnlib.train.recompute_bn_statistics` measures them again with the attack paused, and
+the test accuracy then says what training under the noise did to the weights.
 """
 from __future__ import annotations
 
