@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import json
 import math
 import statistics
@@ -23,19 +24,19 @@ import torch
 from torch import nn
 
 from . import distributed
-from .checkpoints import atomic_save, read_on_main
+from .checkpoints import CorruptFileError, atomic_save, load_error_reason, read_on_main
 from .config import TrainConfig
-from .data import ImageDataset
-from .devices import autocast_dtype, precision_name, resolve_device
+from .data import DeviceLoader, ImageDataset
+from .devices import autocast, autocast_dtype, precision_name, resolve_device
 from .files import atomic_write_text
 from .history import NOT_RECORDED, History
 from .models import count_parameters
 from .profiles import Profile, resolve_profile
 from .records import (RECORD_FORMAT, adopt_checkpoint, dataset_spec, find_record, read_record, read_weights,
                       record_stem, run_key, writable_folder)
-from .runinfo import environment, footing_parts
+from .runinfo import environment, footing_parts, software
 from .significance import accuracy_difference, seed_std
-from .train import fit, predict
+from .train import evaluate, fit, predict, recompute_bn_statistics
 from .variants import Variant, flops_per_image, run_config
 
 
@@ -44,6 +45,9 @@ BOOK_RECIPE = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True,
 """The recipe every chapter trains with (the profile sets epochs and batch size): SGD with
 Nesterov momentum, half an epoch of warm-up, then a cosine schedule. One recipe for the
 whole book, so that chapters share their baselines (see :func:`run_key`)."""
+
+PRECISE_BN_FOLDER = "precise-bn"
+"""Where :meth:`Comparison.with_precise_statistics` keeps its measurements, inside the results folder."""
 
 
 def run_one(variant: Variant, data: ImageDataset, config: TrainConfig, seed: int, *, profile: str,
@@ -163,10 +167,52 @@ class Comparison:
         if not path.exists():
             raise FileNotFoundError(
                 f"the weights of {label!r} seed {record['seed']} ({path}) are not here: git keeps the "
-                f"weights of seed 0 only. Move the record {path.with_suffix('.json').name} away and run "
-                "the notebook (or python -m attnlib.run) again to retrain this seed.")
+                "weights of seed 0 only. python -m attnlib.run --restore-weights, with the chapter and profile "
+                f"and --results-dir {self.results_dir}, trains the run again and puts its weights beside the "
+                "record once it repeats the record exactly.")
         model.load_state_dict(read_weights(path, f"{label!r} seed {record['seed']}"))
         return model.eval()
+
+    def with_precise_statistics(self, labels: Sequence[str] | None = None, *, device: str = "auto") -> Comparison:
+        """These runs with the final test accuracy of ``labels`` (every variant by default) measured
+        again after :func:`~attnlib.train.recompute_bn_statistics` over the training images: what the
+        trained weights do, without what the running statistics picked up in training (their lag,
+        or an attack's disturbances carried in from earlier layers). Histories and predictions stay
+        training's. Each measurement is saved in ``results_dir/precise-bn/`` and read from there
+        again, so a run's weights are needed only once (git keeps seed 0's)."""
+        chosen = set(labels or self.labels)
+        if unknown := chosen - set(self.labels):
+            raise ValueError(f"no variant {sorted(unknown)} in this comparison: its variants are {self.labels}")
+        trained_on = dataset_spec(self.data)["sha1"]
+        if any(r["dataset"]["sha1"] != trained_on for r in self.records if r["label"] in chosen):
+            raise ValueError(f"some runs of {sorted(chosen)} were trained on other images than this comparison's "
+                             f"data ({self.data.name}): their statistics cannot be recomputed from it")
+        device = resolve_device(device)
+        return replace(self, records=[{**r, "final_test_acc": self._precise_accuracy(r, device)}
+                                      if r["label"] in chosen else r for r in self.records])
+
+    def _precise_accuracy(self, record: dict, device: torch.device) -> float:
+        """``record``'s test accuracy with recomputed statistics, measured once and then read back."""
+        path = self.results_dir / PRECISE_BN_FOLDER / Path(record["weights"]).with_suffix(".json").name
+        if path.exists():
+            try:
+                return float(json.loads(path.read_text())["test_acc"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise CorruptFileError(f"the measurement {path} cannot be read ({load_error_reason(err)}): delete "
+                                       "it, and the next call measures the run again from its weights") from err
+        model = self.model(record["label"], record["seed"]).to(device)
+        amp_dtype = autocast_dtype(record["config"]["amp"], device)
+        images = functools.partial(DeviceLoader, mean=self.data.mean, std=self.data.std, device=device)
+        with autocast(device, amp_dtype):
+            recompute_bn_statistics(model, images(self.data.train_images, self.data.train_labels,
+                                                  batch_size=record["config"]["batch_size"]))
+        loss, accuracy = evaluate(model, images(self.data.test_images, self.data.test_labels, batch_size=1000),
+                                  amp_dtype)
+        atomic_write_text(path, json.dumps({
+            "run": record["weights"], "label": record["label"], "seed": record["seed"],
+            "test_acc": float(accuracy), "test_loss": float(loss), "device": str(device),
+            "precision": precision_name(amp_dtype), "software": software()}))
+        return float(accuracy)
 
     def mean_curve(self, label: str, key: str = "test_acc") -> torch.Tensor:
         """``label``'s history ``key`` per epoch, averaged over its seeds; accuracies in points."""

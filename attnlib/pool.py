@@ -100,9 +100,67 @@ def claim(results_dir: Path, job: Job) -> Iterator[bool]:
         os.close(fd)
 
 
+def _record_path(results_dir: Path, job: Job) -> Path | None:
+    return find_record(results_dir, record_stem(results_dir, job.variant, job.seed, job.key), job.seed, job.key)
+
+
 def _has_record(results_dir: Path, job: Job) -> bool:
-    stem = record_stem(results_dir, job.variant, job.seed, job.key)
-    return find_record(results_dir, stem, job.seed, job.key) is not None
+    return _record_path(results_dir, job) is not None
+
+
+def _weights_missing(results_dir: Path, job: Job) -> bool:
+    """Whether ``job`` has a record whose weights are not here (git keeps seed 0's only)."""
+    path = _record_path(results_dir, job)
+    return path is not None and not (results_dir / read_record(path)["weights"]).exists()
+
+
+def _to_do(results_dir: Path, job: Job, restore: bool) -> bool:
+    return _weights_missing(results_dir, job) if restore else not _has_record(results_dir, job)
+
+
+RESTORE_FOLDER = "restore"
+"""Inside the results folder: where :func:`restore_weights` trains a run again (and keeps its
+checkpoint meanwhile, so that it resumes like any run)."""
+
+REPEATED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+"""The history a run trained again must repeat exactly to be the recorded run."""
+
+
+def restore_weights(job: Job, profile: str, results_dir: Path, device: torch.device) -> dict:
+    """Train ``job``, which has a record but no weights, again in ``results_dir/restore/``; when
+    the new run repeats the record (every epoch's losses, accuracies and learning rate, and
+    every test prediction), its weights are the recorded run's and go beside the record.
+    Otherwise raise, and leave the new run's files in ``restore/``. Returns the record."""
+    original = _record_path(results_dir, job)
+    recorded = read_record(original)
+    staging = writable_folder(results_dir / RESTORE_FOLDER)
+    again, _ = run_one(job.variant, job.data, job.config, job.seed, profile=profile, results_dir=staging,
+                       device=device, progress=False)
+    if (difference := _first_difference(recorded, again)) is not None:
+        raise RuntimeError(
+            f"{job.name} trained again is not the recorded run {original.name}: {difference}. Training repeats a "
+            f"run only on the same footing: the record's epochs ran on {_footings(recorded)}, these on "
+            f"{_footings(again)}. The new run stays in {staging}; no weights were put beside the record.")
+    os.replace(staging / again["weights"], results_dir / recorded["weights"])
+    (staging / again["weights"]).with_suffix(".json").unlink()
+    return recorded
+
+
+def _first_difference(recorded: dict, again: dict) -> str | None:
+    """Where ``again`` first departs from ``recorded``, in words; None when it repeats it."""
+    for key in REPEATED:
+        old, new = recorded["history"][key], again["history"][key]
+        epoch = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), None)
+        if epoch is not None or len(old) != len(new):
+            epoch = min(len(old), len(new)) if epoch is None else epoch
+            return f"its {key} departs from the record's at epoch {epoch + 1}"
+    if recorded["predictions"] != again["predictions"]:
+        return "its test predictions differ"
+    return None
+
+
+def _footings(record: dict) -> str:
+    return ", ".join(sorted(set(record["history"].get("footing", [])))) or NOT_RECORDED
 
 
 def _say(text: str) -> None:
@@ -111,21 +169,24 @@ def _say(text: str) -> None:
     print(text + "\n", end="", flush=True)
 
 
-def _train_some(jobs: Sequence[Job], profile: str, results_dir: Path, device: torch.device, worker: int) -> int:
-    """Train the free jobs one after another; returns how many failed."""
+def _train_some(jobs: Sequence[Job], profile: str, results_dir: Path, device: torch.device, worker: int,
+                restore: bool = False) -> int:
+    """Train the free jobs one after another (with ``restore``, those with a record but no
+    weights, through :func:`restore_weights`); returns how many failed."""
     failed: set[int] = set()
     while True:
         for index, job in enumerate(jobs):
-            if index in failed or _has_record(results_dir, job):
+            if index in failed or not _to_do(results_dir, job, restore):
                 continue
             with claim(results_dir, job) as mine:
-                if not mine or _has_record(results_dir, job):  # taken, or finished just now
+                if not mine or not _to_do(results_dir, job, restore):  # taken, or finished just now
                     continue
-                _say(f"[worker {worker}] start {job.name}")
+                _say(f"[worker {worker}] start {job.name}" + " (again, for its weights)" * restore)
                 start = time.perf_counter()
                 try:
-                    record, _ = run_one(job.variant, job.data, job.config, job.seed, profile=profile,
-                                        results_dir=results_dir, device=device, progress=False)
+                    record = (restore_weights(job, profile, results_dir, device) if restore else
+                              run_one(job.variant, job.data, job.config, job.seed, profile=profile,
+                                      results_dir=results_dir, device=device, progress=False)[0])
                 except Exception:  # noqa: BLE001 - reported, and the other jobs go on
                     failed.add(index)
                     _say(f"[worker {worker}] FAILED {job.name}:\n{traceback.format_exc()}")
@@ -139,20 +200,22 @@ def _train_some(jobs: Sequence[Job], profile: str, results_dir: Path, device: to
 
 
 def _worker(worker: int, experiments: Sequence, setup: Profile, recipe: TrainConfig, results_dir: Path,
-            device: str, threads: int) -> None:
+            device: str, threads: int, restore: bool) -> None:
     torch.set_num_threads(threads)
     jobs = make_jobs(experiments, setup, recipe, setup.load())
-    raise SystemExit(1 if _train_some(jobs, setup.name, results_dir, resolve_device(device), worker) else 0)
+    raise SystemExit(1 if _train_some(jobs, setup.name, results_dir, resolve_device(device), worker, restore) else 0)
 
 
 def train_queue(experiments: Sequence, setup: Profile, recipe: TrainConfig, results_dir: str | Path, *,
-                workers: int, threads: int, device: str = "auto") -> int:
+                workers: int, threads: int, device: str = "auto", restore: bool = False) -> int:
     """Train every missing run of ``experiments`` with ``workers`` processes of ``threads``
-    threads each. Returns 0 when every run has its record, 1 when some failed (each failure
-    is printed with its traceback; the other runs go on)."""
+    threads each; with ``restore``, instead, every run that has a record but no weights, again
+    (:func:`restore_weights`). Returns 0 when every run is done, 1 when some failed (each
+    failure is printed with its traceback; the other runs go on)."""
     results_dir = writable_folder(results_dir)
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(i, experiments, setup, recipe, results_dir, device, threads))
+    processes = [context.Process(target=_worker,
+                                 args=(i, experiments, setup, recipe, results_dir, device, threads, restore))
                  for i in range(workers)]
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `timeout`, `kill`: stop the workers too
     for p in processes:

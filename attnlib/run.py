@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--status", action="store_true", help="show each run's state (done with its accuracy, "
                                                              "training now, checkpointed epoch, pending), the time "
                                                              "left at the pace of finished runs, and exit")
+    queue.add_argument("--restore-weights", action="store_true",
+                       help="instead of training missing runs, train again each run that has a record but not "
+                            "its weights (git keeps seed 0's), and put the weights beside the record once the new "
+                            "run repeats it exactly (same footing: device, threads, precision)")
     return parser
 
 
@@ -264,12 +268,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.status:
         print("\n".join(queue_status(make_jobs(chosen, setup, BOOK_RECIPE, data), args.results_dir)))
         return 0
-    if args.workers > 1 or args.threads:
+    if args.workers > 1 or args.threads or args.restore_weights:
         if distributed.launched_by_torchrun():
-            raise ValueError("--workers and --threads start processes of their own; do not combine them "
-                             "with torchrun")
+            raise ValueError("--workers, --threads and --restore-weights start processes of their own; do not "
+                             "combine them with torchrun")
         return train_queue(chosen, setup, BOOK_RECIPE, args.results_dir, workers=args.workers,
-                           threads=args.threads or torch.get_num_threads(), device=args.device)
+                           threads=args.threads or torch.get_num_threads(), device=args.device,
+                           restore=args.restore_weights)
     device = distributed.init_from_env(args.device)
     try:
         report = [f"profile {setup.name}: {setup.epochs} epochs, global batch {setup.batch_size}, "

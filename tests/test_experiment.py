@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import platform
+import shutil
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,15 +16,16 @@ import torch
 
 from attnlib import load_dataset, plots
 from attnlib.config import TrainConfig
-from attnlib.devices import autocast_dtype, precision_name
-from attnlib.experiment import (Comparison, common_footing, compare, convergence_check, difference, difference_check,
+from attnlib.data import DeviceLoader
+from attnlib.devices import autocast, autocast_dtype, precision_name
+from attnlib.experiment import (PRECISE_BN_FOLDER, Comparison, common_footing, compare, convergence_check, difference, difference_check,
                                 epoch_cards, LongerReading, learning_state, longer_reading, verdict_settled)
 from attnlib.history import NOT_RECORDED, Callback
 from attnlib.profiles import PROFILES
 from attnlib.records import run_key
 from attnlib.runinfo import software
 from attnlib.significance import smallest_p_value
-from attnlib.train import fit, predict
+from attnlib.train import evaluate, fit, predict, recompute_bn_statistics
 from attnlib.variants import Variant, run_config
 from conftest import COMPARED_SEEDS as SEEDS, COMPARED_VARIANTS as VARIANTS, StopAt
 
@@ -142,6 +144,31 @@ def test_saved_weights_give_the_recorded_predictions(comparison):
             accuracy = (predictions == comparison.data.test_labels).float().mean().item()
             assert accuracy == pytest.approx(record["final_test_acc"], abs=0.02)
 
+
+
+def test_precise_statistics_measure_the_weights_again_once_and_are_read_back_without_them(comparison, tmp_path):
+    shutil.copytree(comparison.results_dir, tmp_path / "results")
+    ours = replace(comparison, results_dir=tmp_path / "results")
+    precise = ours.with_precise_statistics(["BN baseline"], device="cpu")
+    data = comparison.data
+    for run, trained in zip(precise.runs("BN baseline"), ours.runs("BN baseline")):
+        model = ours.model("BN baseline", run["seed"])
+        amp_dtype = autocast_dtype(run["config"]["amp"], torch.device("cpu"))
+        with autocast(torch.device("cpu"), amp_dtype):
+            recompute_bn_statistics(model, DeviceLoader(data.train_images, data.train_labels, mean=data.mean,
+                                                        std=data.std, batch_size=run["config"]["batch_size"]))
+        test = DeviceLoader(data.test_images, data.test_labels, batch_size=1000, mean=data.mean, std=data.std)
+        assert run["final_test_acc"] == evaluate(model, test, amp_dtype)[1]
+        assert run["history"] == trained["history"] and run["predictions"] == trained["predictions"]
+    assert precise.runs("AlexNet") == ours.runs("AlexNet"), "only the arms asked for are measured again"
+    for weights in (tmp_path / "results").glob("bn-baseline-*.pt"):
+        weights.unlink()  # as in a fresh clone for seeds > 0: the saved measurements are read back
+    assert ours.with_precise_statistics(["BN baseline"], device="cpu").records == precise.records
+    shutil.rmtree(tmp_path / "results" / PRECISE_BN_FOLDER)
+    with pytest.raises(FileNotFoundError, match="weights of 'BN baseline' seed 0"):
+        ours.with_precise_statistics(["BN baseline"], device="cpu")
+    with pytest.raises(ValueError, match=r"no variant \['ResNet'\]"):
+        ours.with_precise_statistics(["ResNet"])
 
 def test_summary(comparison):
     rows = comparison.summary()

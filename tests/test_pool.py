@@ -249,3 +249,27 @@ def test_device_tree_hides_the_weights_from_the_index_and_puts_them_back(tmp_pat
     assert git("ls-files") == tracked and (tmp_path / ".gitignore").read_text() == gitignore
     assert git("status", "--porcelain") == ""
     assert device_tree("restore").returncode == 1
+
+
+def test_restore_weights_trains_a_run_again_and_keeps_its_weights_only_when_it_repeats_the_record(tmp_path):
+    args = ["--plan", "00:main:ResNet-20", "--epochs", "2", "--seeds", "1", "--no-progress"]
+    assert run_main([*args, "--profile", "smoke", "--results-dir", str(tmp_path)]) == 0
+    [record_path] = tmp_path.glob("resnet-20-seed1-*.json")
+    weights = record_path.with_suffix(".pt")
+    record_text, original = record_path.read_text(), torch.load(weights, weights_only=True)
+    weights.unlink()  # as in a fresh clone: git keeps seed 0's weights only
+    restore = [*args, "--profile", "smoke", "--results-dir", str(tmp_path), "--restore-weights"]
+    assert run_main(restore) == 0
+    assert record_path.read_text() == record_text, "the record is kept as it was"
+    restored = torch.load(weights, weights_only=True)
+    assert restored.keys() == original.keys() and all(torch.equal(restored[k], original[k]) for k in original)
+    assert not list((tmp_path / "restore").glob("*.json")) and not list((tmp_path / "restore").glob("*.pt"))
+    # a record the new run does not repeat (here: doctored) gets no weights, and the run is kept aside
+    weights.unlink()
+    doctored = json.loads(record_text)
+    doctored["history"]["test_acc"][1] += 0.01
+    record_path.write_text(json.dumps(doctored))
+    done = _run([*args, "--restore-weights"], tmp_path)
+    out, _ = done.communicate(timeout=300)
+    assert done.returncode == 1 and "departs from the record's at epoch 2" in out and "test_acc" in out, out
+    assert not weights.exists() and len(list((tmp_path / "restore").glob("resnet-20-seed1-*.pt"))) == 1
