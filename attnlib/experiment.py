@@ -149,6 +149,13 @@ class Comparison:
         return replace(self, variants=[replace(v, label=new[v.label]) for v in self.variants],
                        records=[{**r, "label": new[r["label"]]} for r in self.records])
 
+    def on_seeds(self, seeds: Iterable[int]) -> Comparison:
+        """These runs on ``seeds`` only: to compare arms on the seeds they share."""
+        seeds = set(seeds)
+        if lacking := [label for label in self.labels if not seeds <= {r["seed"] for r in self.runs(label)}]:
+            raise ValueError(f"{lacking} lack some of the seeds {sorted(seeds)}: compare on seeds every arm has")
+        return replace(self, records=[r for r in self.records if r["seed"] in seeds])
+
     def runs(self, label: str) -> list[dict]:
         return [r for r in self.records if r["label"] == label]
 
@@ -231,13 +238,13 @@ class Comparison:
         apart = self.curves_apart(labels)
         return next((epoch + 1 for epoch in range(len(apart)) if (apart[epoch:] < within).all()), None)
 
-    def final_move(self, labels: Sequence[str] | None = None, epochs: int = 1) -> float:
-        """The largest change, in points, of a variant's mean test accuracy (over seeds) during its
-        last ``epochs`` epochs: near 0 when the curves have flattened, large while the networks
-        still learn; NaN when a run has no more epochs than that."""
+    def final_move(self, labels: Sequence[str] | None = None, epochs: int = 1, key: str = "test_acc") -> float:
+        """The largest change, in points, of a variant's mean test accuracy (or history ``key``)
+        over seeds during its last ``epochs`` epochs: near 0 when the curves have flattened, large
+        while the networks still learn; NaN when a run has no more epochs than that."""
         moves = []
         for label in labels or self.labels:
-            mean = self.mean_curve(label)
+            mean = self.mean_curve(label, key)
             moves.append((mean[-1] - mean[-1 - epochs]).abs().item() if len(mean) > epochs else math.nan)
         return math.nan if any(math.isnan(m) for m in moves) else max(moves)
 

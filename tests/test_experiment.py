@@ -292,6 +292,9 @@ def test_final_move_is_the_largest_change_of_a_mean_curve_in_its_last_epochs():
     assert cmp.final_move() == pytest.approx(5.0) and cmp.final_move(["A"]) == pytest.approx(2.0)
     assert cmp.final_move(["A"], epochs=2) == pytest.approx(32.0) and math.isnan(cmp.final_move(epochs=3))
     assert cmp.mean_curve("A").tolist() == pytest.approx([50.0, 80.0, 82.0])
+    for record, train in zip(records, ([0.6, 0.7, 0.7], [0.6, 0.7, 0.74], [0.6, 0.7, 0.71])):
+        record["history"]["train_acc"] = train
+    assert cmp.final_move(key="train_acc") == pytest.approx(2.0), "A's mean training accuracy moves most"
     assert learning_state(cmp) == (False, "in the last epoch no mean test accuracy moved by more than 5.00 points: "
                                           "the networks are still learning")
     assert learning_state(cmp, ["A"], tolerance=2.5)[0] and "have flattened" in learning_state(cmp, ["A"], 2.5)[1]
@@ -321,6 +324,14 @@ def test_joined_comparisons_compare_arms_of_two_experiments_on_the_same_test_ima
     with pytest.raises(ValueError, match="not tested on the same images under the same profile"):
         longer.joined(replace(batch, profile=PROFILES["quick"]))
 
+
+
+def test_on_seeds_keeps_the_runs_of_those_seeds_and_refuses_a_seed_an_arm_lacks(comparison):
+    first = comparison.on_seeds([SEEDS[0]])
+    assert first.labels == comparison.labels and {r["seed"] for r in first.records} == {SEEDS[0]}
+    assert first.runs("AlexNet") == comparison.runs("AlexNet")[:1]
+    with pytest.raises(ValueError, match=r"lack some of the seeds \[0, 7\]"):
+        comparison.on_seeds([0, 7])
 
 def test_seed_ranges_say_whether_any_network_is_ahead_on_every_seed():
     data = SimpleNamespace(test_labels=torch.tensor([0]))
