@@ -266,6 +266,8 @@ def _run(args: argparse.Namespace) -> int:
             variant.build(exp.data(data), seed=0)
     writable_folder(args.results_dir)
     if args.status:
+        if args.restore_weights:
+            raise ValueError("--status shows the training queue; run --restore-weights without it")
         print("\n".join(queue_status(make_jobs(chosen, setup, BOOK_RECIPE, data), args.results_dir)))
         return 0
     if args.workers > 1 or args.threads or args.restore_weights:
