@@ -140,21 +140,22 @@ def recompute_bn_statistics(model: nn.Module, loader: DeviceLoader) -> nn.Module
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer: there are no statistics to recompute")
-    settings = [(norm.momentum, getattr(norm, "noise", None)) for norm in norms]
+    attacked = [norm for norm in norms if isinstance(norm, NoisyStatistics)]
+    momenta, noises = [norm.momentum for norm in norms], [norm.noise for norm in attacked]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average: every batch counts the same
-        if isinstance(norm, NoisyStatistics):
-            norm.noise = 0.0
+    for norm in attacked:
+        norm.noise = 0.0
     model.train()
     try:
         for x, _ in loader:
             model(x)
     finally:
-        for norm, (momentum, noise) in zip(norms, settings):
+        for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
-            if isinstance(norm, NoisyStatistics):
-                norm.noise = noise
+        for norm, noise in zip(attacked, noises):
+            norm.noise = noise
     return model.eval()
 
 
