@@ -34,10 +34,11 @@ import torch
 
 from .config import TrainConfig
 from .data import ImageDataset
-from .devices import resolve_device
+from .devices import autocast_dtype, resolve_device
 from .experiment import run_one
 from .history import NOT_RECORDED
 from .profiles import Profile
+from .runinfo import describe_footing
 from .records import find_record, read_record, record_stem, run_key, writable_folder
 from .variants import Variant, run_config
 
@@ -130,9 +131,20 @@ def restore_weights(job: Job, profile: str, results_dir: Path, device: torch.dev
     """Train ``job``, which has a record but no weights, again in ``results_dir/restore/``; when
     the new run repeats the record (every epoch's losses, accuracies and learning rate, and
     every test prediction), its weights are the recorded run's and go beside the record.
-    Otherwise raise, and leave the new run's files in ``restore/``. Returns the record."""
+    Otherwise raise, and leave the new run's files in ``restore/``. Returns the record.
+
+    A run repeats only on the footing it ran on (bf16 on one CPU is not bit for bit bf16 on
+    another), so a record with an epoch on another footing than this worker's is refused before
+    any training: hours spent on it could only end in a difference."""
     original = _record_path(results_dir, job)
     recorded = read_record(original)
+    here = describe_footing(device, autocast_dtype(job.config.amp, device))
+    if elsewhere := set(recorded["history"].get("footing", [])) - {here, NOT_RECORDED}:
+        raise RuntimeError(
+            f"{job.name} cannot be restored here: the record {original.name} has epochs on "
+            f"{', '.join(sorted(elsewhere))}, and this worker trains on {here}. Training repeats a run only on "
+            "its own footing: restore it on a machine like the record's (a record with epochs on several "
+            "footings cannot be restored at all). Nothing was trained.")
     staging = writable_folder(results_dir / RESTORE_FOLDER)
     again, _ = run_one(job.variant, job.data, job.config, job.seed, profile=profile, results_dir=staging,
                        device=device, progress=False)

@@ -273,3 +273,13 @@ def test_restore_weights_trains_a_run_again_and_keeps_its_weights_only_when_it_r
     out, _ = done.communicate(timeout=300)
     assert done.returncode == 1 and "departs from the record's at epoch 2" in out and "test_acc" in out, out
     assert not weights.exists() and len(list((tmp_path / "restore").glob("resnet-20-seed1-*.pt"))) == 1
+    # a record trained on another machine is refused before any training: it could not repeat here
+    doctored = json.loads(record_text)
+    doctored["history"]["footing"][0] = "CPU: another processor, 1 threads, bf16 autocast"
+    record_path.write_text(json.dumps(doctored))
+    staged = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "restore").iterdir()}
+    done = _run([*args, "--restore-weights"], tmp_path)
+    out, _ = done.communicate(timeout=300)
+    assert done.returncode == 1 and "cannot be restored here" in out and "another processor" in out, out
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "restore").iterdir()} == staged, "nothing trained"
+    assert not weights.exists()
