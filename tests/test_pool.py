@@ -252,7 +252,8 @@ def test_device_tree_hides_the_weights_from_the_index_and_puts_them_back(tmp_pat
 
 
 def test_restore_weights_trains_a_run_again_and_keeps_its_weights_only_when_it_repeats_the_record(tmp_path):
-    args = ["--plan", "00:main:ResNet-20", "--epochs", "2", "--seeds", "1", "--no-progress"]
+    # one thread everywhere: a run repeats only on its own footing, threads included
+    args = ["--plan", "00:main:ResNet-20", "--epochs", "2", "--seeds", "1", "--no-progress", "--threads", "1"]
     assert run_main([*args, "--profile", "smoke", "--results-dir", str(tmp_path)]) == 0
     [record_path] = tmp_path.glob("resnet-20-seed1-*.json")
     weights = record_path.with_suffix(".pt")
