@@ -380,17 +380,22 @@ def source(name: str) -> str:
     """The code of chapter ``name``'s function, then of each private helper it calls (directly, in
     a nested function or through another helper), for the notebook to show what it trains."""
     function = CHAPTERS[chapter_name(name)]
-    return "\n\n".join(inspect.getsource(f) for f in (function, *_helpers(function.__code__, [])))
+    return "\n\n".join(inspect.getsource(f) for f in (function, *_helpers(function.__code__)))
 
 
-def _helpers(code: CodeType, found: list[Callable]) -> list[Callable]:
-    """``found`` extended with this module's private functions that ``code`` (or a function
-    nested in it) names, and those they name in turn."""
-    for name in _names(code):
-        helper = globals().get(name)
-        if name.startswith("_") and inspect.isfunction(helper) and helper not in found:
-            found.append(helper)
-            _helpers(helper.__code__, found)
+def _helpers(code: CodeType) -> list[Callable]:
+    """This module's private functions that ``code`` (or a function nested in it) names, and
+    those they name in turn, each once, in the order a depth-first reading meets them."""
+    found: list[Callable] = []
+
+    def visit(code: CodeType) -> None:
+        for name in _names(code):
+            helper = globals().get(name)
+            if name.startswith("_") and inspect.isfunction(helper) and helper not in found:
+                found.append(helper)
+                visit(helper.__code__)
+
+    visit(code)
     return found
 
 
