@@ -38,8 +38,8 @@ from .devices import autocast_dtype, resolve_device
 from .experiment import run_one
 from .history import NOT_RECORDED
 from .profiles import Profile
-from .runinfo import describe_footing
 from .records import find_record, read_record, record_stem, run_key, writable_folder
+from .runinfo import describe_footing
 from .variants import Variant, run_config
 
 
