@@ -138,11 +138,11 @@ def restore_weights(job: Job, profile: str, results_dir: Path, device: torch.dev
     any training: hours spent on it could only end in a difference."""
     original = _record_path(results_dir, job)
     recorded = read_record(original)
-    here = describe_footing(device, autocast_dtype(job.config.amp, device))
-    if elsewhere := set(recorded["history"].get("footing", [])) - {here, NOT_RECORDED}:
+    here = _footing_here(job, device)
+    if elsewhere := _footings_elsewhere(recorded, here):
         raise RuntimeError(
             f"{job.name} cannot be restored here: the record {original.name} has epochs on "
-            f"{', '.join(sorted(elsewhere))}, and this worker trains on {here}. Training repeats a run only on "
+            f"{', '.join(elsewhere)}, and this worker trains on {here}. Training repeats a run only on "
             "its own footing: restore it on a machine like the record's (a record with epochs on several "
             "footings cannot be restored at all). Nothing was trained.")
     staging = writable_folder(results_dir / RESTORE_FOLDER)
@@ -156,6 +156,38 @@ def restore_weights(job: Job, profile: str, results_dir: Path, device: torch.dev
     os.replace(staging / again["weights"], results_dir / recorded["weights"])
     (staging / again["weights"]).with_suffix(".json").unlink()
     return recorded
+
+
+def _footing_here(job: Job, device: torch.device) -> str:
+    """The footing ``job`` trains on in this process (its device, threads and precision)."""
+    return describe_footing(device, autocast_dtype(job.config.amp, device))
+
+
+def _footings_elsewhere(record: dict, here: str) -> list[str]:
+    """The footings, other than ``here``, that ``record``'s epochs ran on (none recorded: none)."""
+    return sorted(set(record["history"].get("footing", [])) - {here, NOT_RECORDED})
+
+
+def restore_status(jobs: Sequence[Job], results_dir: str | Path, device: torch.device) -> list[str]:
+    """One line per job that has a record but not its weights: whether this process's footing
+    can restore it (:func:`restore_weights`), and how far its restore checkpoint has come; a
+    last line counts them."""
+    results_dir = Path(results_dir)
+    lines, here_too = [], 0
+    for job in (j for j in jobs if _weights_missing(results_dir, j)):
+        recorded = read_record(_record_path(results_dir, job))
+        elsewhere = _footings_elsewhere(recorded, _footing_here(job, device))
+        here_too += not elsewhere
+        state = f"not here: its epochs ran on {', '.join(elsewhere)}" if elsewhere else "can be restored here"
+        ckpt = record_stem(results_dir / RESTORE_FOLDER, job.variant, job.seed, job.key).with_suffix(".ckpt")
+        if ckpt.exists():
+            epochs = len(torch.load(ckpt, map_location="cpu", weights_only=False)["history"]["epoch"])
+            state += f"; restore checkpoint at epoch {epochs}/{job.config.epochs}"
+        lines.append(f"{job.name}: {state}")
+    here = _footing_here(jobs[0], device) if jobs else describe_footing(device, None)
+    lines.append(f"without weights: {len(lines)} of {len(jobs)} runs; {here_too} of them can be restored here "
+                 f"({here})")
+    return lines
 
 
 def _first_difference(recorded: dict, again: dict) -> str | None:

@@ -23,7 +23,7 @@ from .chapters import CHAPTERS, Experiment, chapter_name, chapter_parameters, ex
 from .data import DatasetError
 from .devices import resolve_device
 from .experiment import BOOK_RECIPE, Comparison
-from .pool import make_jobs, queue_status, train_queue
+from .pool import make_jobs, queue_status, restore_status, train_queue
 from .profiles import PROFILES, profiles_help, resolve_profile
 from .records import ResultsFolderError, writable_folder
 from .variants import SYNC_BN, Variant
@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "on a 2-core CPU --workers 2 --threads 1 is fastest)")
     queue.add_argument("--status", action="store_true", help="show each run's state (done with its accuracy, "
                                                              "training now, checkpointed epoch, pending), the time "
-                                                             "left at the pace of finished runs, and exit")
+                                                             "left at the pace of finished runs, and exit; with "
+                                                             "--restore-weights, each run without its weights and "
+                                                             "whether this machine can restore it")
     queue.add_argument("--restore-weights", action="store_true",
                        help="instead of training missing runs, train again each run that has a record but not "
                             "its weights (git keeps seed 0's), and put the weights beside the record once the new "
@@ -266,9 +268,12 @@ def _run(args: argparse.Namespace) -> int:
             variant.build(exp.data(data), seed=0)
     writable_folder(args.results_dir)
     if args.status:
+        jobs = make_jobs(chosen, setup, BOOK_RECIPE, data)
         if args.restore_weights:
-            raise ValueError("--status shows the training queue; run --restore-weights without it")
-        print("\n".join(queue_status(make_jobs(chosen, setup, BOOK_RECIPE, data), args.results_dir)))
+            torch.set_num_threads(args.threads or torch.get_num_threads())  # the footing names the threads
+            print("\n".join(restore_status(jobs, args.results_dir, resolve_device(args.device))))
+        else:
+            print("\n".join(queue_status(jobs, args.results_dir)))
         return 0
     if args.workers > 1 or args.threads or args.restore_weights:
         if distributed.launched_by_torchrun():

@@ -356,7 +356,6 @@ CLI_CASES = [
     (["--variant", "R:model=resnet20", "--epochs", "0"], r"argument --epochs: 0 must be >= 1"),
     (["--plan", "00", "--workers", "0", "--status"], r"argument --workers: 0 must be >= 1"),
     (["--plan", "00", "--threads", "x", "--status"], r"argument --threads: 'x' is not a whole number"),
-    (["--plan", "00", "--restore-weights", "--status"], r"run --restore-weights without it"),
     *([(["--variant", "R:model=resnet20", "--device", "cuda"], r"device='cuda' was asked for but no CUDA GPU")]
       if not torch.cuda.is_available() else []),
 ]

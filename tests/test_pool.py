@@ -251,7 +251,7 @@ def test_device_tree_hides_the_weights_from_the_index_and_puts_them_back(tmp_pat
     assert device_tree("restore").returncode == 1
 
 
-def test_restore_weights_trains_a_run_again_and_keeps_its_weights_only_when_it_repeats_the_record(tmp_path):
+def test_restore_weights_trains_a_run_again_and_keeps_its_weights_only_when_it_repeats_the_record(tmp_path, capsys):
     # one thread everywhere: a run repeats only on its own footing, threads included
     args = ["--plan", "00:main:ResNet-20", "--epochs", "2", "--seeds", "1", "--no-progress", "--threads", "1"]
     assert run_main([*args, "--profile", "smoke", "--results-dir", str(tmp_path)]) == 0
@@ -284,3 +284,12 @@ def test_restore_weights_trains_a_run_again_and_keeps_its_weights_only_when_it_r
     assert done.returncode == 1 and "cannot be restored here" in out and "another processor" in out, out
     assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "restore").iterdir()} == staged, "nothing trained"
     assert not weights.exists()
+    # --status says, before anything trains, which runs lack their weights and which this machine can restore
+    status = [*args, "--profile", "smoke", "--results-dir", str(tmp_path), "--restore-weights", "--status"]
+    assert run_main(status) == 0
+    out = capsys.readouterr().out
+    assert "not here: its epochs ran on CPU: another processor" in out and "0 of them can be restored here" in out, out
+    record_path.write_text(record_text)
+    assert run_main(status) == 0
+    out = capsys.readouterr().out
+    assert "ResNet-20 (seed 1" in out and ": can be restored here" in out and "1 of them can be restored here" in out
