@@ -1,6 +1,7 @@
 """attnlib.pool and python -m attnlib.run's queue: claims, several workers, stop and resume."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
@@ -20,6 +21,7 @@ from attnlib.run import main as run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import records_archive  # noqa: E402
+import restore_checkpoints  # noqa: E402
 
 SMOKE = resolve_profile("smoke", epochs=1, seeds=(0, 1))
 
@@ -210,6 +212,35 @@ def test_records_archive_keeps_the_checkpoint_with_more_epochs(tmp_path):
     assert records_archive.unpack(out, home) == ["behind-seed0-0123456789.ckpt"]
     assert [records_archive.finished_epochs(home / n) for n in ("behind-seed0-0123456789.ckpt",
                                                                  "ahead-seed0-0123456789.ckpt")] == [5, 7]
+
+
+def test_restore_checkpoints_takes_the_furthest_committed_checkpoint_that_repeats_the_record(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    git = functools.partial(subprocess.run, cwd=tmp_path, check=True, capture_output=True)
+    git(["git", "init", "-q"]), git(["git", "config", "user.email", "t@t"]), git(["git", "config", "user.name", "t"])
+    losses = [2.0, 1.0, 0.5]
+
+    def history(n: int, loss: list[float] = losses) -> dict:
+        return {"epoch": list(range(1, n + 1)), **{key: loss[:n] for key in restore_checkpoints.REPEATED}}
+
+    record = results / "net-seed1-0123456789.json"
+    record.write_text(json.dumps({"weights": "net-seed1-0123456789.pt", "history": history(3)}))
+    ckpt = record.with_suffix(".ckpt")
+    for n, loss in [(1, losses), (2, losses), (2, [2.0, 9.9]), (None, None)]:  # the third: another machine's
+        if n is None:
+            ckpt.unlink()  # the record landed
+        else:
+            torch.save({"history": history(n, loss)}, ckpt)
+        git(["git", "add", "-A"]), git(["git", "commit", "-qm", f"epoch {n}"])
+    assert restore_checkpoints.place(results, ["net-*"]) == [
+        "net-seed1-0123456789.json: restore checkpoint at epoch 2 of 3, from git history"]
+    staged = results / "restore" / ckpt.name
+    assert torch.load(staged, weights_only=False)["history"]["train_loss"] == [2.0, 1.0]
+    torch.save({"history": history(3)}, staged)  # a restore further along is kept
+    assert restore_checkpoints.place(results, ["net-*"]) == [
+        "net-seed1-0123456789.json: kept the restore checkpoint at epoch 3"]
+    assert restore_checkpoints.place(results, ["other-*"]) == []
 
 
 @pytest.mark.parametrize("spec", ["SE attention=se", "NAM; attention=nam"])
