@@ -321,6 +321,8 @@ def test_restore_weights_trains_a_run_again_and_keeps_its_weights_only_when_it_r
     out = capsys.readouterr().out
     assert "not here: its epochs ran on CPU: another processor" in out and "0 of them can be restored here" in out, out
     record_path.write_text(record_text)
+    torch.save({"history": {"epoch": [1]}}, tmp_path / "restore" / record_path.with_suffix(".ckpt").name)
     assert run_main(status) == 0
     out = capsys.readouterr().out
-    assert "ResNet-20 (seed 1" in out and ": can be restored here" in out and "1 of them can be restored here" in out
+    assert "ResNet-20 (seed 1" in out and ": can be restored here; restore checkpoint at epoch 1/2" in out, out
+    assert "1 of them can be restored here" in out
