@@ -27,7 +27,7 @@ def git(*args: str, cwd: Path) -> bytes:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True).stdout
 
 
-def epochs_of(blob: bytes) -> dict:
+def history_of(blob: bytes) -> dict:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)["history"]
 
 
@@ -47,7 +47,7 @@ def furthest_checkpoint(record_path: Path, record: dict, top: Path) -> tuple[int
             blob = git("show", f"{commit}:{relative}", cwd=top)
         except subprocess.CalledProcessError:  # the commit that deleted it
             continue
-        history = epochs_of(blob)
+        history = history_of(blob)
         if repeats_record(history, record) and (best is None or len(history["epoch"]) > best[0]):
             best = (len(history["epoch"]), blob)
     return best
@@ -66,7 +66,7 @@ def place(results: Path, patterns: list[str]) -> list[str]:
             lines.append(f"{path.name}: has its weights")
             continue
         staged = results / RESTORE_FOLDER / path.with_suffix(".ckpt").name
-        have = len(epochs_of(staged.read_bytes())["epoch"]) if staged.exists() else 0
+        have = len(history_of(staged.read_bytes())["epoch"]) if staged.exists() else 0
         found = furthest_checkpoint(path, record, top)
         if found is None or found[0] <= have:
             lines.append(f"{path.name}: " + (f"kept the restore checkpoint at epoch {have}" if have else
