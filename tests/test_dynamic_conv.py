@@ -18,7 +18,7 @@ from attnlib.experiment import BOOK_RECIPE
 from attnlib.history import History, TrainState
 from attnlib.train import evaluate, recompute_bn_statistics
 from attnlib.layers import CONVS
-from attnlib.layers.dynamic_conv import (DynamicConv2d, expert_attention,
+from attnlib.layers.dynamic_conv import (DynamicConv2d, expert_attention, fixed_attention,
                                          reference_dynamic_conv, reference_expert_attention)
 from attnlib.models.alexnet import ConvUnit
 from conftest import assert_same_values_and_gradients
@@ -460,6 +460,36 @@ def test_expert_attention_reads_every_layer_and_cleans_up():
     with torch.no_grad():
         direct = model.eval().stages[0][0].conv1.attention_weights(model.stem(images))
     torch.testing.assert_close(pis["stages.0.0.conv1"], direct)
+
+
+@pytest.mark.parametrize("mode", ("grouped", "branches"))
+def test_fixed_attention_makes_a_static_conv_of_the_mixed_kernel_and_lets_go(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(DynamicConv2d(3, 5, 3, padding=1, temperature=1.0, mode=mode)).double()
+    layer = model[0]
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(40, 3, 8, 8, dtype=torch.float64)
+    routed = model(x)
+    w = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    experts = layer.weight.reshape(4, 5, 3, 3, 3)
+    with fixed_attention(model, {"0": w}):
+        torch.testing.assert_close(layer.attention_weights(x[:3]), w.expand(3, -1))
+        static = F.conv2d(x, torch.einsum("k,koihw->oihw", w.double(), experts), w.double() @ layer.bias, padding=1)
+        torch.testing.assert_close(model(x), static)
+    torch.testing.assert_close(model(x), routed)  # routed again after the block
+    with pytest.raises(RuntimeError, match="inside"), fixed_attention(model, {"0": w}):
+        raise RuntimeError("inside")
+    torch.testing.assert_close(model(x), routed)  # also after an error inside it
+
+
+def test_fixed_attention_refuses_unknown_layers_and_wrong_shapes():
+    model = nn.Sequential(DynamicConv2d(3, 5, 3, num_experts=2))
+    with pytest.raises(ValueError, match=r"no dynamic layer \['1'\].*\['0'\]"):
+        with fixed_attention(model, {"1": torch.ones(2)}):
+            pass
+    with pytest.raises(ValueError, match=r"2 experts.*shape \(2,\), got \(4,\)"):
+        with fixed_attention(model, {"0": torch.ones(4)}):
+            pass
 
 
 def test_repr_and_argument_checks():

@@ -117,11 +117,13 @@ and a 1x1 projection is a conv layer like the others (the unofficial DY-ResNet m
 dynamic too); it is two small layers in ResNet-20. The stem stays static, as in the paper.
 
 :func:`expert_attention` returns the attention of every dynamic layer for a batch of
-images, for looking inside a trained network.
+images, for looking inside a trained network; :func:`fixed_attention` fixes it, to measure
+what the per-image routing is worth.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Literal, get_args
 
 import torch
@@ -364,6 +366,35 @@ def expert_attention(model: nn.Module, images: torch.Tensor, batch_size: int = 2
             handle.remove()
         model.train(was_training)
     return {name: torch.cat(parts) for name, parts in found.items()}
+
+
+@contextmanager
+def fixed_attention(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
+    """Inside the ``with`` block, every dynamic layer of ``model`` named in ``weights`` mixes its
+    experts with those weights, shape (K,), whatever the input: a static convolution with kernel
+    ``sum_k w_k W_k``. A trained network with its attention fixed at its average over many images
+    is the static network its experts make; the difference in accuracy is what its per-image
+    routing is worth. The layers compute their attention again after the block.
+    """
+    layers = dynamic_layers(model)
+    if unknown := sorted(set(weights) - set(layers)):
+        raise ValueError(f"no dynamic layer {unknown} in {type(model).__name__}; its dynamic layers are "
+                         f"{sorted(layers)}")
+    for name, w in weights.items():
+        if w.shape != (layers[name].num_experts,):
+            raise ValueError(f"{name} has {layers[name].num_experts} experts: its fixed attention must have "
+                             f"shape ({layers[name].num_experts},), got {tuple(w.shape)}")
+    try:
+        for name, w in weights.items():  # an instance attribute hides the method until deleted
+            layers[name].attention_weights = _same_for_every_input(w.detach().float())
+        yield model
+    finally:
+        for name in weights:
+            layers[name].__dict__.pop("attention_weights", None)
+
+
+def _same_for_every_input(w: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: w.to(x.device).expand(x.shape[0], -1)
 
 
 # K=4 experts at T=30 by default (anneal it with attnlib.callbacks.TemperatureAnnealing);
