@@ -60,6 +60,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def steps_per_epoch(data: ImageDataset, config: TrainConfig) -> int:
+    """Optimiser steps in one epoch of :func:`fit`: the full batches of ``data``'s training
+    split (``fit`` drops the last, partial batch, so every step sees ``config.batch_size``
+    images). The same with any number of processes: the batch is global."""
+    return len(data.train_labels) // config.batch_size
+
+
 def lr_factor(step: int, total_steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of ``config.lr`` at optimiser step ``step`` (0-based)."""
     warmup = round(config.warmup_epochs * steps_per_epoch)
@@ -260,13 +267,14 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
     test_loader = DeviceLoader(distributed.shard(data.test_images), distributed.shard(data.test_labels),
                                batch_size=config.eval_batch_size, mean=data.mean, std=data.std,
                                device=device, channels_last=channels_last)
-    if len(train_loader) == 0:
+    steps = steps_per_epoch(data, config)
+    if steps == 0:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train_labels)} "
                          "training images: no full batch to train on")
 
     trained = data_parallel(model, device, next(iter(train_loader))[0]) if processes > 1 else model
     optimizer = make_optimizer(model, config)
-    state = TrainState(model, optimizer, config, len(train_loader), History())
+    state = TrainState(model, optimizer, config, steps, History())
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, state.total_steps, config, state.steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -303,7 +311,7 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
         t2 = time.perf_counter()
         state.history.append(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc,
                              test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_time=t2 - t0,
-                             train_images_per_s=len(train_loader) * config.batch_size / (t1 - t0),
+                             train_images_per_s=steps * config.batch_size / (t1 - t0),
                              eval_images_per_s=len(data.test_labels) / (t2 - t1), footing=footing,
                              software=versions)
         for cb in callbacks:

@@ -15,7 +15,7 @@ from attnlib.data import DeviceLoader
 from attnlib.devices import autocast_dtype, precision_name
 from attnlib.history import NOT_RECORDED, Callback, History
 from attnlib.runinfo import describe_footing, device_name, footing_parts
-from attnlib.train import decay_only_value, lr_factor, make_optimizer, recompute_bn_statistics
+from attnlib.train import decay_only_value, lr_factor, make_optimizer, recompute_bn_statistics, steps_per_epoch
 
 # A short recipe for 256 16x16 training images: 8 steps of 32 per epoch.
 TINY = TrainConfig(epochs=3, batch_size=32, lr=0.05, eval_batch_size=128)
@@ -374,7 +374,7 @@ def test_decay_only_value_is_where_fit_leaves_a_parameter_the_loss_does_not_push
     config = TINY.replace(epochs=2, warmup_epochs=0.5, weight_decay=0.05)  # momentum 0.9, cosine, 8 steps an epoch
     model = IdleParameter(_model(data=synthetic, width_mult=0.25), -1.0)
     fit(model, synthetic, config, device="cpu", progress=False)
-    ends = decay_only_value(-1.0, config, 8)
+    ends = decay_only_value(-1.0, config, steps_per_epoch(synthetic, config))
     assert model.idle.item() == pytest.approx(ends, rel=1e-5)
     # momentum makes the decay stronger than the plain shrink, even at the schedule's largest rate
     assert -(1 - 0.05 * 0.05) ** 16 < ends < 0
@@ -456,6 +456,16 @@ def test_callback_hooks_order(synthetic):
         expected += [("step", epoch, 8 * epoch + i) for i in range(1, 9)]
         expected.append(("end", epoch, 8 * (epoch + 1), epoch + 1))
     assert rec.events == expected
+
+
+def test_steps_per_epoch_counts_the_full_batches_fit_trains_on(synthetic_rgb):
+    config = TINY.replace(epochs=2)  # 300 images in batches of 32: 9 full batches, 12 images left over
+    assert steps_per_epoch(synthetic_rgb, config) == 9
+    rec = Recorder()
+    fit(_model(data=synthetic_rgb, width_mult=0.25), synthetic_rgb, config, device="cpu", progress=False,
+        callbacks=[rec])
+    ends = [step for event, _, step, *_ in rec.events if event == "end"]
+    assert ends == [9, 18]
 
 
 # ----------------------------------------------------------------------------- BN statistics
