@@ -32,6 +32,7 @@ from pathlib import Path
 import nbformat
 
 import attnlib
+from attnlib.benchmark import machine_load
 from attnlib.chapters import CHAPTERS, chapter_plan
 from attnlib.chapters import source as chapter_source
 from attnlib.data import ImageDataset
@@ -126,6 +127,18 @@ def untrained_report(missing: dict[str, list[Job]], profile: str) -> str:
         "`make queue-status` shows where it stands) and execute again, or pass --train-missing to train them now."])
 
 
+def busy_machine_warning(load: dict) -> str | None:
+    """What to tell someone about to execute chapters on a machine that :func:`machine_load`
+    found busy (``load`` is its dict); None on a quiet machine or where it cannot tell."""
+    if load["quiet"] is not False:
+        return None
+    return (f"other processes take {load['other_processes_cpu_share']:.0%} of the CPU (the training queue?): "
+            "the chapters will execute several times slower (chapter 5 on the quick profile took 27 min "
+            "beside the queue's two workers, 4 min without them, on a 2-core machine) and time their benchmark "
+            "tables under load, which the tables then say. Stop the queue first: make queue resumes "
+            "where it stopped.")
+
+
 def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, train_missing: bool = False,
             **parameters) -> list[Path]:
     """Run the source notebooks ``names`` (default: all) into executed copies in ``out``. Under a
@@ -140,6 +153,10 @@ def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, trai
         missing = {src.stem: jobs for src in sources if (jobs := untrained_runs(src.stem, setup, data, out / "results"))}
         if missing:
             raise SystemExit(untrained_report(missing, profile))
+    with machine_load() as load:
+        time.sleep(1.0)
+    if warning := busy_machine_warning(load):
+        print(warning, file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for src in sources:

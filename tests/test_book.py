@@ -340,3 +340,11 @@ def test_generated_pages_are_current():
     for path, text in book.generated_pages().items():
         assert path.exists() and path.read_text() == text, \
             f"{path.relative_to(REPO)} is stale: run `python -m booktools.book overview`"
+
+
+def test_executing_on_a_busy_machine_is_warned_of_and_a_quiet_one_is_not():
+    busy = {"quiet": False, "other_processes_cpu_share": 0.51}
+    warning = book.busy_machine_warning(busy)
+    assert warning is not None and "51%" in warning and "queue" in warning
+    assert book.busy_machine_warning({"quiet": True, "other_processes_cpu_share": 0.02}) is None
+    assert book.busy_machine_warning({"quiet": None, "other_processes_cpu_share": None}) is None  # no /proc/stat
