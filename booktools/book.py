@@ -133,10 +133,8 @@ def busy_machine_warning(load: dict) -> str | None:
     if load["quiet"] is not False:
         return None
     return (f"other processes take {load['other_processes_cpu_share']:.0%} of the CPU (the training queue?): "
-            "the chapters will execute several times slower (chapter 5 on the quick profile took 27 min "
-            "beside the queue's two workers, 4 min without them, on a 2-core machine) and time their benchmark "
-            "tables under load, which the tables then say. Stop the queue first: make queue resumes "
-            "where it stopped.")
+            "the chapters will execute several times slower and time their benchmark tables under load, "
+            "which the tables then say. Stop the queue first: make queue resumes where it stopped.")
 
 
 def execute(profile: str, names: list[str] | None = None, out: Path = BOOK, train_missing: bool = False,
