@@ -239,16 +239,22 @@ def data_parallel(model: nn.Module, device: torch.device, sample: torch.Tensor) 
 def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int = 0,
         device: str | torch.device = "auto", callbacks: Sequence[Callback] = (),
         checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
-        desc: str = "train") -> History:
+        desc: str = "train", stop_after: int | None = None) -> History:
     """Train ``model`` on ``data.train_*``, evaluate on ``data.test_*`` after every epoch.
 
     ``checkpoint``: a file written atomically after every epoch. With ``resume=True``
     and an existing file, training continues after its last epoch.
 
+    ``stop_after``: return after that epoch (1-based) instead of the last: the first epochs of
+    the ``config.epochs`` run, with its learning rates and callbacks (a probe of a run's early
+    epochs without training the rest).
+
     In a process group (``torchrun``) every rank calls ``fit`` with the same arguments;
     ``config.batch_size`` is the global batch (module docstring). Rank 0 writes the
     checkpoint, with every rank's buffers; all ranks resume from it.
     """
+    if stop_after is not None and not 1 <= stop_after <= config.epochs:
+        raise ValueError(f"stop_after={stop_after}: it must be an epoch of the run, 1 to {config.epochs}")
     device = resolve_device(device)
     amp_dtype = autocast_dtype(config.amp, device)
     channels_last = config.channels_last
@@ -295,7 +301,7 @@ def fit(model: nn.Module, data: ImageDataset, config: TrainConfig, *, seed: int 
     for cb in callbacks:
         cb.on_fit_start(state)
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, stop_after or config.epochs):
         state.epoch = epoch
         train_loader.set_epoch(epoch)
         for cb in callbacks:

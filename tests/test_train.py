@@ -165,6 +165,19 @@ def test_resume_gives_the_uninterrupted_run(synthetic, tmp_path, name):
     _assert_same_params(_params(resumed_model), _params(full_model))
 
 
+def test_stop_after_trains_the_first_epochs_of_the_longer_run(synthetic):
+    full_model, first_model = _model(data=synthetic), _model(data=synthetic)
+    full = fit(full_model, synthetic, TINY, seed=3, device="cpu", progress=False)
+    counter = StepCounter()
+    first = fit(first_model, synthetic, TINY, seed=3, device="cpu", progress=False, stop_after=2,
+                callbacks=[counter])
+    # the same learning rates as the 3-epoch run's first two epochs, not a 2-epoch schedule's
+    assert history_values(first) == {k: v[:2] for k, v in history_values(full).items()}
+    assert counter.steps == 2 * 8
+    with pytest.raises(ValueError, match="stop_after=4: it must be an epoch of the run, 1 to 3"):
+        fit(_model(data=synthetic), synthetic, TINY, device="cpu", progress=False, stop_after=4)
+
+
 def test_resume_of_a_finished_run_trains_nothing(synthetic, tmp_path):
     ckpt = tmp_path / "run.ckpt"
     config = TINY.replace(epochs=1)
