@@ -439,6 +439,19 @@ def write_generated_pages() -> None:
         atomic_write_text(path, text)
 
 
+def write_everything_generated() -> None:
+    """Every generated page and figure: the overview (from the records), the wall-times and
+    environment pages and the README's figures (from the executed chapters)."""
+    write_overview()
+    write_generated_pages()
+    for path, png in readme_figures().items():
+        atomic_write_bytes(path, png)
+    print(f"wrote {WALL_TIMES.relative_to(REPO)} and {ENVIRONMENT.relative_to(REPO)}")
+    print(f"wrote the README's figures: {', '.join(str(p.relative_to(REPO)) for p in README_FIGURES)}")
+    print(f"wrote {OVERVIEW.relative_to(REPO)}, {OVERVIEW_FIGURE.relative_to(REPO)} and "
+          f"{BENCHMARK.relative_to(REPO)}")
+
+
 def strip(paths: list[Path]) -> None:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -503,16 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("notebooks", nargs="*")
     args = parser.parse_args(argv)
     if args.command == "execute":
-        execute(args.profile, args.notebooks or None, args.out.resolve(), train_missing=args.train_missing)
+        out = args.out.resolve()
+        execute(args.profile, args.notebooks or None, out, train_missing=args.train_missing)
+        if out == BOOK.resolve():
+            # the wall-times and environment pages and the README's figures read the executed
+            # copies: regenerate them now, so that a commit of the chapters never leaves them stale
+            write_everything_generated()
     elif args.command == "overview":
-        write_overview()
-        write_generated_pages()
-        for path, png in readme_figures().items():
-            atomic_write_bytes(path, png)
-        print(f"wrote {WALL_TIMES.relative_to(REPO)} and {ENVIRONMENT.relative_to(REPO)}")
-        print(f"wrote the README's figures: {', '.join(str(p.relative_to(REPO)) for p in README_FIGURES)}")
-        print(f"wrote {OVERVIEW.relative_to(REPO)}, {OVERVIEW_FIGURE.relative_to(REPO)} and "
-              f"{BENCHMARK.relative_to(REPO)}")
+        write_everything_generated()
     elif args.command == "bench-check":
         from .benchmark_page import load_results, reproduction
         report, reproduced = reproduction(load_results(), load_results(args.folder))

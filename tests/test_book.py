@@ -134,6 +134,17 @@ def test_executing_under_book_stops_before_training_and_names_the_runs(tmp_path:
     assert list(tmp_path.iterdir()) == []  # nothing executed, nothing trained
 
 
+@pytest.mark.parametrize("out, regenerated", [(None, True), ("elsewhere", False)])
+def test_executing_into_the_book_regenerates_the_pages_that_read_the_executed_copies(
+        monkeypatch, tmp_path: Path, out, regenerated):
+    calls = []
+    monkeypatch.setattr(book, "execute", lambda profile, names, out, train_missing: calls.append(("execute", out)))
+    monkeypatch.setattr(book, "write_everything_generated", lambda: calls.append(("generated",)))
+    book.main(["execute", "--profile", "smoke", "00_setup_and_baseline",
+               *(["--out", str(tmp_path / out)] if out else [])])
+    assert [c[0] for c in calls] == ["execute", "generated"] if regenerated else ["execute"]
+
+
 def test_cleaning_an_executed_copy_joins_split_logs_and_hides_the_parameters():
     new = nbformat.v4
     log = new.new_code_cell("for run in runs: print(run)", outputs=[
