@@ -142,7 +142,7 @@ def test_executing_into_the_book_regenerates_the_pages_that_read_the_executed_co
     monkeypatch.setattr(book, "write_everything_generated", lambda: calls.append(("generated",)))
     book.main(["execute", "--profile", "smoke", "00_setup_and_baseline",
                *(["--out", str(tmp_path / out)] if out else [])])
-    assert [c[0] for c in calls] == ["execute", "generated"] if regenerated else ["execute"]
+    assert [c[0] for c in calls] == (["execute", "generated"] if regenerated else ["execute"])
 
 
 def test_cleaning_an_executed_copy_joins_split_logs_and_hides_the_parameters():
