@@ -36,6 +36,23 @@ def test_each_method_is_paired_with_the_plain_network_of_its_setting(records):
     assert row["seeds"] == 2 and row["params_ratio"] > 1 and "Hu et al." in row["paper"]
 
 
+def test_a_thin_network_is_quoted_beside_the_papers_thin_networks(records):
+    """Dynamic convolution's paper measured the width trend on MobileNetV2: a half-width pair quotes that
+    table, a full-width one the paper's main figure; a method without thin figures keeps its main one."""
+    _, recs = records
+    dynamic = copy.deepcopy(recs)
+    for record in dynamic:
+        if record["label"] == "SE":
+            record["variant"].update(attention=None, conv="dynamic")
+    rows = {r["method"]: r for r in method_rows(dynamic)}
+    assert rows["SE"]["paper"].startswith("ImageNet MobileNetV2 x0.5: 65.4 → 69.4")
+    for record in dynamic:
+        if record["label"] in ("SE", "plain"):
+            record["variant"]["model_kwargs"] = {}
+    assert {r["method"]: r for r in method_rows(dynamic)}["SE"]["paper"].startswith("ImageNet ResNet-18")
+    assert "Hu et al." in {r["method"]: r for r in method_rows(recs)}["SE"]["paper"]  # SE at half width
+
+
 def test_table_and_chart(records):
     _, recs = records
     rows = [{**r, "speed_ratio": 0.9} for r in method_rows(recs)]  # as if the benchmark timed these networks
